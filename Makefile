@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH_PIN := torch==2.13.0
+
+.PHONY: demo test install install-test bench-deps clean
+
+# Creates the venv; installs the torch pin first when no torch is present so the
+# resolver never pulls a multi-GB CUDA build where a CPU wheel is at hand.
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_PIN)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.created pyproject.toml
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.created pyproject.toml
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/scratchllm demo
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q
+
+# Peers for benchmarks/ (not needed by the library or the tests). The book's package
+# declares tensorflow and jupyterlab as requirements; it imports neither, so skip them.
+bench-deps: $(VENV)/.installed-test
+	$(PIP) install -q --no-deps llms-from-scratch==1.0.19
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

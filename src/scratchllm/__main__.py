@@ -1,0 +1,5 @@
+import sys
+
+from scratchllm.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``scratchllm`` command line: argument parsing only, one module per subcommand."""

@@ -1,0 +1,53 @@
+"""``scratchllm`` entry point: one command with subcommands, each with its own ``--help``.
+
+Every subcommand lives in its own module under ``scratchllm.cli`` and exposes
+``register(subparsers)``, which adds a parser whose default ``func`` runs the command.
+A ``ScratchLLMError`` becomes one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from scratchllm import __version__
+from scratchllm.errors import ScratchLLMError
+
+# Order here is the order ``scratchllm --help`` lists them.
+COMMAND_MODULES = [
+    "scratchllm.cli.info",
+    "scratchllm.cli.prepare",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scratchllm",
+        description="Build, pretrain, fine-tune and run GPT-style language models from scratch.",
+    )
+    parser.add_argument("--version", action="version", version=f"scratchllm {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ScratchLLMError as err:
+        print(f"scratchllm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"scratchllm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

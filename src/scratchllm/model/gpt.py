@@ -1,0 +1,98 @@
+"""The GPT model: embeddings, a stack of transformer blocks, a final norm and an output head (book 4.1-4.6)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scratchllm.errors import ContextLengthError
+from scratchllm.model.attention import MultiHeadAttention, build_attention_mask
+from scratchllm.model.config import GPTConfig
+from scratchllm.model.kv_cache import KVCache
+from scratchllm.model.layers import FeedForward, LayerNorm
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + Drop(Attn(Norm(x))), then x + Drop(FF(Norm(x))) (book 4.5)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm(config.emb_dim)
+        self.att = MultiHeadAttention(config.emb_dim, config.n_heads, config.drop_rate,
+                                      config.qkv_bias)
+        self.norm2 = LayerNorm(config.emb_dim)
+        self.ff = FeedForward(config.emb_dim)
+        self.drop_shortcut = nn.Dropout(config.drop_rate)
+
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), mask=mask, cache=cache, layer=layer))
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x
+
+
+class GPTModel(nn.Module):
+    """Maps token ids (B, T) to next-token logits (B, T, vocab_size) (book 4.6).
+
+    Modules are created in the book's order with PyTorch's default initialization, so the
+    same seed gives the book's starting weights (the fused QKV weight draws exactly the
+    numbers of the book's separate query, key and value matrices when they have no bias).
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
+        self.drop_emb = nn.Dropout(config.drop_rate)
+        self.trf_blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.final_norm = LayerNorm(config.emb_dim)
+        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.out_head.weight = self.tok_emb.weight
+
+    def new_cache(self) -> KVCache:
+        """An empty KV cache sized for this model's context window."""
+        return KVCache(self.config.n_layers, self.config.context_length)
+
+    def forward(self, token_ids: torch.Tensor, *, cache: KVCache | None = None,
+                attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for every position of ``token_ids``.
+
+        cache: keys/values of earlier positions; new ones are appended to it.
+        attention_mask: (B, past+T), 1 for real tokens and 0 for (left) padding. Positions are
+            then counted over real tokens only, so a padded prompt sees the same position
+            embeddings as the unpadded one.
+        position_ids: (B, T) explicit positions, overriding both of the above.
+        """
+        batch, n_tokens = token_ids.shape
+        past = cache.length if cache is not None else 0
+        if past + n_tokens > self.config.context_length:
+            raise ContextLengthError(
+                f"{past + n_tokens} tokens exceed the model's context length of "
+                f"{self.config.context_length}; keep the last {self.config.context_length} "
+                "tokens of the input"
+            )
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            else:
+                position_ids = torch.arange(past, past + n_tokens, device=token_ids.device)
+        mask = None  # plain causal attention, the fast path
+        if attention_mask is not None:
+            if attention_mask.shape != (batch, past + n_tokens):
+                raise ValueError(
+                    f"attention_mask must have shape (batch, cached + new tokens) = "
+                    f"({batch}, {past + n_tokens}), got {tuple(attention_mask.shape)}"
+                )
+            if not bool(attention_mask.all()):
+                mask = build_attention_mask(n_tokens, past, padding_mask=attention_mask)
+
+        x = self.drop_emb(self.tok_emb(token_ids) + self.pos_emb(position_ids))
+        for layer, block in enumerate(self.trf_blocks):
+            x = block(x, mask=mask, cache=cache, layer=layer)
+        if cache is not None:
+            cache.advance(n_tokens)
+        return self.out_head(self.final_norm(x))
+

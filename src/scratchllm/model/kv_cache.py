@@ -1,0 +1,49 @@
+"""A key/value cache so each generated token attends over stored keys instead of recomputing them."""
+
+from __future__ import annotations
+
+import torch
+
+from scratchllm.errors import ContextLengthError
+
+
+class KVCache:
+    """Per-layer key and value tensors of every token processed so far.
+
+    Buffers of ``max_length`` positions are allocated on the first write, so appending a token
+    is a copy into place rather than a concatenation that reallocates the whole cache each step.
+    ``length`` counts the cached positions; the model advances it once per forward pass, after
+    all layers have written their new keys and values.
+    """
+
+    def __init__(self, n_layers: int, max_length: int) -> None:
+        self.n_layers = n_layers
+        self.max_length = max_length
+        self.length = 0
+        self._keys: list[torch.Tensor | None] = [None] * n_layers
+        self._values: list[torch.Tensor | None] = [None] * n_layers
+
+    def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor):
+        """Store new (B, H, T, D) keys/values of ``layer``; return all cached ones, new included."""
+        start, end = self.length, self.length + keys.shape[2]
+        if end > self.max_length:
+            raise ContextLengthError(
+                f"the KV cache holds {self.max_length} positions but {end} were requested; "
+                "reset the cache or crop the input to the context length"
+            )
+        if self._keys[layer] is None:
+            batch, heads, _, dim = keys.shape
+            shape = (batch, heads, self.max_length, dim)
+            self._keys[layer] = keys.new_empty(shape)
+            self._values[layer] = values.new_empty(shape)
+        k_buf, v_buf = self._keys[layer], self._values[layer]
+        k_buf[:, :, start:end] = keys
+        v_buf[:, :, start:end] = values
+        return k_buf[:, :, :end], v_buf[:, :, :end]
+
+    def advance(self, n_tokens: int) -> None:
+        self.length += n_tokens
+
+    def reset(self) -> None:
+        """Forget every cached position (buffers are kept for reuse)."""
+        self.length = 0
