@@ -45,8 +45,14 @@ class GPTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= float(self.drop_rate) < 1.0:
-            raise ConfigError(f"GPTConfig.drop_rate must be in [0, 1), got {self.drop_rate!r}")
+        rate = self.drop_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+            raise ConfigError(f"GPTConfig.drop_rate must be a number in [0, 1), got {rate!r}")
+        for name in ("qkv_bias", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}"
+                )
         if self.emb_dim % self.n_heads != 0:
             raise ConfigError(
                 f"GPTConfig.emb_dim ({self.emb_dim}) must be divisible by n_heads "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from scratchllm.errors import ContextLengthError
+from scratchllm.errors import ContextLengthError, DataError
 
 
 class KVCache:
@@ -31,7 +31,15 @@ class KVCache:
                 f"the KV cache holds {self.max_length} positions but {end} were requested; "
                 "reset the cache or crop the input to the context length"
             )
-        if self._keys[layer] is None:
+        k_buf = self._keys[layer]
+        if k_buf is None or not self._fits(k_buf, keys):
+            if start > 0:
+                raise DataError(
+                    f"new keys of shape {tuple(keys.shape)} ({keys.dtype}, {keys.device}) do "
+                    f"not match the {start} cached positions; call reset() before starting a "
+                    "new batch"
+                )
+            # First write, or a reset cache reused with another batch size, dtype or device.
             batch, heads, _, dim = keys.shape
             shape = (batch, heads, self.max_length, dim)
             self._keys[layer] = keys.new_empty(shape)
@@ -40,6 +48,12 @@ class KVCache:
         k_buf[:, :, start:end] = keys
         v_buf[:, :, start:end] = values
         return k_buf[:, :, :end], v_buf[:, :, :end]
+
+    @staticmethod
+    def _fits(buffer: torch.Tensor, new: torch.Tensor) -> bool:
+        same_shape = (buffer.shape[0], buffer.shape[1], buffer.shape[3]) == (
+            new.shape[0], new.shape[1], new.shape[3])
+        return same_shape and buffer.dtype == new.dtype and buffer.device == new.device
 
     def advance(self, n_tokens: int) -> None:
         self.length += n_tokens

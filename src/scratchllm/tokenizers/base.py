@@ -1,0 +1,136 @@
+"""The contract every tokenizer keeps, and how to pick one by name (book 2.2-2.5).
+
+Special tokens such as ``<|endoftext|>`` (book 2.4) are the one place where tokenizers can
+silently go wrong: user text that happens to contain the string would either become a
+control token or be split into harmless pieces, depending on the library. Here, like
+tiktoken, the default refuses: ``encode`` raises ``TokenizerError`` unless the caller says
+which special tokens the text may contain (``allowed_special={"<|endoftext|>"}`` or
+``"all"``). ``encode_ordinary`` is the explicit opt-out: it treats everything as plain text.
+"""
+
+from __future__ import annotations
+
+import operator
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
+from typing import AbstractSet, Any, Literal, Union
+
+from scratchllm.errors import MissingFileError, TokenizerError
+
+AllowedSpecial = Union[Literal["all", "none"], AbstractSet[str]]
+
+TOKENIZER_NAMES = ("gpt2",)
+
+
+class Tokenizer(ABC):
+    """Text <-> token ids. Subclasses: SimpleTokenizer, BPETokenizer, GPT2Tokenizer."""
+
+    @property
+    @abstractmethod
+    def special_tokens(self) -> dict[str, int]:
+        """Special token string -> id (always includes ``<|endoftext|>``)."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids (the model's embedding rows), special tokens included."""
+
+    @abstractmethod
+    def encode(self, text: str, allowed_special: AllowedSpecial = "none") -> list[int]:
+        """Token ids of ``text``; special token strings must be allowed explicitly."""
+
+    @abstractmethod
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of ``text`` with every special token string treated as plain text."""
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids`` (a list, tuple, or 1-D tensor of ints)."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able spec; ``tokenizer_from_dict`` rebuilds an equal tokenizer from it."""
+
+    @property
+    def eot_id(self) -> int:
+        """Id of ``<|endoftext|>``, which separates documents (book 2.4)."""
+        return self.special_tokens["<|endoftext|>"]
+
+    def allowed_set(self, allowed_special: AllowedSpecial) -> frozenset[str]:
+        """Normalise ``allowed_special`` ("all" | "none" | a set of token strings)."""
+        if allowed_special == "all":
+            return frozenset(self.special_tokens)
+        if allowed_special == "none" or not allowed_special:
+            return frozenset()
+        if isinstance(allowed_special, str):
+            raise TokenizerError(
+                f"allowed_special={allowed_special!r} is not valid; pass 'all', 'none' or a set "
+                f"such as {{'<|endoftext|>'}} (a bare string is not a set)"
+            )
+        allowed = frozenset(allowed_special)
+        unknown = sorted(allowed - set(self.special_tokens))
+        if unknown:
+            raise TokenizerError(
+                f"unknown special token(s) {unknown} in allowed_special; this tokenizer has "
+                f"{sorted(self.special_tokens)}"
+            )
+        return allowed
+
+    def check_disallowed(self, text: str, allowed: frozenset[str]) -> None:
+        """Refuse text holding a special token string the caller did not allow (one `in` scan)."""
+        for token in self.special_tokens:
+            if token not in allowed and token in text:
+                raise TokenizerError(
+                    f"text contains the special token {token!r}, which is not allowed; pass "
+                    f"allowed_special={{{token!r}}} (or 'all') to encode it as one special id, "
+                    "or use encode_ordinary() to encode it as plain text"
+                )
+
+
+def ids_to_list(ids: Iterable[int]) -> list[int]:
+    """Accept lists, tuples, numpy arrays and 1-D tensors of integer ids; return plain ints."""
+    tolist = getattr(ids, "tolist", None)
+    out = tolist() if tolist is not None else list(ids)
+    if isinstance(out, int):  # a 0-d tensor: one id
+        return [out]
+    try:
+        return [operator.index(i) for i in out]  # np.int64 / 0-d tensors -> int; floats refused
+    except TypeError:
+        raise TokenizerError(
+            "decode() takes one sequence of integer token ids; decode each row of a batch separately"
+        ) from None
+
+
+def tokenizer_from_dict(spec: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from ``Tokenizer.to_dict()`` output (e.g. stored in a checkpoint)."""
+    from scratchllm.tokenizers.bpe import BPETokenizer
+    from scratchllm.tokenizers.gpt2 import GPT2Tokenizer
+    from scratchllm.tokenizers.simple import SimpleTokenizer
+
+    kinds = {"gpt2": GPT2Tokenizer, "bpe": BPETokenizer, "simple": SimpleTokenizer}
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind not in kinds:
+        raise TokenizerError(
+            f"tokenizer spec has type {kind!r}; expected one of {sorted(kinds)} "
+            "(a dict written by Tokenizer.to_dict())"
+        )
+    return kinds[kind].from_dict(spec)
+
+
+def get_tokenizer(name_or_path: str | Path) -> Tokenizer:
+    """``"gpt2"`` -> GPT2Tokenizer(); a path to a saved BPE ``.json`` -> BPETokenizer.load(path)."""
+    from scratchllm.tokenizers.bpe import BPETokenizer
+    from scratchllm.tokenizers.gpt2 import GPT2Tokenizer
+
+    name = str(name_or_path)
+    if name.lower() == "gpt2":
+        return GPT2Tokenizer()
+    if name.endswith(".json"):
+        if not Path(name).is_file():
+            raise MissingFileError(f"tokenizer file not found: {name}; save one with BPETokenizer.save()")
+        return BPETokenizer.load(name)
+    raise TokenizerError(
+        f"unknown tokenizer {name!r}; choose one of {list(TOKENIZER_NAMES)} or a path to a BPE "
+        "tokenizer .json saved by BPETokenizer.save()"
+    )

@@ -1,0 +1,332 @@
+"""Model directories: the weights and everything needed to rebuild a trained GPT (book 5.4).
+
+The book saves ``torch.save(model.state_dict())``, a pickle: loading one runs arbitrary code,
+and it needs the architecture settings from somewhere else. A *model directory* instead holds::
+
+    DIR/
+      config.json        {"format": "scratchllm", "format_version": 1, "family": "gpt",
+                          "config": GPTConfig.to_dict(), "tokenizer": tokenizer.to_dict() | null,
+                          "metadata": {...free-form: step, val_loss, ...}}
+      model.safetensors  model.state_dict() as safetensors (no code, just tensors); a tied
+                         output head (GPTConfig.tie_weights) is stored once as tok_emb.weight
+
+Every directory is written into a hidden temp directory beside its final place, fsynced, then
+renamed into place, so an interrupted save leaves the previous directory intact.
+``load_model_dir`` also accepts a training run directory (see ``scratchllm.train.state``) and
+then loads its ``latest/`` model, so ``scratchllm generate --model RUN_DIR`` works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
+from scratchllm.model import GPTConfig, GPTModel
+
+FORMAT = "scratchllm"
+FORMAT_VERSION = 1
+FAMILY = "gpt"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+LATEST_DIR = "latest"
+
+PathLike = str | os.PathLike
+
+
+# ---------------------------------------------------------------------------- atomic writes
+def fsync_dir(path: Path) -> None:
+    """Make a rename or new file inside ``path`` durable (a no-op where dirs can't be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file some other library wrote (e.g. safetensors) to disk."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON and fsync it (atomicity comes from the enclosing temp directory)."""
+    text = json.dumps(value, indent=2, sort_keys=False) + "\n"
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def replace_directory(new: Path, final: Path) -> None:
+    """Rename ``new`` onto ``final``; an old ``final`` is moved aside first, deleted last.
+
+    ``os.replace`` cannot overwrite a non-empty directory, so the old one is renamed to a
+    hidden name; if installing the new one fails, the old one is put back.
+    """
+    aside = None
+    if final.exists():
+        aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, aside)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside, final)
+        raise
+    fsync_dir(final.parent)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temp dir beside ``final``; on success it replaces ``final``, on error it vanishes."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        replace_directory(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------------------- saving
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """Map each duplicate parameter name to the first name that holds the same tensor."""
+    first_name: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first_name:
+            aliases[name] = first_name[id(param)]
+        else:
+            first_name[id(param)] = name
+    return aliases
+
+
+def weights_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with tied copies dropped, as contiguous CPU tensors (safetensors' rules)."""
+    aliases = tied_aliases(model)
+    return {name: tensor.detach().to("cpu").contiguous()
+            for name, tensor in model.state_dict().items() if name not in aliases}
+
+
+def config_header(model: nn.Module, tokenizer: Any = None,
+                  metadata: dict | None = None) -> dict[str, Any]:
+    """The config.json contents; checked to be JSON-serialisable before anything is written."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, GPTConfig):
+        raise ConfigError("model has no GPTConfig in .config; only a scratchllm GPTModel "
+                          "can be saved as a model directory")
+    tokenizer_spec = None
+    if tokenizer is not None:
+        if not callable(getattr(tokenizer, "to_dict", None)):
+            raise ConfigError(f"tokenizer {type(tokenizer).__name__} has no to_dict(); pass a "
+                              "scratchllm tokenizer (scratchllm.tokenizers.get_tokenizer)")
+        tokenizer_spec = tokenizer.to_dict()
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "family": FAMILY,
+              "config": config.to_dict(), "tokenizer": tokenizer_spec,
+              "metadata": dict(metadata or {})}
+    try:
+        json.dumps(header)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"checkpoint metadata/tokenizer spec is not JSON-serialisable ({err}); "
+                          "pass only str/int/float/bool/None/list/dict values") from err
+    return header
+
+
+def write_model_files(directory: Path, model: nn.Module, tokenizer: Any = None,
+                      metadata: dict | None = None) -> None:
+    """Write config.json + model.safetensors into an existing (temporary) directory."""
+    header = config_header(model, tokenizer, metadata)
+    weights_path = directory / WEIGHTS_FILE
+    safetensors.torch.save_file(weights_to_save(model), str(weights_path),
+                                metadata={"format": "pt"})
+    fsync_file(weights_path)
+    write_json(directory / CONFIG_FILE, header)
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to wipe a directory that is not an old model directory (it may hold user data)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir} exists and is not a directory; choose another path")
+    if (out_dir / "checkpoints").exists():
+        raise CheckpointError(f"{out_dir} is a training run directory; save the model to a "
+                              f"subdirectory such as {out_dir / 'final'} instead")
+    if any(out_dir.iterdir()) and not (out_dir / CONFIG_FILE).exists():
+        raise CheckpointError(f"{out_dir} exists, is not empty and is not a model directory "
+                              "(no config.json); refusing to replace it, choose a new path")
+
+
+def save_model_dir(out_dir: PathLike, model: nn.Module, tokenizer: Any = None,
+                   metadata: dict | None = None) -> Path:
+    """Save ``model`` (and its tokenizer's spec) as a model directory, atomically (book 5.4).
+
+    An existing model directory at ``out_dir`` is replaced only once the new one is complete.
+    Returns the directory's path.
+    """
+    out_dir = Path(out_dir).expanduser()
+    _check_replaceable(out_dir)
+    config_header(model, tokenizer, metadata)  # fail on bad input before touching the disk
+    with atomic_directory(out_dir) as tmp:
+        write_model_files(tmp, model, tokenizer, metadata)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------- loading
+def read_header(directory: Path) -> dict[str, Any]:
+    """Read and validate config.json of a model directory."""
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise MissingFileError(f"{path} not found; {directory} is not a model directory "
+                               "(expected config.json and model.safetensors)")
+    try:
+        header = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the file is damaged, "
+                              "re-save the model") from err
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise CheckpointError(f"{path} has unknown format {found!r}; expected {FORMAT!r} "
+                              "(a directory written by scratchllm's save_model_dir)")
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format_version {version!r}; this scratchllm reads "
+                              f"version {FORMAT_VERSION} or older, upgrade scratchllm")
+    if header.get("family") != FAMILY:
+        raise CheckpointError(f"{path} has unknown model family {header.get('family')!r}; "
+                              f"this scratchllm loads {FAMILY!r} models")
+    if not isinstance(header.get("config"), dict):
+        raise CheckpointError(f"{path} has no 'config' object with the model's hyperparameters")
+    return header
+
+
+def config_from_header(header: dict[str, Any], directory: Path) -> GPTConfig:
+    try:
+        return GPTConfig.from_dict(header["config"])
+    except (ConfigError, TypeError) as err:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: invalid model config ({err})") from err
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """Load model.safetensors to CPU; a damaged file becomes a CheckpointError naming it."""
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise MissingFileError(f"{path} not found; the model directory is incomplete, re-save it")
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{path} is truncated or corrupted ({err}); re-save the model or "
+                              "restore the file from a backup") from err
+
+
+def check_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Every tensor the model needs is present with the right shape, and nothing else."""
+    aliases = tied_aliases(model)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()
+                if name not in aliases}
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing:
+        raise CheckpointError(f"{path} lacks tensor(s) {missing[:5]} (of {len(missing)} missing) "
+                              "that the model config needs; the file is incomplete")
+    if unexpected:
+        raise CheckpointError(f"{path} has unexpected tensor(s) {unexpected[:5]} not in this "
+                              "model; the config.json does not describe these weights")
+    for name, shape in expected.items():
+        if tuple(weights[name].shape) != shape:
+            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(weights[name].shape)} "
+                                  f"in the file but {shape} in the model built from config.json")
+
+
+def load_weights_into(model: nn.Module, directory: Path) -> None:
+    """Copy a model directory's weights into an existing model in place (strict)."""
+    weights = read_weights(directory)
+    check_weights(model, weights, directory / WEIGHTS_FILE)
+    model.load_state_dict(weights, strict=False)  # only the tied aliases are absent
+
+
+def resolve_model_dir(path: PathLike) -> Path:
+    """A model directory, or a run directory's ``latest/`` model (or newest checkpoint)."""
+    directory = Path(path).expanduser()
+    if not directory.exists():
+        raise MissingFileError(f"model directory {directory} does not exist; check the path or "
+                               "train one with `scratchllm pretrain --out DIR`")
+    if not directory.is_dir():
+        raise MissingFileError(f"{directory} is a file; pass the directory that holds "
+                               "config.json and model.safetensors")
+    if (directory / CONFIG_FILE).exists():
+        return directory
+    if (directory / LATEST_DIR / CONFIG_FILE).exists():
+        return directory / LATEST_DIR
+    from scratchllm.train.state import latest_checkpoint  # a run dir whose latest/ is gone
+    newest = latest_checkpoint(directory)
+    return newest if newest is not None else directory
+
+
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ConfigError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    return value
+
+
+def load_model_dir(path: PathLike, *, device: torch.device | str | None = None,
+                   dtype: torch.dtype | str | None = None) -> tuple[GPTModel, Any]:
+    """Rebuild a model (eval mode) and its tokenizer (or None) from a model directory.
+
+    ``path`` may also be a training run directory: its ``latest/`` model is loaded.
+    Weights keep their saved dtype unless ``dtype`` is given, and go to ``device`` (default CPU).
+    """
+    directory = resolve_model_dir(path)
+    header = read_header(directory)
+    config = config_from_header(header, directory)
+    weights = read_weights(directory)
+    with torch.device("meta"):  # no time spent on random init that is overwritten anyway
+        model = GPTModel(config)
+    check_weights(model, weights, directory / WEIGHTS_FILE)
+    aliases = tied_aliases(model)
+    model.load_state_dict(weights, strict=False, assign=True)
+    for alias, source in aliases.items():  # assign=True replaced the shared tensor: re-tie
+        owner, _, attr = alias.rpartition(".")
+        setattr(model.get_submodule(owner), attr, model.get_parameter(source))
+    model.to(device=device, dtype=_as_dtype(dtype))
+    model.eval()
+    return model, _tokenizer_from_header(header, directory)
+
+
+def _tokenizer_from_header(header: dict[str, Any], directory: Path) -> Any:
+    spec = header.get("tokenizer")
+    if spec is None:
+        return None
+    try:
+        from scratchllm.tokenizers import tokenizer_from_dict
+        return tokenizer_from_dict(spec)
+    except MissingFileError:  # e.g. vocabulary files: that message already says what to do
+        raise
+    except Exception as err:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: cannot rebuild the tokenizer from "
+                              f"its spec ({err}); re-save the model with a scratchllm "
+                              "tokenizer") from err

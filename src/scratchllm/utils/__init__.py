@@ -1,0 +1,1 @@
+"""Small helpers shared by several stages (device selection, atomic file writes)."""
