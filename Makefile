@@ -28,7 +28,7 @@ install-test: $(VENV)/.installed-test
 
 # The main job: pretrain a small GPT on the embedded short story, then sample from it.
 demo: $(VENV)/.installed
-	$(VENV)/bin/scratchllm pretrain --out runs/verdict
+	$(VENV)/bin/scratchllm pretrain --out runs/verdict --overwrite
 	$(VENV)/bin/scratchllm generate --model runs/verdict --max-new-tokens 40 "Every effort moves you"
 
 test: $(VENV)/.installed-test

@@ -2,7 +2,8 @@
 
 Tokenize (``scratchllm.tokenizers``), build datasets (``scratchllm.data``), define the model
 (``scratchllm.model``), generate text (``scratchllm.generate``) and pretrain
-(``scratchllm.train``). ``docs/book-map.md`` maps each section of the book
+(``scratchllm.train``). ``scratchllm.load(path_or_name)`` returns ``(model, tokenizer)`` from a
+model directory, a training run, a Hugging Face directory or a Hub name (``"gpt2"``). ``docs/book-map.md`` maps each section of the book
 *Build a Large Language Model (From Scratch)* to the code that implements it.
 """
 
@@ -10,4 +11,14 @@ from scratchllm.errors import ScratchLLMError
 
 __version__ = "0.1.0"
 
-__all__ = ["ScratchLLMError", "__version__"]
+
+def load(path_or_name, *, device=None, dtype=None):
+    """``(model, tokenizer)`` from a model/run/Hugging Face directory or a Hub name.
+
+    See ``scratchllm.weights.auto.load``; imported on call so ``import scratchllm`` stays fast.
+    """
+    from scratchllm.weights.auto import load as _load
+    return _load(path_or_name, device=device, dtype=dtype)
+
+
+__all__ = ["ScratchLLMError", "__version__", "load"]

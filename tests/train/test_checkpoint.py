@@ -136,7 +136,7 @@ def test_missing_directory_and_files(tmp_path, saved):
 @pytest.mark.parametrize("content, message", [
     ("{not json", "not valid JSON"),
     ('{"format": "hf", "format_version": 1, "family": "gpt", "config": {}}', "unknown format"),
-    ('{"format": "scratchllm", "format_version": 1, "family": "llama", "config": {}}', "family"),
+    ('{"format": "scratchllm", "format_version": 1, "family": "mamba", "config": {}}', "family"),
     ('{"format": "scratchllm", "format_version": 9, "family": "gpt", "config": {}}',
      "format_version"),
     ('{"format": "scratchllm", "format_version": 1, "family": "gpt",'

@@ -18,6 +18,14 @@ from scratchllm.errors import ScratchLLMError
 COMMAND_MODULES = [
     "scratchllm.cli.info",
     "scratchllm.cli.prepare",
+    "scratchllm.cli.pretrain",
+    "scratchllm.cli.plot",
+    "scratchllm.cli.generate",
+    "scratchllm.cli.finetune",
+    "scratchllm.cli.classify",
+    "scratchllm.cli.evaluate",
+    "scratchllm.cli.download",
+    "scratchllm.cli.export",
 ]
 
 

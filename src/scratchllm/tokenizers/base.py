@@ -102,35 +102,47 @@ def ids_to_list(ids: Iterable[int]) -> list[int]:
         ) from None
 
 
-def tokenizer_from_dict(spec: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer from ``Tokenizer.to_dict()`` output (e.g. stored in a checkpoint)."""
+def tokenizer_from_dict(spec: dict[str, Any], base_dir: str | Path | None = None) -> Tokenizer:
+    """Rebuild a tokenizer from ``Tokenizer.to_dict()`` output (e.g. stored in a checkpoint).
+
+    ``base_dir`` resolves relative file names in the spec (a model directory's tokenizer.json).
+    """
     from scratchllm.tokenizers.bpe import BPETokenizer
     from scratchllm.tokenizers.gpt2 import GPT2Tokenizer
+    from scratchllm.tokenizers.hf import HFTokenizer
     from scratchllm.tokenizers.simple import SimpleTokenizer
 
-    kinds = {"gpt2": GPT2Tokenizer, "bpe": BPETokenizer, "simple": SimpleTokenizer}
+    kinds = {"gpt2": GPT2Tokenizer, "bpe": BPETokenizer, "simple": SimpleTokenizer,
+             "hf": HFTokenizer}
     kind = spec.get("type") if isinstance(spec, dict) else None
     if kind not in kinds:
         raise TokenizerError(
             f"tokenizer spec has type {kind!r}; expected one of {sorted(kinds)} "
             "(a dict written by Tokenizer.to_dict())"
         )
+    if kind == "hf":
+        return HFTokenizer.from_dict(spec, base_dir=base_dir)
     return kinds[kind].from_dict(spec)
 
 
 def get_tokenizer(name_or_path: str | Path) -> Tokenizer:
-    """``"gpt2"`` -> GPT2Tokenizer(); a path to a saved BPE ``.json`` -> BPETokenizer.load(path)."""
+    """``"gpt2"`` -> GPT2Tokenizer(); a saved BPE ``.json`` -> BPETokenizer.load(path); a
+    Hugging Face ``tokenizer.json`` (or its directory) -> HFTokenizer."""
     from scratchllm.tokenizers.bpe import BPETokenizer
     from scratchllm.tokenizers.gpt2 import GPT2Tokenizer
 
     name = str(name_or_path)
     if name.lower() == "gpt2":
         return GPT2Tokenizer()
+    if Path(name).is_dir() or Path(name).name == "tokenizer.json":  # Hugging Face tokenizer
+        from scratchllm.tokenizers.hf import HFTokenizer
+        return HFTokenizer.from_dir(name)
     if name.endswith(".json"):
         if not Path(name).is_file():
             raise MissingFileError(f"tokenizer file not found: {name}; save one with BPETokenizer.save()")
         return BPETokenizer.load(name)
     raise TokenizerError(
-        f"unknown tokenizer {name!r}; choose one of {list(TOKENIZER_NAMES)} or a path to a BPE "
-        "tokenizer .json saved by BPETokenizer.save()"
+        f"unknown tokenizer {name!r}; choose one of {list(TOKENIZER_NAMES)}, a path to a BPE "
+        "tokenizer .json saved by BPETokenizer.save(), or a Hugging Face tokenizer.json (or "
+        "the directory holding it)"
     )

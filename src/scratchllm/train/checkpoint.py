@@ -4,11 +4,12 @@ The book saves ``torch.save(model.state_dict())``, a pickle: loading one runs ar
 and it needs the architecture settings from somewhere else. A *model directory* instead holds::
 
     DIR/
-      config.json        {"format": "scratchllm", "format_version": 1, "family": "gpt",
-                          "config": GPTConfig.to_dict(), "tokenizer": tokenizer.to_dict() | null,
+      config.json        {"format": "scratchllm", "format_version": 1, "family": "gpt" (or
+                          any family in scratchllm.model.registry), "config": config.to_dict(), "tokenizer": tokenizer.to_dict() | null,
                           "metadata": {...free-form: step, val_loss, ...}}
       model.safetensors  model.state_dict() as safetensors (no code, just tensors); a tied
                          output head (GPTConfig.tie_weights) is stored once as tok_emb.weight
+      tokenizer.json     only for a Hugging Face tokenizer (its spec points here)
 
 Every directory is written into a hidden temp directory beside its final place, fsynced, then
 renamed into place, so an interrupted save leaves the previous directory intact.
@@ -32,11 +33,12 @@ import torch
 from torch import nn
 
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
-from scratchllm.model import GPTConfig, GPTModel
+from scratchllm.model.registry import build_model, config_from_dict, family_of, get_family
+from scratchllm.weights.meta import empty_weights, retie
 
 FORMAT = "scratchllm"
 FORMAT_VERSION = 1
-FAMILY = "gpt"
+FAMILY = "gpt"  # the default family; others come from scratchllm.model.registry
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LATEST_DIR = "latest"
@@ -133,16 +135,17 @@ def config_header(model: nn.Module, tokenizer: Any = None,
                   metadata: dict | None = None) -> dict[str, Any]:
     """The config.json contents; checked to be JSON-serialisable before anything is written."""
     config = getattr(model, "config", None)
-    if not isinstance(config, GPTConfig):
-        raise ConfigError("model has no GPTConfig in .config; only a scratchllm GPTModel "
-                          "can be saved as a model directory")
+    if config is None or not callable(getattr(config, "to_dict", None)):
+        raise ConfigError("model has no config with to_dict() in .config; only scratchllm "
+                          "models (GPTModel, LlamaModel, ...) can be saved as a model directory")
+    family = family_of(model)
     tokenizer_spec = None
     if tokenizer is not None:
         if not callable(getattr(tokenizer, "to_dict", None)):
             raise ConfigError(f"tokenizer {type(tokenizer).__name__} has no to_dict(); pass a "
                               "scratchllm tokenizer (scratchllm.tokenizers.get_tokenizer)")
         tokenizer_spec = tokenizer.to_dict()
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "family": FAMILY,
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "family": family,
               "config": config.to_dict(), "tokenizer": tokenizer_spec,
               "metadata": dict(metadata or {})}
     try:
@@ -157,6 +160,8 @@ def write_model_files(directory: Path, model: nn.Module, tokenizer: Any = None,
                       metadata: dict | None = None) -> None:
     """Write config.json + model.safetensors into an existing (temporary) directory."""
     header = config_header(model, tokenizer, metadata)
+    if callable(getattr(tokenizer, "save_files", None)):  # HF tokenizer: copy tokenizer.json
+        header["tokenizer"] = tokenizer.save_files(directory)
     weights_path = directory / WEIGHTS_FILE
     safetensors.torch.save_file(weights_to_save(model), str(weights_path),
                                 metadata={"format": "pt"})
@@ -213,17 +218,18 @@ def read_header(directory: Path) -> dict[str, Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format_version {version!r}; this scratchllm reads "
                               f"version {FORMAT_VERSION} or older, upgrade scratchllm")
-    if header.get("family") != FAMILY:
-        raise CheckpointError(f"{path} has unknown model family {header.get('family')!r}; "
-                              f"this scratchllm loads {FAMILY!r} models")
+    try:
+        get_family(header.get("family", FAMILY))
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     if not isinstance(header.get("config"), dict):
         raise CheckpointError(f"{path} has no 'config' object with the model's hyperparameters")
     return header
 
 
-def config_from_header(header: dict[str, Any], directory: Path) -> GPTConfig:
+def config_from_header(header: dict[str, Any], directory: Path) -> Any:
     try:
-        return GPTConfig.from_dict(header["config"])
+        return config_from_dict(header.get("family", FAMILY), header["config"])
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: invalid model config ({err})") from err
 
@@ -294,7 +300,7 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 
 def load_model_dir(path: PathLike, *, device: torch.device | str | None = None,
-                   dtype: torch.dtype | str | None = None) -> tuple[GPTModel, Any]:
+                   dtype: torch.dtype | str | None = None) -> tuple[nn.Module, Any]:
     """Rebuild a model (eval mode) and its tokenizer (or None) from a model directory.
 
     ``path`` may also be a training run directory: its ``latest/`` model is loaded.
@@ -304,14 +310,12 @@ def load_model_dir(path: PathLike, *, device: torch.device | str | None = None,
     header = read_header(directory)
     config = config_from_header(header, directory)
     weights = read_weights(directory)
-    with torch.device("meta"):  # no time spent on random init that is overwritten anyway
-        model = GPTModel(config)
+    with empty_weights():  # no time spent on random init that is overwritten anyway
+        model = build_model(header.get("family", FAMILY), config)
     check_weights(model, weights, directory / WEIGHTS_FILE)
     aliases = tied_aliases(model)
     model.load_state_dict(weights, strict=False, assign=True)
-    for alias, source in aliases.items():  # assign=True replaced the shared tensor: re-tie
-        owner, _, attr = alias.rpartition(".")
-        setattr(model.get_submodule(owner), attr, model.get_parameter(source))
+    retie(model, aliases)  # assign=True replaced the shared tensor
     model.to(device=device, dtype=_as_dtype(dtype))
     model.eval()
     return model, _tokenizer_from_header(header, directory)
@@ -323,7 +327,7 @@ def _tokenizer_from_header(header: dict[str, Any], directory: Path) -> Any:
         return None
     try:
         from scratchllm.tokenizers import tokenizer_from_dict
-        return tokenizer_from_dict(spec)
+        return tokenizer_from_dict(spec, base_dir=directory)
     except MissingFileError:  # e.g. vocabulary files: that message already says what to do
         raise
     except Exception as err:

@@ -1,0 +1,84 @@
+"""Helpers the benchmarks share: the machine's description, its load, and its matmul peak.
+
+A throughput number means little without the machine it came from and how busy that machine
+was, and MFU needs a peak FLOP/s. Vendor peaks assume every core at full turbo doing nothing
+else; on a shared 2-core CPU the honest denominator is what a large matmul actually reaches
+in the same run, so ``peak_matmul_flops`` measures it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name as ``lscpu`` shows it (from /proc/cpuinfo), or platform's guess."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, as ``uptime`` prints them ('n/a' where unknown)."""
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except (AttributeError, OSError):
+        return "n/a"
+
+
+def machine_summary(device: torch.device | None = None) -> str:
+    """One line: device, CPU model, core count, torch threads, torch version, load now."""
+    device = device or torch.device("cpu")
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = f"{os.cpu_count()}-core CPU {cpu_model_name()}, {torch.get_num_threads()} torch threads"
+    return f"{what}; torch {torch.__version__}; load average {load_average()}"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so a timer measures it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes, including any GPU work it queued."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def peak_matmul_flops(dtype: torch.dtype, device: torch.device | None = None, *, size: int = 2048,
+                      repeats: int = 5) -> float:
+    """Best FLOP/s of a ``size`` x ``size`` matmul in ``dtype``: the MFU denominator.
+
+    Best-of-``repeats`` because other processes only ever slow a run down; the fastest one is
+    the closest to what the hardware can do. One n x n by n x n product is 2 n^3 FLOPs.
+    """
+    device = device or torch.device("cpu")
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+    torch.matmul(a, b)  # warm up: thread pool, kernel selection, caches
+    best = min(time_call(lambda: torch.matmul(a, b), device) for _ in range(repeats))
+    return 2 * size ** 3 / best
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")

@@ -1,0 +1,175 @@
+"""Pretraining speed of the book's 124M GPT: training tokens/s and MFU, ours vs the book's package.
+
+The workload is chapter 5's (book 5.2): GPT-2 small's architecture with an untied head
+(163M parameters), context 256, batch 2, dropout 0.1, AdamW(lr 4e-4, weight decay 0.1).
+
+* ours: ``scratchllm.model.GPTModel`` stepped by the Trainer's own pieces
+  (``train.optim.build_optimizer`` and ``train.steps.accumulate_gradients``);
+* book: ``llms_from_scratch.ch04.GPTModel`` stepped like ``ch05.train_model_simple``
+  (``calc_loss_batch``, ``zero_grad``/``backward``/``step``).
+
+Both run in fp32 and under bf16 autocast, in the same process, interleaved round by round
+(the order flips every round) so a burst of load from other processes hits all of them.
+Warmup steps are not timed; each figure is the median over ``--rounds`` timed windows.
+MFU = training FLOPs per token (6 N plus attention, ``model.stats.training_flops_per_token``)
+x tokens/s / the peak matmul FLOP/s this machine reaches in the same run for that dtype.
+
+Target: ours >= 1.3x the book's package in fp32 and in bf16.
+Run: ``python benchmarks/train_throughput.py [--rounds 5] [--precision both] [--compile]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from common import machine_summary, median, peak_matmul_flops, time_call
+from scratchllm.model import GPTConfig, GPTModel
+from scratchllm.model.stats import training_flops_per_token
+from scratchllm.train import steps
+from scratchllm.train.optim import build_optimizer
+
+SEED, LR, WEIGHT_DECAY = 123, 4e-4, 0.1
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Contender:
+    """One model + optimizer and a function doing one training step on a batch."""
+
+    name: str
+    step: Callable[[torch.Tensor, torch.Tensor, str], float]
+    speeds: dict[str, list[float]] = field(default_factory=dict)  # precision -> tokens/s
+
+
+def build_ours(config: GPTConfig, device: torch.device, compile_model: bool) -> Contender:
+    """Our model stepped exactly as ``Trainer.train_step`` does (no clipping, constant lr)."""
+    torch.manual_seed(SEED)
+    model = GPTModel(config).to(device).train()
+    forward_model = torch.compile(model) if compile_model else model
+    optimizer = build_optimizer(model, lr=LR, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999),
+                                decay_all=True)
+
+    def step(inputs: torch.Tensor, targets: torch.Tensor, precision: str) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = steps.accumulate_gradients(forward_model, [(inputs, targets)], 1, device=device,
+                                             autocast=steps.autocast_for(precision, device))
+        optimizer.step()
+        return loss
+
+    return Contender("scratchllm", step)
+
+
+def build_book(config: GPTConfig, device: torch.device, compile_model: bool) -> Contender:
+    """The book's model and loop body (ch05.train_model_simple), autocast added for bf16."""
+    from llms_from_scratch import ch04, ch05
+
+    book_cfg = dict(vocab_size=config.vocab_size, context_length=config.context_length,
+                    emb_dim=config.emb_dim, n_heads=config.n_heads, n_layers=config.n_layers,
+                    drop_rate=config.drop_rate, qkv_bias=config.qkv_bias)
+    torch.manual_seed(SEED)
+    model = ch04.GPTModel(book_cfg).to(device).train()
+    forward_model = torch.compile(model) if compile_model else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+
+    def step(inputs: torch.Tensor, targets: torch.Tensor, precision: str) -> float:
+        optimizer.zero_grad()
+        autocast = (contextlib.nullcontext() if precision == "fp32"
+                    else torch.autocast(device_type=device.type, dtype=DTYPES[precision]))
+        with autocast:
+            loss = ch05.calc_loss_batch(inputs, targets, forward_model, device)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return Contender("book llms_from_scratch", step)
+
+
+def make_batches(config: GPTConfig, batch_size: int, count: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A few fixed random (inputs, targets) batches; the values do not affect the speed."""
+    gen = torch.Generator().manual_seed(SEED)
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(0, config.vocab_size, (batch_size, config.context_length + 1), generator=gen)
+        batches.append((ids[:, :-1], ids[:, 1:]))
+    return batches
+
+
+def measure(contenders: list[Contender], precisions: list[str], batches, *, device: torch.device,
+            warmup: int, window: int, rounds: int) -> dict[str, float]:
+    """Fill each contender's ``speeds``; returns the first warmup loss of each (name/precision)."""
+    first_losses = {}
+    combos = [(c, p) for p in precisions for c in contenders]
+    for contender, precision in combos:
+        for i in range(warmup):
+            loss = contender.step(*batches[i % len(batches)], precision)
+            first_losses.setdefault(f"{contender.name}/{precision}", loss)
+        contender.speeds[precision] = []
+    tokens = batches[0][0].numel() * window
+    for r in range(rounds):
+        for contender, precision in (combos if r % 2 == 0 else combos[::-1]):
+            def run_window() -> None:
+                for i in range(window):
+                    contender.step(*batches[(r + i) % len(batches)], precision)
+            contender.speeds[precision].append(tokens / time_call(run_window, device))
+    return first_losses
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
+    parser.add_argument("--rounds", type=int, default=5, help="timed windows per contender")
+    parser.add_argument("--window", type=int, default=2, help="training steps per timed window")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contender/precision")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--context-length", type=int, default=256)
+    parser.add_argument("--preset", default="gpt2-small", help="GPTConfig preset (tiny for a smoke test)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    config = GPTConfig.preset(args.preset, context_length=args.context_length, drop_rate=0.1)
+    print(f"machine: {machine_summary(device)}")
+    print(f"workload: {args.preset} (context {config.context_length}, batch {args.batch_size}, "
+          f"dropout 0.1, AdamW lr {LR} wd {WEIGHT_DECAY}); {args.warmup} warmup steps, "
+          f"{args.rounds} rounds x {args.window} steps, compile={args.compile}")
+    peaks = {p: peak_matmul_flops(DTYPES[p], device) for p in precisions}
+    contenders = [build_ours(config, device, args.compile), build_book(config, device, args.compile)]
+    first = measure(contenders, precisions, make_batches(config, args.batch_size), device=device,
+                    warmup=args.warmup, window=args.window, rounds=args.rounds)
+    # The peak again after the run: best of both, since other processes only ever slow it down.
+    peaks = {p: max(peaks[p], peak_matmul_flops(DTYPES[p], device)) for p in precisions}
+    print(f"load average after: {machine_summary(device).rsplit('load average ', 1)[1]}")
+    print("first-step loss (same seed, random tokens; ~ln(50257)=10.8): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in first.items()))
+
+    flops_per_token = training_flops_per_token(config)
+    ours, book = contenders
+    print(f"\npeak matmul (2048x2048, best of 10): "
+          + ", ".join(f"{p} {peaks[p] / 1e9:.0f} GFLOP/s" for p in precisions))
+    print(f"training FLOPs per token: {flops_per_token / 1e6:.0f}M")
+    print(f"\n{'model':<24}{'precision':<11}{'tok/s':>8}{'min':>8}{'max':>8}{'MFU':>8}{'vs book':>9}")
+    for precision in precisions:
+        book_speed = median(book.speeds[precision])
+        for contender in contenders:
+            speeds = contender.speeds[precision]
+            tok_s = median(speeds)
+            mfu = flops_per_token * tok_s / peaks[precision]
+            print(f"{contender.name:<24}{precision:<11}{tok_s:>8.1f}{min(speeds):>8.1f}"
+                  f"{max(speeds):>8.1f}{mfu:>8.1%}{tok_s / book_speed:>8.2f}x")
+    print()
+    for precision in sorted(precisions):  # bf16 first, so fp32's line is the last one
+        tok_s, book_speed = median(ours.speeds[precision]), median(book.speeds[precision])
+        print(f"train_tokens_per_sec_{precision}: {tok_s:.1f} (book llms_from_scratch: "
+              f"{book_speed:.1f}, ratio {tok_s / book_speed:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""``scratchllm evaluate {perplexity,judge}``: score a model or its answers (book 5.1.2, 7.8)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="perplexity of a model, or LLM-as-judge scores",
+                              description="Evaluate a model (perplexity) or its instruction "
+                              "answers (LLM-as-judge, book 7.8).")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND")
+
+    ppl = kinds.add_parser("perplexity", help="perplexity on a text file or instruction data")
+    ppl.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    source = ppl.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", metavar="FILE", help="plain text file")
+    source.add_argument("--instructions", metavar="FILE",
+                        help="instruction JSON: score the responses given the prompts")
+    ppl.add_argument("--prompt-style", choices=["alpaca", "phi3"], default="alpaca")
+    ppl.add_argument("--response-key", default="output", help="field holding the response")
+    ppl.add_argument("--window", type=int, help="tokens per window (default: context length)")
+    ppl.add_argument("--stride", type=int, help="window step (default: the window)")
+    ppl.add_argument("--batch-size", type=int, default=8)
+    ppl.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    ppl.set_defaults(func=run_perplexity)
+
+    judge = kinds.add_parser("judge", help="score answers 0-100 with a judge LLM (Ollama/OpenAI API)")
+    judge.add_argument("--responses", required=True, metavar="FILE",
+                       help="JSON from `scratchllm finetune instruct` (test_responses.json)")
+    judge.add_argument("--endpoint", help="server URL (default: Ollama's http://localhost:11434)")
+    judge.add_argument("--api", choices=["ollama", "openai"], default="ollama")
+    judge.add_argument("--model-name", default="llama3", help="judge model (default llama3)")
+    judge.add_argument("--response-key", default="model_response")
+    judge.add_argument("--out", metavar="FILE", help="scores JSON (default: RESPONSES.scores.json)")
+    judge.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    judge.add_argument("--retries", type=int, default=3, help="retries of a failed request")
+    judge.set_defaults(func=run_judge)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def run_perplexity(args: argparse.Namespace) -> int:
+    from scratchllm.data.text_files import read_text_file
+    from scratchllm.errors import CheckpointError
+    from scratchllm.evaluate.perplexity import instruction_perplexity, text_perplexity
+    from scratchllm.train.checkpoint import load_model_dir
+    from scratchllm.utils.device import resolve_device
+
+    model, tokenizer = load_model_dir(args.model, device=resolve_device(args.device))
+    if tokenizer is None:
+        raise CheckpointError(f"{args.model} has no tokenizer; re-save it with one")
+    if args.text:
+        result = text_perplexity(model, read_text_file(args.text), tokenizer=tokenizer,
+                                 window=args.window, stride=args.stride,
+                                 batch_size=args.batch_size)
+    else:
+        from scratchllm.data.instruction import load_json_entries
+
+        entries = load_json_entries(args.instructions, ("instruction", "input", args.response_key))
+        result = instruction_perplexity(model, tokenizer, entries, style=args.prompt_style,
+                                        response_key=args.response_key,
+                                        batch_size=args.batch_size)
+    print(json.dumps(result.to_dict()))
+    print(f"perplexity: {result.perplexity:.3f} (loss {result.loss:.4f} over {result.tokens} tokens)")
+    return 0
+
+
+def run_judge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scratchllm.data.instruction import load_json_entries
+    from scratchllm.evaluate.judge import JudgeClient, judge_responses, save_judgement
+
+    entries = load_json_entries(args.responses, ("instruction", "output", args.response_key))
+    client = JudgeClient(args.endpoint, model=args.model_name, api=args.api,
+                         timeout=args.timeout, retries=args.retries)
+
+    def report(index: int, score: int | None) -> None:
+        print(f"[{index + 1}/{len(entries)}] score {score if score is not None else 'unparsed'}",
+              file=sys.stderr)
+
+    result = judge_responses(entries, client, response_key=args.response_key, on_item=report)
+    out = Path(args.out) if args.out else Path(args.responses).with_suffix(".scores.json")
+    save_judgement(out, result)
+    average = result.average
+    print(f"average score: {average:.2f} / 100 over {len(entries) - result.n_unparsed} responses"
+          if average is not None else "no reply held a score")
+    print(f"scores: {out}")
+    return 0

@@ -1,0 +1,29 @@
+"""``scratchllm finetune {classify,instruct,dpo}``: the book's stage 3 (ch. 6, ch. 7, DPO bonus).
+
+Each fine-tuning method lives in its own module exposing ``register(subparsers)``, like the
+top-level commands; this module only groups them under one ``finetune`` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+FINETUNE_MODULES: list[str] = [
+    "scratchllm.cli.finetune_classify",
+    "scratchllm.cli.finetune_instruct",
+    "scratchllm.cli.finetune_dpo",
+]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a model: classify, instruct or dpo",
+        description="Fine-tune a pretrained model directory for classification (book ch. 6), "
+        "instruction following (ch. 7) or preferences (DPO).",
+    )
+    methods = p.add_subparsers(dest="method", metavar="METHOD")
+    for name in FINETUNE_MODULES:
+        importlib.import_module(name).register(methods)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

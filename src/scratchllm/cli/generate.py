@@ -1,0 +1,61 @@
+"""``scratchllm generate``: continue a prompt with a trained model directory (book 5.3)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from scratchllm.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate text from a model directory",
+        description="Continue PROMPT with a model directory written by `scratchllm pretrain` "
+        "(or any directory with config.json + model.safetensors). Text streams to stdout as "
+        "it is generated.",
+    )
+    p.add_argument("prompt", help="text to continue")
+    p.add_argument("--model", required=True, help="model directory (e.g. runs/verdict)")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate (default 50)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); higher = more random")
+    p.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--min-p", type=float, default=None,
+                   help="drop tokens below min_p x the top token's probability")
+    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step")
+    p.add_argument("--no-eos-stop", action="store_true",
+                   help="keep going after the end-of-text token")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from scratchllm.generate import stream
+    from scratchllm.train.checkpoint import load_model_dir
+    from scratchllm.utils.device import resolve_device
+
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    model, tokenizer = load_model_dir(args.model, device=resolve_device(args.device))
+    if tokenizer is None:
+        raise ConfigError(
+            f"{args.model} has no tokenizer description in config.json, so the prompt cannot "
+            "be encoded; re-save the model with a tokenizer"
+        )
+    prompt_ids = tokenizer.encode(args.prompt, allowed_special="all")
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    for piece in stream(
+        model, prompt_ids, args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        eos_id=None if args.no_eos_stop else tokenizer.eot_id,
+        use_cache=not args.no_cache, seed=args.seed, tokenizer=tokenizer,
+    ):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0

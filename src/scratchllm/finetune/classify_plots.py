@@ -1,0 +1,56 @@
+"""Loss and accuracy curves of a classifier fine-tuning run against examples seen (book 6.7, figures 6.16-6.17)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from scratchllm.data.atomic import AtomicWriter
+from scratchllm.train.metrics import METRICS_FILE, read_metrics
+
+LOSS_PLOT = "loss.png"
+ACCURACY_PLOT = "accuracy.png"
+
+
+def plot_train_val(records: list[dict], key: str, ylabel: str,
+                   out_path: str | os.PathLike) -> Path | None:
+    """Plot ``train_<key>`` and ``val_<key>`` of the records that have them; None if none do."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in records if f"train_{key}" in r or f"val_{key}" in r]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3))
+    try:
+        for split, style in (("train", "-"), ("val", "-.")):
+            points = [(r["examples_seen"], r[f"{split}_{key}"]) for r in rows
+                      if r.get(f"{split}_{key}") is not None]
+            if points:
+                ax.plot(*zip(*points), style, marker="o", markersize=3,
+                        label=f"{'Training' if split == 'train' else 'Validation'} {key}")
+        ax.set_xlabel("Examples seen")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    out_path = Path(out_path)
+    with AtomicWriter(out_path) as writer:
+        writer.write(buffer.getvalue())
+    return out_path
+
+
+def plot_classifier_run(run_dir: str | os.PathLike) -> list[Path]:
+    """Write ``loss.png`` and ``accuracy.png`` from ``run_dir/metrics.jsonl``."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir / METRICS_FILE)
+    written = [plot_train_val(records, "loss", "Loss", run_dir / LOSS_PLOT),
+               plot_train_val(records, "accuracy", "Accuracy", run_dir / ACCURACY_PLOT)]
+    return [p for p in written if p is not None]

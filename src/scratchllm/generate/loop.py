@@ -1,0 +1,163 @@
+"""The decoding loop: run the model, pick a token, append it, repeat (book 4.7 and 5.3).
+
+Without a cache every step runs the model over the last ``context_length`` tokens, exactly
+like the book's ``generate_text_simple``. With the KV cache the prompt is run once (prefill)
+and each later step feeds only the newest token, reusing the stored keys and values.
+
+Context overflow: GPT-2 has learned *absolute* position embeddings, so once the sequence is
+longer than the context window the sliding window shifts every token to a new position and
+the cached keys become stale. From then on each step is a fresh forward over the last
+``context_length`` tokens (the uncached cost), which reproduces the uncached result exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from scratchllm.errors import ConfigError, DataError
+from scratchllm.generate.sampling import check_sampling_args, sample_next_token
+
+PickFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def decode_steps(model: nn.Module, token_ids: torch.Tensor, max_new_tokens: int,
+                 pick: PickFn, *, attention_mask: torch.Tensor | None = None,
+                 use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """Yield the (B,) next token ids, one step at a time, for a (B, T) batch of prompts.
+
+    ``attention_mask`` (B, T) marks left padding with 0 (see ``GPTModel.forward``). Each
+    step's compute runs under ``torch.inference_mode``, but never across a ``yield``, so
+    the caller's code between steps runs in its normal mode.
+    """
+    context = model.config.context_length
+    batch, n = token_ids.shape
+    with torch.inference_mode():
+        # Preallocated, so appending a token is a copy into place, not a concatenation.
+        tokens = token_ids.new_empty((batch, n + max_new_tokens))
+        tokens[:, :n] = token_ids
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.new_ones((batch, n + max_new_tokens))
+            mask[:, :n] = attention_mask
+        cache = model.new_cache() if use_cache else None
+    for _ in range(max_new_tokens):
+        with torch.inference_mode():
+            if cache is not None and n <= context:
+                # Prefill (cache empty) or one new token; positions continue from the cache.
+                logits = model(tokens[:, cache.length:n], cache=cache,
+                               attention_mask=None if mask is None else mask[:, :n])
+            else:
+                start = max(0, n - context)  # sliding window (book generate_text_simple)
+                logits = model(tokens[:, start:n],
+                               attention_mask=None if mask is None else mask[:, start:n])
+            next_ids = pick(logits[:, -1])
+            tokens[:, n] = next_ids
+        n += 1
+        yield next_ids
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Switch dropout off while generating, then give the model back in the mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def make_picker(temperature: float, top_k: int | None, top_p: float | None,
+                min_p: float | None, seed: int | None, generator: torch.Generator | None,
+                device: torch.device) -> PickFn:
+    """Check the sampling settings once and bind them into a (B, V) -> (B,) function."""
+    check_sampling_args(temperature, top_k, top_p, min_p)
+    if seed is not None and generator is not None:
+        raise ConfigError("pass either seed or generator, not both")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seed must be an integer, got {seed!r}")
+        generator = torch.Generator(device=device).manual_seed(seed)
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        return sample_next_token(logits, temperature, top_k, top_p, min_p, generator)
+
+    return pick
+
+
+def check_count(max_new_tokens: int) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+
+
+def check_eos(eos_id: int | None) -> None:
+    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int)):
+        raise ConfigError(f"eos_id must be an integer token id or None, got {eos_id!r}")
+
+
+def ids_from_list(ids: list[int], what: str = "token_ids") -> list[int]:
+    """Check a plain list of token ids (a clear error instead of torch's conversion error)."""
+    if not isinstance(ids, (list, tuple)) or not ids:
+        raise DataError(
+            f"{what} must be a non-empty list of token ids, got {ids!r:.80}; encode some "
+            "text first (an empty prompt can start from the tokenizer's eot_id)"
+        )
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise DataError(f"{what} must contain only integers, got {list(ids)!r:.80}")
+    return list(ids)
+
+
+def check_vocab(ids: torch.Tensor, vocab_size: int) -> None:
+    """Out-of-range ids fail here, at the call, rather than at a stream's first step."""
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        raise DataError(
+            f"token ids must be in [0, {vocab_size}), got values from {low} to {high}; was "
+            "the prompt encoded with this model's tokenizer?"
+        )
+
+
+def as_batch(token_ids, device: torch.device) -> torch.Tensor:
+    """A (B, T) long tensor on ``device`` from a list of ids, a (T,) or a (B, T) tensor."""
+    if isinstance(token_ids, torch.Tensor):
+        if token_ids.dim() not in (1, 2) or token_ids.numel() == 0:
+            raise DataError(
+                f"token_ids must be a non-empty (T,) or (batch, T) tensor, got shape "
+                f"{tuple(token_ids.shape)}"
+            )
+        if token_ids.dtype.is_floating_point or token_ids.dtype in (torch.bool, torch.complex64,
+                                                                    torch.complex128):
+            raise DataError(f"token_ids must hold integers, got {token_ids.dtype}; use .long()")
+        batch = token_ids if token_ids.dim() == 2 else token_ids.unsqueeze(0)
+        return batch.to(device=device, dtype=torch.long)
+    return torch.tensor([ids_from_list(token_ids)], dtype=torch.long, device=device)
+
+
+def left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor,
+                                                                      torch.Tensor | None]:
+    """Right-align prompts of different lengths: (B, T_max) ids and a 1/0 mask (None if equal).
+
+    Left padding keeps every row's newest token in the last column, where the next token is
+    read from; the mask hides the padding and keeps each row's positions starting at 0.
+    """
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise DataError("prompts must be a non-empty list of token-id lists")
+    rows = [ids_from_list(p, what=f"prompts[{i}]") for i, p in enumerate(prompts)]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    if bool(mask.all()):
+        return ids.to(device), None
+    return ids.to(device), mask.to(device)

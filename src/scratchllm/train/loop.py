@@ -1,0 +1,294 @@
+"""The pretraining loop: batches in, better weights, metrics, samples and checkpoints out (book 5.2).
+
+The book's ``train_model_simple`` grown into a resumable job: gradient accumulation, clipping,
+a warmup + cosine learning rate (appendix D), mixed precision, periodic evaluation and
+sampling, checkpoints that continue bit-for-bit, and a Ctrl-C that saves before stopping.
+
+A run directory (``TrainConfig.out_dir``) ends up holding ``train_config.json``,
+``metrics.jsonl``, ``loss.png``, ``checkpoints/step-N/``, and ``latest/`` + ``best/`` model
+directories. ``scratchllm generate --model RUN_DIR`` loads ``RUN_DIR/latest``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import torch
+
+from scratchllm.data.atomic import atomic_write_text
+from scratchllm.errors import ConfigError, DataError
+from scratchllm.model import GPTModel
+from scratchllm.tokenizers import get_tokenizer, tokenizer_from_dict
+from scratchllm.train import steps
+from scratchllm.train.batches import is_prepared, load_batches
+from scratchllm.train.config import TrainConfig
+from scratchllm.train.metrics import METRICS_FILE, MetricsLog, Progress, read_metrics
+from scratchllm.train.optim import build_optimizer, build_scheduler
+from scratchllm.train.plots import PLOT_FILE, plot_losses
+from scratchllm.train.state import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
+from scratchllm.utils.device import resolve_device
+
+
+# What a run writes into its directory besides train_config.json (removed by --overwrite).
+RUN_FILES = (METRICS_FILE, PLOT_FILE, "checkpoints", "latest", "best", "LATEST")
+
+
+@dataclass
+class TrainResult:
+    """How a run ended."""
+
+    run_dir: Path
+    step: int
+    total_steps: int
+    tokens_seen: int
+    train_loss: float | None = None   # last evaluation's estimates
+    val_loss: float | None = None
+    checkpoint: Path | None = None
+    interrupted: bool = False
+    seconds: float = 0.0
+    samples: list[str] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so runs repeat exactly on the CPU."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _StopFlag:
+    """Turns the first Ctrl-C into a request to stop at the next step boundary.
+
+    Stopping mid-step could save half-updated weights; a flag checked between steps cannot.
+    A second Ctrl-C raises KeyboardInterrupt at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "_StopFlag":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C is not ours to handle
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def sample_text(model: GPTModel, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """Greedy continuation of ``prompt`` (book 5.1.3 ``generate_and_print_sample``).
+
+    Greedy decoding draws no random numbers, so sampling mid-run leaves training unchanged.
+    """
+    from scratchllm.generate import generate
+
+    context = model.config.context_length
+    ids = tokenizer.encode(prompt)[-(context - 1):] or [tokenizer.eot_id]
+    max_new_tokens = min(max_new_tokens, context - len(ids))
+    return tokenizer.decode(generate(model, ids, max_new_tokens, temperature=0.0))
+
+
+class Trainer:
+    """One run of ``config``; ``run()`` trains until the last step, a stop request or ``stop_at``."""
+
+    def __init__(self, config: TrainConfig, *, stream: TextIO | None = None) -> None:
+        self.config = config
+        self.stream = stream if stream is not None else sys.stderr
+        self.run_dir = Path(config.out_dir)
+        self.device = resolve_device(config.device)
+        self.precision = steps.resolve_precision(config.precision, self.device)
+        seed_everything(config.seed)
+
+        data = Path(config.data) if config.data is not None else None
+        text_tokenizer = None if data is not None and is_prepared(data) else get_tokenizer(config.tokenizer)
+        self.train_batches, self.val_batches, spec = load_batches(
+            config.data, text_tokenizer, context_length=config.context_length,
+            stride=config.stride or config.context_length, batch_size=config.micro_batch_size,
+            train_ratio=config.train_ratio, seed=config.seed)
+        # A prepared token file records the tokenizer that wrote it; samples must decode with it.
+        self.tokenizer = text_tokenizer or (tokenizer_from_dict(spec) if spec
+                                            else get_tokenizer(config.tokenizer))
+        model_config = config.model_config()
+        if self.tokenizer.vocab_size > model_config.vocab_size:
+            raise ConfigError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model's "
+                              f"vocab_size is {model_config.vocab_size}; raise model.vocab_size")
+        self.model = GPTModel(model_config).to(self.device)
+        self.forward_model = torch.compile(self.model) if config.compile else self.model
+        self.optimizer = build_optimizer(self.model, lr=config.lr, weight_decay=config.weight_decay,
+                                         betas=config.betas, decay_all=config.decay_all)
+        self.steps_per_epoch = len(self.train_batches) // config.accum_steps
+        if self.steps_per_epoch == 0:
+            raise DataError(f"one optimizer step needs {config.accum_steps} micro batches but an "
+                            f"epoch has only {len(self.train_batches)}; lower batch_size")
+        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.scheduler = build_scheduler(self.optimizer, max_lr=config.lr,
+                                         min_lr=config.effective_min_lr,
+                                         warmup_steps=config.warmup_steps, total_steps=self.total_steps)
+        self.scaler = steps.grad_scaler_for(self.precision, self.device)
+        self.autocast = steps.autocast_for(self.precision, self.device)
+        self.state = TrainingState(step=0, tokens_seen=0, epoch=0, data_state={}, best_val_loss=None)
+        self.metrics = MetricsLog(self.run_dir / METRICS_FILE)
+        self.last_eval: tuple[float, float] | None = None
+        self.last_eval_step = -1
+        self.checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------------ setup
+    def prepare_run_dir(self) -> None:
+        """Resume from the newest checkpoint, or refuse to mix a new run into an old one."""
+        newest = latest_checkpoint(self.run_dir)
+        if self.config.resume and newest is not None:
+            self.state = load_checkpoint(newest, model=self.model, optimizer=self.optimizer,
+                                         scheduler=self.scheduler, scaler=self.scaler)
+            self.train_batches.load_state_dict(self.state.data_state)
+            self.metrics.truncate_after(self.state.step)
+            self.checkpoint = newest
+            self.say(f"resumed from {newest} at step {self.state.step}")
+            return
+        if self.config.resume:
+            self.say(f"no checkpoint in {self.run_dir} yet; starting a new run")
+        elif newest is not None and not self.config.overwrite:
+            raise ConfigError(f"{self.run_dir} already holds a run ({newest.name}); pass --resume to "
+                              "continue it, --overwrite to start over, or choose another --out")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            path = self.run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        atomic_write_text(self.run_dir / "train_config.json",
+                          json.dumps(self.config.to_dict(), indent=2) + "\n")
+
+    def say(self, text: str) -> None:
+        self.progress.message(text)
+
+    # ------------------------------------------------------------------------ the loop
+    def train_step(self) -> tuple[float, int]:
+        """One optimizer step over ``accum_steps`` micro batches; returns (loss, tokens)."""
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        micro = (self.train_batches.next_batch() for _ in range(cfg.accum_steps))
+        loss, tokens = steps.accumulate_gradients(self.forward_model, micro, cfg.accum_steps,
+                                                  device=self.device, autocast=self.autocast,
+                                                  scaler=self.scaler)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        return loss, tokens
+
+    def evaluate(self) -> tuple[float, float]:
+        """Train and validation loss over the first ``eval_batches`` batches of each split."""
+        n = self.config.eval_batches
+        train_loss = steps.estimate_loss(self.forward_model, self.train_batches.first_batches(n),
+                                         device=self.device, autocast=self.autocast)
+        val_loss = steps.estimate_loss(self.forward_model, self.val_batches.first_batches(n),
+                                       device=self.device, autocast=self.autocast)
+        return train_loss, val_loss
+
+    def run(self, *, stop_at: int | None = None) -> TrainResult:
+        """Train to ``total_steps`` (or ``stop_at`` steps, checkpointing as on Ctrl-C)."""
+        cfg = self.config
+        self.progress = Progress(self.total_steps, every=cfg.log_every, stream=self.stream)
+        self.prepare_run_dir()
+        state = self.state
+        self.progress.start_step = state.step
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.say(f"training {n_params / 1e6:.1f}M parameters on {self.device} ({self.precision}) "
+                 f"for {self.total_steps} steps ({self.steps_per_epoch} per epoch, "
+                 f"{cfg.batch_size}x{cfg.context_length} tokens each)")
+        end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
+        start_time = time.perf_counter()
+        self.model.train()
+        with _StopFlag() as stop:
+            while state.step < end and not stop.requested:
+                self.one_step(start_time)
+                saving = stop.requested or state.step == end
+                if saving or (cfg.save_every and state.step % cfg.save_every == 0):
+                    self.save()
+        self.progress.close()
+        if stop.requested:
+            self.say(f"interrupted at step {state.step}; saved {self.checkpoint}; "
+                     "continue with --resume")
+        finished = not stop.requested and state.step == self.total_steps
+        samples = [self.sample()] if finished and cfg.sample_tokens else []
+        train_loss, val_loss = self.last_eval or (None, None)
+        return TrainResult(run_dir=self.run_dir, step=state.step, total_steps=self.total_steps,
+                           tokens_seen=state.tokens_seen, train_loss=train_loss, val_loss=val_loss,
+                           checkpoint=self.checkpoint, interrupted=stop.requested,
+                           seconds=time.perf_counter() - start_time, samples=samples)
+
+    def one_step(self, start_time: float) -> None:
+        """Train one step, then log, evaluate and sample when their intervals come round."""
+        cfg, state = self.config, self.state
+        lr = self.scheduler.get_last_lr()[0]
+        tic = time.perf_counter()
+        loss, tokens = self.train_step()
+        state.step += 1
+        state.tokens_seen += tokens
+        state.epoch = self.train_batches.epoch
+        tok_per_sec = tokens / max(time.perf_counter() - tic, 1e-9)
+        self.progress.update(state.step, loss=loss, tokens_per_sec=tok_per_sec, lr=lr)
+        record = {"step": state.step, "epoch": round(self.train_batches.epochs_done, 4),
+                  "tokens_seen": state.tokens_seen, "lr": lr,
+                  "elapsed": round(time.perf_counter() - start_time, 3),
+                  "tokens_per_sec": round(tok_per_sec, 1)}
+        if state.step % cfg.log_every == 0:
+            self.metrics.write({"event": "train", **record, "loss": loss})
+        # Like the book: evaluate after the first step and every eval_every steps after it.
+        if (state.step - 1) % cfg.eval_every == 0 or state.step == self.total_steps:
+            self.eval_and_log(record)
+        if cfg.sample_every and cfg.sample_tokens and state.step % cfg.sample_every == 0:
+            self.say(f"sample @ step {state.step}: {self.sample()!r}")
+
+    def eval_and_log(self, record: dict) -> None:
+        train_loss, val_loss = self.evaluate()
+        self.last_eval, self.last_eval_step = (train_loss, val_loss), self.state.step
+        if val_loss == val_loss and (self.state.best_val_loss is None
+                                     or val_loss < self.state.best_val_loss):
+            self.state.best_val_loss = val_loss
+        self.metrics.write({"event": "eval", **record, "train_loss": train_loss,
+                            "val_loss": val_loss, "perplexity": steps.perplexity(val_loss)})
+        self.say(f"step {self.state.step}: train loss {train_loss:.3f}, val loss {val_loss:.3f}, "
+                 f"val perplexity {steps.perplexity(val_loss):.1f}")
+        plot_losses(read_metrics(self.run_dir / METRICS_FILE), self.run_dir / PLOT_FILE,
+                    title=self.run_dir.name)
+
+    def sample(self) -> str:
+        return sample_text(self.model, self.tokenizer, self.config.sample_prompt,
+                           self.config.sample_tokens)
+
+    def save(self) -> None:
+        """Checkpoint now; the val loss counts for best/ only if it was measured at this step."""
+        val_loss = self.last_eval[1] if self.last_eval_step == self.state.step else None
+        self.state.data_state = self.train_batches.state_dict()
+        self.checkpoint = save_checkpoint(
+            self.run_dir, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            state=self.state, tokenizer=self.tokenizer, train_config=self.config.to_dict(),
+            val_loss=val_loss, keep_last=self.config.keep_last, scaler=self.scaler)
+
+
+def train(config: TrainConfig, *, stream: TextIO | None = None, stop_at: int | None = None) -> TrainResult:
+    """Run ``config`` to the end (see ``Trainer``); progress and evals go to ``stream`` (stderr)."""
+    return Trainer(config, stream=stream).run(stop_at=stop_at)

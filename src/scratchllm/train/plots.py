@@ -1,0 +1,65 @@
+"""Loss curves: training and validation loss against tokens seen (book 5.1.3, figure 5.12)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from scratchllm.data.atomic import AtomicWriter
+from scratchllm.errors import DataError, MissingFileError
+from scratchllm.train.metrics import METRICS_FILE, read_metrics
+
+PLOT_FILE = "loss.png"
+
+
+def plot_losses(records: list[dict], out_path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Draw the ``eval`` records' train/val loss vs tokens seen and write a PNG atomically.
+
+    A widening gap between the two curves is the overfitting the book discusses after
+    figure 5.12. The top axis shows the optimizer step for the same points.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # no display needed; must precede pyplot's import
+    import matplotlib.pyplot as plt
+
+    evals = [r for r in records if r.get("event") == "eval"]
+    if not evals:
+        raise DataError("no evaluation records to plot yet; let the run reach its first eval step")
+    tokens = [r["tokens_seen"] for r in evals]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    try:
+        for key, label, style in (("train_loss", "Training loss", "-"),
+                                  ("val_loss", "Validation loss", "-.")):
+            points = [(t, r.get(key)) for t, r in zip(tokens, evals) if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), style, marker="o", markersize=3, label=label)
+        ax.set_xlabel("Tokens seen")
+        ax.set_ylabel("Loss")
+        ax.legend(loc="upper right", title=title, title_fontsize=8)
+        ax.grid(alpha=0.3)
+        steps = [r["step"] for r in evals]
+        if len(set(tokens)) > 1 and tokens[-1] > tokens[0]:
+            per_step = (tokens[-1] - tokens[0]) / max(1, steps[-1] - steps[0])
+            top = ax.secondary_xaxis("top", functions=(lambda t: t / per_step, lambda s: s * per_step))
+            top.set_xlabel("Step")
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+    out_path = Path(out_path)
+    with AtomicWriter(out_path) as writer:
+        writer.write(buffer.getvalue())
+    return out_path
+
+
+def plot_run(run_dir: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
+    """(Re)draw ``RUN_DIR/loss.png`` from ``RUN_DIR/metrics.jsonl``."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / METRICS_FILE
+    if not metrics.is_file():
+        raise MissingFileError(f"{str(metrics)!r} not found; give the folder a `scratchllm pretrain` "
+                               "run wrote (its --out)")
+    return plot_losses(read_metrics(metrics), out_path or run_dir / PLOT_FILE, title=run_dir.name)

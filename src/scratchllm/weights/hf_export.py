@@ -1,0 +1,159 @@
+"""Export a scratchllm model as a Hugging Face directory that ``from_pretrained`` loads.
+
+The inverse of ``scratchllm.weights.hf``: our names -> HF names through the family's adapter,
+tensors streamed into (optionally sharded) safetensors files, config.json from the adapter,
+and the tokenizer's files. Everything is written into a temp directory that replaces
+``out_dir`` only when complete.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from scratchllm.errors import CheckpointError, ConfigError
+from scratchllm.model.registry import get_family, family_names
+from scratchllm.train.checkpoint import (_check_replaceable, atomic_directory, tied_aliases,
+                                         write_json)
+from scratchllm.weights.adapter import FamilyAdapter
+from scratchllm.weights.hf import INDEX_FILE, SINGLE_FILE, hf_adapters
+from scratchllm.weights.safetensors_io import TensorSource, tensor_nbytes, write_safetensors
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str | int) -> int:
+    """'2GB' / '500MB' / '1GiB' / 123456 -> bytes (decimal units, as Hugging Face uses)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", str(text).upper())
+        if not match:
+            raise ConfigError(f"cannot read size {text!r}; write it like 2GB, 500MB or 1GiB")
+        value = int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+    if value <= 0:
+        raise ConfigError(f"shard size must be positive, got {text!r}")
+    return value
+
+
+def adapter_for_model(model: nn.Module) -> FamilyAdapter:
+    """The adapter whose family builds this model's class and round-trips its config."""
+    config = getattr(model, "config", None)
+    families = {name for name in family_names() if get_family(name).model_cls is type(model)}
+    candidates = [a for a in hf_adapters() if a.family in families]
+    if not candidates:
+        raise ConfigError(f"{type(model).__name__} has no Hugging Face export; supported "
+                          f"families: {', '.join(sorted({a.family for a in hf_adapters()}))}")
+    for adapter in candidates:  # e.g. Llama vs Qwen3 share a class but not a config
+        try:
+            if adapter.config_from_hf(adapter.config_to_hf(config)) == config:
+                return adapter
+        except Exception:
+            continue
+    return candidates[0]
+
+
+def _tensor_sources(model: nn.Module, adapter: FamilyAdapter) -> dict[str, TensorSource]:
+    """HF name -> (view for dtype/shape, producer); tied copies are written once."""
+    aliases = tied_aliases(model)
+    sources: dict[str, TensorSource] = {}
+    for name, tensor in model.state_dict().items():
+        if name in aliases:
+            continue
+        hf_name = adapter.ours_to_hf(name)
+        view = adapter.transform_out(hf_name, tensor.detach())
+        sources[hf_name] = (view, lambda v=view: v.contiguous())
+    if adapter.family == "gpt" and not model.config.qkv_bias:  # GPT-2 always has c_attn.bias
+        ref = model.tok_emb.weight
+        for i in range(model.config.n_layers):
+            zeros = torch.zeros(3 * model.config.emb_dim, dtype=ref.dtype, device=ref.device)
+            sources[f"transformer.h.{i}.attn.c_attn.bias"] = (zeros, lambda z=zeros: z)
+    return sources
+
+
+def _shards(sources: dict[str, TensorSource], shard_size: int | None) -> list[list[str]]:
+    """Greedy split in name order; a tensor bigger than the limit gets a shard of its own."""
+    if shard_size is None:
+        return [list(sources)]
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, (view, _) in sources.items():
+        size = tensor_nbytes(view)
+        if shards[-1] and used + size > shard_size:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += size
+    return shards
+
+
+def write_weights(directory: Path, sources: dict[str, TensorSource],
+                  shard_size: int | None) -> None:
+    shards = _shards(sources, shard_size)
+    if len(shards) == 1:
+        write_safetensors(directory / SINGLE_FILE, sources)
+        return
+    weight_map, total = {}, 0
+    for i, names in enumerate(shards, start=1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        total += write_safetensors(directory / file, {n: sources[n] for n in names})
+        weight_map.update({n: file for n in names})
+    write_json(directory / INDEX_FILE, {"metadata": {"total_size": total},
+                                        "weight_map": weight_map})
+
+
+def write_tokenizer_files(directory: Path, tokenizer: Any, context_length: int) -> None:
+    """tokenizer.json (HF tokenizers) or vocab.json + merges.txt (GPT-2), with its config."""
+    from scratchllm.tokenizers.gpt2 import GPT2Tokenizer
+
+    if callable(getattr(tokenizer, "save_files", None)):
+        tokenizer.save_files(directory)
+        return
+    if isinstance(tokenizer, GPT2Tokenizer):
+        from scratchllm.tokenizers.byte_level import find_gpt2_files
+        found = find_gpt2_files(tokenizer.files_dir)
+        if found is None:
+            warnings.warn("GPT-2 vocabulary files not found locally; exported without "
+                          "tokenizer files (set SCRATCHLLM_GPT2_DIR to include them)")
+            return
+        shutil.copyfile(found[0], directory / "vocab.json")
+        shutil.copyfile(found[1], directory / "merges.txt")
+        eot = "<|endoftext|>"
+        write_json(directory / "tokenizer_config.json", {
+            "tokenizer_class": "GPT2Tokenizer", "bos_token": eot, "eos_token": eot,
+            "unk_token": eot, "add_prefix_space": False, "model_max_length": context_length})
+        return
+    warnings.warn(f"{type(tokenizer).__name__} has no Hugging Face format; exported the "
+                  "model without tokenizer files")
+
+
+def export_hf_dir(model: nn.Module, out_dir: str | Path, tokenizer: Any = None, *,
+                  shard_size: int | str | None = None) -> Path:
+    """Write ``model`` (and tokenizer) as a Hugging Face directory; return its path.
+
+    ``shard_size`` ("2GB", bytes) splits the weights into model-0000i-of-0000N.safetensors
+    plus model.safetensors.index.json, as ``save_pretrained(max_shard_size=...)`` does.
+    """
+    out_dir = Path(out_dir).expanduser()
+    adapter = adapter_for_model(model)
+    limit = parse_size(shard_size) if shard_size is not None else None
+    hf_config = dict(adapter.config_to_hf(model.config))
+    dtype_name = str(next(model.parameters()).dtype).removeprefix("torch.")
+    hf_config["torch_dtype"] = hf_config["dtype"] = dtype_name
+    if tokenizer is not None and "eos_token_id" in hf_config:
+        hf_config["eos_token_id"] = tokenizer.eot_id
+    _check_replaceable(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        write_weights(tmp, _tensor_sources(model, adapter), limit)
+        write_json(tmp / "config.json", hf_config)
+        if tokenizer is not None:
+            write_tokenizer_files(tmp, tokenizer, getattr(model.config, "context_length", 1024))
+    return out_dir
+

@@ -1,0 +1,89 @@
+"""The metrics log, the progress line and the loss plot."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from scratchllm.errors import DataError, MissingFileError
+from scratchllm.train.metrics import MetricsLog, Progress, format_duration, read_metrics
+from scratchllm.train.plots import plot_losses, plot_run
+
+
+def test_log_appends_reads_and_truncates(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for step in (1, 2, 3):
+        log.write({"event": "eval", "step": step, "val_loss": float("nan") if step == 2 else step / 10})
+    with open(log.path, "a") as handle:
+        handle.write('{"event": "eval", "step": 4, "val')  # a torn last line from a crash
+    records = read_metrics(log.path)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert records[1]["val_loss"] is None  # NaN is not JSON
+    log.truncate_after(2)
+    assert [json.loads(line)["step"] for line in log.path.read_text().splitlines()] == [1, 2]
+    assert read_metrics(tmp_path / "absent.jsonl") == []
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def test_progress_prints_a_line_every_n_steps_when_not_a_terminal():
+    stream = _Stream(tty=False)
+    progress = Progress(10, every=4, stream=stream)
+    for step in range(1, 11):
+        progress.update(step, loss=2.0, tokens_per_sec=1234.0, lr=1e-3)
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["4/10", "8/10", "10/10"]
+    assert "loss 2.000" in lines[0] and "1,234 tok/s" in lines[0] and "ETA" in lines[0]
+    assert "\r" not in stream.getvalue()
+
+
+def test_progress_redraws_in_place_on_a_terminal():
+    stream = _Stream(tty=True)
+    progress = Progress(3, every=100, stream=stream)
+    for step in (1, 2):
+        progress.update(step, loss=1.0, tokens_per_sec=10.0, lr=1e-3)
+    progress.message("step 2: val loss 1.0")
+    progress.close()
+    out = stream.getvalue()
+    assert out.count("\r") == 2 and out.endswith("\nstep 2: val loss 1.0\n")
+
+
+def test_format_duration():
+    assert format_duration(65) == "01:05" and format_duration(3725) == "1:02:05"
+
+
+def _records():
+    return [{"event": "eval", "step": s, "tokens_seen": s * 512, "train_loss": 10 - s, "val_loss": 10 - s / 2}
+            for s in (1, 6, 11)] + [{"event": "train", "step": 5, "tokens_seen": 2560, "loss": 3.0}]
+
+
+def test_plot_writes_a_png(tmp_path):
+    matplotlib_image = pytest.importorskip("matplotlib.image")
+    out = plot_losses(_records(), tmp_path / "loss.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = matplotlib_image.imread(out).shape
+    assert (width, height) == (720, 420)  # 6x3.5 inches at 120 dpi
+    assert not list(tmp_path.glob(".*tmp*"))  # the temp file was renamed away
+
+
+def test_plot_errors(tmp_path):
+    with pytest.raises(DataError, match="no evaluation records"):
+        plot_losses([{"event": "train", "step": 1}], tmp_path / "x.png")
+    with pytest.raises(MissingFileError, match="metrics.jsonl"):
+        plot_run(tmp_path)
+
+
+def test_plot_run_reads_the_metrics_file(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for record in _records():
+        log.write(record)
+    assert plot_run(tmp_path) == tmp_path / "loss.png" and (tmp_path / "loss.png").stat().st_size > 1000
