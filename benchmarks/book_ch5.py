@@ -3,7 +3,7 @@
 Runs ``configs/book_ch5.yaml`` (book 5.2: the 124M architecture with an untied head, context
 256, batch 2, AdamW lr 4e-4 with weight decay 0.1 on every parameter, 10 epochs over *The
 Verdict* split 90/10, evaluating 5 batches every 5 steps, seed 123) with ``load_train_config``
-and ``train``, in a temporary run directory, then reads its ``metrics.jsonl`` back.
+and ``Trainer`` (what ``train`` runs), in a temporary run directory, then reads its ``metrics.jsonl`` back.
 
 Prints every evaluation in the book's ``Ep N (Step NNNNNN)`` format (the book counts steps
 from 0), the last evaluation of each epoch, the reference numbers, and the training speed
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from common import machine_summary
-from scratchllm.train import load_train_config, train
+from scratchllm.train import Trainer, load_train_config
 from scratchllm.train.metrics import METRICS_FILE, read_metrics
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "book_ch5.yaml"
@@ -99,13 +99,13 @@ def main(argv: list[str] | None = None) -> int:
               f"seed {config.seed})")
         stream = open(Path(out_dir) / "progress.log", "w") if args.quiet else sys.stderr
         try:
-            result = train(config, stream=stream)
+            trainer = Trainer(config, stream=stream)  # what train(config) runs, kept for its stats
+            result = trainer.run()
         finally:
             if stream is not sys.stderr:
                 stream.close()
         records = read_metrics(Path(out_dir) / METRICS_FILE)
-    steps_per_epoch = result.total_steps // config.epochs
-    final_val = report(records, steps_per_epoch, result.seconds,
+    final_val = report(records, trainer.steps_per_epoch, result.seconds,
                        result.samples[0] if result.samples else None)
     print(f"book_ch5_final_val_loss: {final_val:.3f} (book: {BOOK_END[1]}, "
           f"ratio {final_val / BOOK_END[1]:.3f})")

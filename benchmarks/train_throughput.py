@@ -10,7 +10,8 @@ The workload is chapter 5's (book 5.2): GPT-2 small's architecture with an untie
 
 Both run in fp32 and under bf16 autocast, in the same process, interleaved round by round
 (the order flips every round) so a burst of load from other processes hits all of them.
-Warmup steps are not timed; each figure is the median over ``--rounds`` timed windows.
+Warmup steps are not timed; each figure is the median over ``--rounds`` timed windows, and
+"paired" is the median of the per-round ratios (windows timed back to back).
 MFU = training FLOPs per token (6 N plus attention, ``model.stats.training_flops_per_token``)
 x tokens/s / the peak matmul FLOP/s this machine reaches in the same run for that dtype.
 
@@ -22,16 +23,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from common import machine_summary, median, peak_matmul_flops, time_call
+from common import load_average, machine_summary, median, peak_matmul_flops, time_call
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.model.stats import training_flops_per_token
 from scratchllm.train import steps
-from scratchllm.train.optim import build_optimizer
+from scratchllm.train.optim import build_optimizer, param_groups
 
 SEED, LR, WEIGHT_DECAY = 123, 4e-4, 0.1
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -46,13 +48,22 @@ class Contender:
     speeds: dict[str, list[float]] = field(default_factory=dict)  # precision -> tokens/s
 
 
-def build_ours(config: GPTConfig, device: torch.device, compile_model: bool) -> Contender:
-    """Our model stepped exactly as ``Trainer.train_step`` does (no clipping, constant lr)."""
+def build_ours(config: GPTConfig, device: torch.device, compile_model: bool,
+               fused_adamw: bool = False) -> Contender:
+    """Our model stepped exactly as ``Trainer.train_step`` does (no clipping, constant lr).
+
+    ``fused_adamw`` swaps in torch's fused AdamW kernel (one pass over each tensor), which
+    ``build_optimizer`` uses on CUDA only: an experiment, not what the Trainer runs today.
+    """
     torch.manual_seed(SEED)
     model = GPTModel(config).to(device).train()
     forward_model = torch.compile(model) if compile_model else model
-    optimizer = build_optimizer(model, lr=LR, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999),
-                                decay_all=True)
+    if fused_adamw:
+        optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY, decay_all=True), lr=LR,
+                                      betas=(0.9, 0.999), fused=True)
+    else:
+        optimizer = build_optimizer(model, lr=LR, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999),
+                                    decay_all=True)
 
     def step(inputs: torch.Tensor, targets: torch.Tensor, precision: str) -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -61,7 +72,7 @@ def build_ours(config: GPTConfig, device: torch.device, compile_model: bool) -> 
         optimizer.step()
         return loss
 
-    return Contender("scratchllm", step)
+    return Contender("scratchllm" + (" fused AdamW" if fused_adamw else ""), step)
 
 
 def build_book(config: GPTConfig, device: torch.device, compile_model: bool) -> Contender:
@@ -100,23 +111,32 @@ def make_batches(config: GPTConfig, batch_size: int, count: int = 4) -> list[tup
 
 
 def measure(contenders: list[Contender], precisions: list[str], batches, *, device: torch.device,
-            warmup: int, window: int, rounds: int) -> dict[str, float]:
-    """Fill each contender's ``speeds``; returns the first warmup loss of each (name/precision)."""
-    first_losses = {}
+            warmup: int, window: int, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Fill each contender's ``speeds``.
+
+    Returns each contender's loss on its very first step (same seed and batch, so they should
+    agree to ~0.05, dropout masks differ) and the peak matmul FLOP/s per precision, measured
+    before every round and kept at its best: other processes only ever slow a run down.
+    """
+    first_losses: dict[str, float] = {}
+    peaks = {p: peak_matmul_flops(DTYPES[p], device) for p in precisions}
     combos = [(c, p) for p in precisions for c in contenders]
     for contender, precision in combos:
         for i in range(warmup):
             loss = contender.step(*batches[i % len(batches)], precision)
-            first_losses.setdefault(f"{contender.name}/{precision}", loss)
+            first_losses.setdefault(contender.name, loss)
         contender.speeds[precision] = []
     tokens = batches[0][0].numel() * window
     for r in range(rounds):
+        peaks = {p: max(peaks[p], peak_matmul_flops(DTYPES[p], device)) for p in precisions}
         for contender, precision in (combos if r % 2 == 0 else combos[::-1]):
             def run_window() -> None:
                 for i in range(window):
                     contender.step(*batches[(r + i) % len(batches)], precision)
             contender.speeds[precision].append(tokens / time_call(run_window, device))
-    return first_losses
+            print(f"  round {r + 1}/{rounds} {contender.name} {precision}: "
+                  f"{contender.speeds[precision][-1]:.1f} tok/s", file=sys.stderr, flush=True)
+    return first_losses, peaks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="gpt2-small", help="GPTConfig preset (tiny for a smoke test)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--fused-adamw", action="store_true",
+                        help="experiment: our model with torch's fused AdamW (the Trainer's is not)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -138,31 +160,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine_summary(device)}")
     print(f"workload: {args.preset} (context {config.context_length}, batch {args.batch_size}, "
           f"dropout 0.1, AdamW lr {LR} wd {WEIGHT_DECAY}); {args.warmup} warmup steps, "
-          f"{args.rounds} rounds x {args.window} steps, compile={args.compile}")
-    peaks = {p: peak_matmul_flops(DTYPES[p], device) for p in precisions}
-    contenders = [build_ours(config, device, args.compile), build_book(config, device, args.compile)]
-    first = measure(contenders, precisions, make_batches(config, args.batch_size), device=device,
-                    warmup=args.warmup, window=args.window, rounds=args.rounds)
-    # The peak again after the run: best of both, since other processes only ever slow it down.
-    peaks = {p: max(peaks[p], peak_matmul_flops(DTYPES[p], device)) for p in precisions}
-    print(f"load average after: {machine_summary(device).rsplit('load average ', 1)[1]}")
-    print("first-step loss (same seed, random tokens; ~ln(50257)=10.8): "
+          f"{args.rounds} rounds x {args.window} steps, compile={args.compile}, "
+          f"fused_adamw={args.fused_adamw}")
+    contenders = [build_ours(config, device, args.compile, args.fused_adamw),
+                  build_book(config, device, args.compile)]
+    first, peaks = measure(contenders, precisions, make_batches(config, args.batch_size),
+                           device=device, warmup=args.warmup, window=args.window, rounds=args.rounds)
+    print(f"load average after: {load_average()}")
+    print(f"first-step loss ({precisions[0]}; same init and batch, dropout masks differ): "
           + ", ".join(f"{k} {v:.3f}" for k, v in first.items()))
 
     flops_per_token = training_flops_per_token(config)
     ours, book = contenders
-    print(f"\npeak matmul (2048x2048, best of 10): "
+    print(f"\npeak matmul (2048x2048, best of {5 * (args.rounds + 1)}): "
           + ", ".join(f"{p} {peaks[p] / 1e9:.0f} GFLOP/s" for p in precisions))
     print(f"training FLOPs per token: {flops_per_token / 1e6:.0f}M")
-    print(f"\n{'model':<24}{'precision':<11}{'tok/s':>8}{'min':>8}{'max':>8}{'MFU':>8}{'vs book':>9}")
+    print(f"\n{'model':<24}{'precision':<11}{'tok/s':>8}{'min':>8}{'best':>8}{'MFU':>8}{'vs book':>9}{'paired':>8}")
     for precision in precisions:
         book_speed = median(book.speeds[precision])
         for contender in contenders:
             speeds = contender.speeds[precision]
             tok_s = median(speeds)
             mfu = flops_per_token * tok_s / peaks[precision]
+            # Ratio of windows timed back to back in the same round: less exposed to load swings.
+            paired = median([a / b for a, b in zip(speeds, book.speeds[precision])])
             print(f"{contender.name:<24}{precision:<11}{tok_s:>8.1f}{min(speeds):>8.1f}"
-                  f"{max(speeds):>8.1f}{mfu:>8.1%}{tok_s / book_speed:>8.2f}x")
+                  f"{max(speeds):>8.1f}{mfu:>8.1%}{tok_s / book_speed:>8.2f}x{paired:>7.2f}x")
     print()
     for precision in sorted(precisions):  # bf16 first, so fp32's line is the last one
         tok_s, book_speed = median(ours.speeds[precision]), median(book.speeds[precision])

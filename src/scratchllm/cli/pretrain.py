@@ -3,6 +3,9 @@
 With no arguments it trains a small GPT on the bundled short story *The Verdict* in a few CPU
 minutes, writes the run to ``runs/verdict`` and prints a sample continuation. Values come from
 the defaults, then ``--config FILE``, then ``--set KEY=VALUE`` and the other flags.
+
+Several processes: ``torchrun --nproc_per_node=N -m scratchllm pretrain ...`` (DDP by default,
+``--distributed fsdp`` to shard the model); ``--batch-size`` is then the global batch.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto = bf16 on capable GPUs, else fp32")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--distributed", choices=["auto", "ddp", "fsdp", "none"],
+                   help="under torchrun: ddp (auto's choice when WORLD_SIZE > 1) or fsdp "
+                   "(shards weights, gradients and optimizer state)")
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue OUT's newest checkpoint (with its saved config unless --config)")
     p.add_argument("--overwrite", action="store_true", default=None,
@@ -52,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 _FLAG_KEYS = ("data", "preset", "max_steps", "epochs", "batch_size", "micro_batch_size",
               "context_length", "lr", "seed", "eval_every", "save_every", "sample_every",
-              "sample_prompt", "out_dir", "device", "precision", "compile", "resume", "overwrite")
+              "sample_prompt", "out_dir", "device", "precision", "compile", "distributed", "resume",
+              "overwrite")
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -111,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     result = train(config)
     if result.interrupted:
         return 130
+    if not result.is_main:  # rank 0 reports for the whole torchrun job
+        return 0
     losses = ""
     if result.train_loss is not None:
         losses = f"; train loss {result.train_loss:.3f}, val loss {result.val_loss:.3f}"

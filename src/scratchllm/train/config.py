@@ -19,6 +19,7 @@ from scratchllm.errors import ConfigError, MissingFileError
 from scratchllm.model import GPTConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DISTRIBUTED = ("auto", "ddp", "fsdp", "none")  # see scratchllm.train.distributed
 
 # The main job's architecture: GPT-2's vocabulary and block design at 1/3 the width and 1/3 the
 # depth of GPT-2 small, with an untied output head (29M parameters, most in the two
@@ -42,8 +43,9 @@ class TrainConfig:
     # Length of the run: max_steps wins when both are set.
     max_steps: int | None = None
     epochs: int | None = 15
-    micro_batch_size: int = 4         # sequences per forward/backward pass
-    batch_size: int = 4               # sequences per optimizer step (a multiple of the above)
+    micro_batch_size: int = 4         # sequences per forward/backward pass (per process)
+    batch_size: int = 4               # sequences per optimizer step, over all processes: a
+                                      # multiple of micro_batch_size x number of processes
     # Optimizer and schedule (appendix D): warmup, then cosine from lr down to min_lr.
     lr: float = 2e-3
     min_lr: float | None = None       # None = lr / 10; equal to lr = constant rate (book ch. 5)
@@ -67,6 +69,8 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"           # auto = bf16 on CUDA GPUs that support it, else fp32
     compile: bool = False
+    # Multi-process training under torchrun: auto = DDP when WORLD_SIZE > 1, else one process.
+    distributed: str = "auto"
     out_dir: str = "runs/verdict"
     resume: bool = False              # continue from out_dir's newest checkpoint
     overwrite: bool = False           # delete out_dir's old run first (else refuse to mix runs)
@@ -121,6 +125,9 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train config field 'precision' must be one of {', '.join(PRECISIONS)}, "
                               f"got {self.precision!r}")
+        if self.distributed not in DISTRIBUTED:
+            raise ConfigError(f"train config field 'distributed' must be one of "
+                              f"{', '.join(DISTRIBUTED)}, got {self.distributed!r}")
         if not isinstance(self.model, dict):
             raise ConfigError(f"train config field 'model' must be a mapping of GPTConfig fields, "
                               f"got {self.model!r}")
@@ -131,8 +138,22 @@ class TrainConfig:
     # ----------------------------------------------------------------------------- derived
     @property
     def accum_steps(self) -> int:
-        """Micro batches per optimizer step (gradient accumulation)."""
+        """Micro batches per optimizer step (gradient accumulation) in a single process."""
         return self.batch_size // self.micro_batch_size
+
+    def accum_steps_for(self, world_size: int) -> int:
+        """Micro batches per optimizer step on each of ``world_size`` processes.
+
+        ``batch_size`` is global, so adding processes divides the accumulation instead of
+        growing the batch: the learning rate and schedule keep their meaning.
+        """
+        per_step = self.micro_batch_size * world_size
+        if self.batch_size % per_step:
+            raise ConfigError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
+                f"({self.micro_batch_size}) x {world_size} processes = {per_step}; change "
+                "--batch-size, --micro-batch-size or --nproc_per_node")
+        return self.batch_size // per_step
 
     @property
     def effective_min_lr(self) -> float:

@@ -7,10 +7,16 @@ sampling, checkpoints that continue bit-for-bit, and a Ctrl-C that saves before 
 A run directory (``TrainConfig.out_dir``) ends up holding ``train_config.json``,
 ``metrics.jsonl``, ``loss.png``, ``checkpoints/step-N/``, and ``latest/`` + ``best/`` model
 directories. ``scratchllm generate --model RUN_DIR`` loads ``RUN_DIR/latest``.
+
+Under ``torchrun`` the same loop trains with DDP or FSDP (``scratchllm.train.distributed``):
+``batch_size`` stays the global batch, each process accumulates ``batch_size /
+(micro_batch_size x processes)`` micro batches of its own share of the data, and rank 0 alone
+writes the run directory (which must be on a file system every node sees, for resuming).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import shutil
@@ -28,13 +34,13 @@ from scratchllm.data.atomic import atomic_write_text
 from scratchllm.errors import ConfigError, DataError
 from scratchllm.model import GPTModel
 from scratchllm.tokenizers import get_tokenizer, tokenizer_from_dict
-from scratchllm.train import steps
+from scratchllm.train import distributed, steps
 from scratchllm.train.batches import is_prepared, load_batches
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.metrics import METRICS_FILE, MetricsLog, Progress, read_metrics
 from scratchllm.train.optim import build_optimizer, build_scheduler
 from scratchllm.train.plots import PLOT_FILE, plot_losses
-from scratchllm.train.state import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
+from scratchllm.train.state import CHECKPOINTS_DIR, TrainingState, latest_checkpoint, save_checkpoint
 from scratchllm.utils.device import resolve_device
 
 
@@ -56,6 +62,7 @@ class TrainResult:
     interrupted: bool = False
     seconds: float = 0.0
     samples: list[str] = field(default_factory=list)
+    is_main: bool = True              # False on the ranks > 0 of a multi-process run
 
 
 def seed_everything(seed: int) -> None:
@@ -63,6 +70,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class _Silent(io.TextIOBase):
+    """Where the progress lines of ranks > 0 go: rank 0 speaks for the job."""
+
+    def write(self, text: str) -> int:
+        return len(text)
 
 
 class _StopFlag:
@@ -111,18 +125,29 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, stream: TextIO | None = None) -> None:
         self.config = config
-        self.stream = stream if stream is not None else sys.stderr
         self.run_dir = Path(config.out_dir)
-        self.device = resolve_device(config.device)
+        self.dist, self.device = distributed.setup_distributed(config.distributed,
+                                                               resolve_device(config.device))
+        try:
+            self._build(stream)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, stream: TextIO | None) -> None:
+        config, dist = self.config, self.dist
+        self.stream = _Silent() if not dist.is_main else stream if stream is not None else sys.stderr
+        self.accum_steps = config.accum_steps_for(dist.world_size)
         self.precision = steps.resolve_precision(config.precision, self.device)
-        seed_everything(config.seed)
+        seed_everything(config.seed)  # the same on every rank: FSDP needs identical initial weights
 
         data = Path(config.data) if config.data is not None else None
         text_tokenizer = None if data is not None and is_prepared(data) else get_tokenizer(config.tokenizer)
         self.train_batches, self.val_batches, spec = load_batches(
             config.data, text_tokenizer, context_length=config.context_length,
             stride=config.stride or config.context_length, batch_size=config.micro_batch_size,
-            train_ratio=config.train_ratio, seed=config.seed)
+            train_ratio=config.train_ratio, seed=config.seed, rank=dist.rank,
+            world_size=dist.world_size)
         # A prepared token file records the tokenizer that wrote it; samples must decode with it.
         self.tokenizer = text_tokenizer or (tokenizer_from_dict(spec) if spec
                                             else get_tokenizer(config.tokenizer))
@@ -131,12 +156,17 @@ class Trainer:
             raise ConfigError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model's "
                               f"vocab_size is {model_config.vocab_size}; raise model.vocab_size")
         self.model = GPTModel(model_config).to(self.device)
-        self.forward_model = torch.compile(self.model) if config.compile else self.model
+        # DDP wraps the model; FSDP shards it in place (so the optimizer comes after this).
+        wrapped = distributed.wrap_model(self.model, dist)
+        self.no_sync = distributed.no_sync_factory(wrapped, dist)
+        self.forward_model = torch.compile(wrapped) if config.compile else wrapped
         self.optimizer = build_optimizer(self.model, lr=config.lr, weight_decay=config.weight_decay,
                                          betas=config.betas, decay_all=config.decay_all)
-        self.steps_per_epoch = len(self.train_batches) // config.accum_steps
+        if dist.enabled:  # different dropout masks on each rank
+            torch.manual_seed(config.seed + dist.rank)
+        self.steps_per_epoch = len(self.train_batches) // self.accum_steps
         if self.steps_per_epoch == 0:
-            raise DataError(f"one optimizer step needs {config.accum_steps} micro batches but an "
+            raise DataError(f"one optimizer step needs {self.accum_steps} micro batches but an "
                             f"epoch has only {len(self.train_batches)}; lower batch_size")
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, max_lr=config.lr,
@@ -153,26 +183,39 @@ class Trainer:
     # ------------------------------------------------------------------------ setup
     def prepare_run_dir(self) -> None:
         """Resume from the newest checkpoint, or refuse to mix a new run into an old one."""
+        self.dist.barrier()  # every rank looks before rank 0 may clear the directory
         newest = latest_checkpoint(self.run_dir)
         if self.config.resume and newest is not None:
-            self.state = load_checkpoint(newest, model=self.model, optimizer=self.optimizer,
-                                         scheduler=self.scheduler, scaler=self.scaler)
-            self.train_batches.load_state_dict(self.state.data_state)
-            self.metrics.truncate_after(self.state.step)
-            self.checkpoint = newest
-            self.say(f"resumed from {newest} at step {self.state.step}")
+            self.resume_from(newest)
             return
         if self.config.resume:
             self.say(f"no checkpoint in {self.run_dir} yet; starting a new run")
         elif newest is not None and not self.config.overwrite:
             raise ConfigError(f"{self.run_dir} already holds a run ({newest.name}); pass --resume to "
                               "continue it, --overwrite to start over, or choose another --out")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name in RUN_FILES:
-            path = self.run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        atomic_write_text(self.run_dir / "train_config.json",
-                          json.dumps(self.config.to_dict(), indent=2) + "\n")
+        self.dist.barrier()
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for name in RUN_FILES:
+                path = self.run_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            atomic_write_text(self.run_dir / "train_config.json",
+                              json.dumps(self.config.to_dict(), indent=2) + "\n")
+        self.dist.barrier()
+
+    def resume_from(self, checkpoint: Path) -> None:
+        """Every rank reads the same checkpoint; FSDP then shards the full tensors into place."""
+        self.state = distributed.load_checkpoint_into(
+            checkpoint, self.model, self.optimizer, self.dist, GPTModel,
+            scheduler=self.scheduler, scaler=self.scaler)
+        if self.dist.enabled:  # all ranks now hold rank 0's RNG state; decorrelate the dropout
+            torch.manual_seed(self.config.seed + self.dist.rank + 7919 * self.state.step)
+        self.train_batches.load_state_dict(self.state.data_state)
+        if self.dist.is_main:
+            self.metrics.truncate_after(self.state.step)
+        self.dist.barrier()
+        self.checkpoint = checkpoint
+        self.say(f"resumed from {checkpoint} at step {self.state.step}")
 
     def say(self, text: str) -> None:
         self.progress.message(text)
@@ -182,10 +225,9 @@ class Trainer:
         """One optimizer step over ``accum_steps`` micro batches; returns (loss, tokens)."""
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        micro = (self.train_batches.next_batch() for _ in range(cfg.accum_steps))
-        loss, tokens = steps.accumulate_gradients(self.forward_model, micro, cfg.accum_steps,
-                                                  device=self.device, autocast=self.autocast,
-                                                  scaler=self.scaler)
+        loss, tokens = steps.accumulate_gradients(self.forward_model, self.micro_batches(),
+                                                  self.accum_steps, device=self.device,
+                                                  autocast=self.autocast, scaler=self.scaler)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip is not None:
@@ -196,16 +238,30 @@ class Trainer:
         else:
             self.optimizer.step()
         self.scheduler.step()
-        return loss, tokens
+        # The mean over ranks is the loss of the global batch; every rank saw as many tokens.
+        return self.dist.all_reduce_mean(loss, self.device), tokens * self.dist.world_size
+
+    def micro_batches(self):
+        """This step's micro batches. Under DDP/FSDP all but the last are handed out inside
+        ``no_sync``, so their forward and backward (run while this generator is paused at the
+        ``yield``) only accumulate locally and gradients are averaged once, after the last."""
+        for index in range(self.accum_steps):
+            batch = self.train_batches.next_batch()
+            if self.no_sync is not None and index < self.accum_steps - 1:
+                with self.no_sync():
+                    yield batch
+            else:
+                yield batch
 
     def evaluate(self) -> tuple[float, float]:
-        """Train and validation loss over the first ``eval_batches`` batches of each split."""
+        """Train and validation loss over the first ``eval_batches`` batches of each split
+        (dealt out to the ranks, averaged over all of them)."""
         n = self.config.eval_batches
-        train_loss = steps.estimate_loss(self.forward_model, self.train_batches.first_batches(n),
-                                         device=self.device, autocast=self.autocast)
-        val_loss = steps.estimate_loss(self.forward_model, self.val_batches.first_batches(n),
-                                       device=self.device, autocast=self.autocast)
-        return train_loss, val_loss
+        losses = [distributed.sharded_estimate_loss(self.forward_model, batches.first_batches(n),
+                                                    self.dist, device=self.device,
+                                                    autocast=self.autocast)
+                  for batches in (self.train_batches, self.val_batches)]
+        return losses[0], losses[1]
 
     def run(self, *, stop_at: int | None = None) -> TrainResult:
         """Train to ``total_steps`` (or ``stop_at`` steps, checkpointing as on Ctrl-C)."""
@@ -215,29 +271,33 @@ class Trainer:
         state = self.state
         self.progress.start_step = state.step
         n_params = sum(p.numel() for p in self.model.parameters())
-        self.say(f"training {n_params / 1e6:.1f}M parameters on {self.device} ({self.precision}) "
+        where = (f"{self.dist.world_size} processes ({self.dist.mode}, {self.device.type})"
+                 if self.dist.enabled else str(self.device))
+        self.say(f"training {n_params / 1e6:.1f}M parameters on {where} ({self.precision}) "
                  f"for {self.total_steps} steps ({self.steps_per_epoch} per epoch, "
                  f"{cfg.batch_size}x{cfg.context_length} tokens each)")
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
         start_time = time.perf_counter()
         self.model.train()
+        stopping = False
         with _StopFlag() as stop:
-            while state.step < end and not stop.requested:
+            while state.step < end and not stopping:
                 self.one_step(start_time)
-                saving = stop.requested or state.step == end
-                if saving or (cfg.save_every and state.step % cfg.save_every == 0):
+                stopping = self.dist.any(stop.requested, self.device)  # all ranks stop together
+                if stopping or state.step == end or (cfg.save_every and state.step % cfg.save_every == 0):
                     self.save()
         self.progress.close()
-        if stop.requested:
+        if stopping:
             self.say(f"interrupted at step {state.step}; saved {self.checkpoint}; "
                      "continue with --resume")
-        finished = not stop.requested and state.step == self.total_steps
-        samples = [self.sample()] if finished and cfg.sample_tokens else []
+        finished = not stopping and state.step == self.total_steps
+        samples = [self.sample()] if finished and cfg.sample_tokens else []  # FSDP: all ranks
         train_loss, val_loss = self.last_eval or (None, None)
         return TrainResult(run_dir=self.run_dir, step=state.step, total_steps=self.total_steps,
                            tokens_seen=state.tokens_seen, train_loss=train_loss, val_loss=val_loss,
-                           checkpoint=self.checkpoint, interrupted=stop.requested,
-                           seconds=time.perf_counter() - start_time, samples=samples)
+                           checkpoint=self.checkpoint, interrupted=stopping,
+                           seconds=time.perf_counter() - start_time,
+                           samples=samples if self.dist.is_main else [], is_main=self.dist.is_main)
 
     def one_step(self, start_time: float) -> None:
         """Train one step, then log, evaluate and sample when their intervals come round."""
@@ -254,13 +314,13 @@ class Trainer:
                   "tokens_seen": state.tokens_seen, "lr": lr,
                   "elapsed": round(time.perf_counter() - start_time, 3),
                   "tokens_per_sec": round(tok_per_sec, 1)}
-        if state.step % cfg.log_every == 0:
+        if state.step % cfg.log_every == 0 and self.dist.is_main:
             self.metrics.write({"event": "train", **record, "loss": loss})
         # Like the book: evaluate after the first step and every eval_every steps after it.
         if (state.step - 1) % cfg.eval_every == 0 or state.step == self.total_steps:
             self.eval_and_log(record)
         if cfg.sample_every and cfg.sample_tokens and state.step % cfg.sample_every == 0:
-            self.say(f"sample @ step {state.step}: {self.sample()!r}")
+            self.say(f"sample @ step {state.step}: {self.sample()!r}")  # FSDP: all ranks sample
 
     def eval_and_log(self, record: dict) -> None:
         train_loss, val_loss = self.evaluate()
@@ -268,27 +328,45 @@ class Trainer:
         if val_loss == val_loss and (self.state.best_val_loss is None
                                      or val_loss < self.state.best_val_loss):
             self.state.best_val_loss = val_loss
-        self.metrics.write({"event": "eval", **record, "train_loss": train_loss,
-                            "val_loss": val_loss, "perplexity": steps.perplexity(val_loss)})
         self.say(f"step {self.state.step}: train loss {train_loss:.3f}, val loss {val_loss:.3f}, "
                  f"val perplexity {steps.perplexity(val_loss):.1f}")
-        plot_losses(read_metrics(self.run_dir / METRICS_FILE), self.run_dir / PLOT_FILE,
-                    title=self.run_dir.name)
+        if self.dist.is_main:
+            self.metrics.write({"event": "eval", **record, "train_loss": train_loss,
+                                "val_loss": val_loss, "perplexity": steps.perplexity(val_loss)})
+            plot_losses(read_metrics(self.run_dir / METRICS_FILE), self.run_dir / PLOT_FILE,
+                        title=self.run_dir.name)
 
     def sample(self) -> str:
         return sample_text(self.model, self.tokenizer, self.config.sample_prompt,
                            self.config.sample_tokens)
 
     def save(self) -> None:
-        """Checkpoint now; the val loss counts for best/ only if it was measured at this step."""
+        """Checkpoint now; the val loss counts for best/ only if it was measured at this step.
+
+        Rank 0 writes while the others wait (FSDP first gathers the full state onto rank 0).
+        """
         val_loss = self.last_eval[1] if self.last_eval_step == self.state.step else None
         self.state.data_state = self.train_batches.state_dict()
-        self.checkpoint = save_checkpoint(
-            self.run_dir, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            state=self.state, tokenizer=self.tokenizer, train_config=self.config.to_dict(),
-            val_loss=val_loss, keep_last=self.config.keep_last, scaler=self.scaler)
+        to_save = distributed.savable(self.model, self.optimizer, self.dist, GPTModel)
+        if to_save is not None:
+            model, optimizer = to_save
+            self.checkpoint = save_checkpoint(
+                self.run_dir, model=model, optimizer=optimizer, scheduler=self.scheduler,
+                state=self.state, tokenizer=self.tokenizer, train_config=self.config.to_dict(),
+                val_loss=val_loss, keep_last=self.config.keep_last, scaler=self.scaler)
+        else:
+            self.checkpoint = self.run_dir / CHECKPOINTS_DIR / f"step-{self.state.step:08d}"
+        self.dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group (multi-process runs); a no-op for one process."""
+        self.dist.destroy()
 
 
 def train(config: TrainConfig, *, stream: TextIO | None = None, stop_at: int | None = None) -> TrainResult:
     """Run ``config`` to the end (see ``Trainer``); progress and evals go to ``stream`` (stderr)."""
-    return Trainer(config, stream=stream).run(stop_at=stop_at)
+    trainer = Trainer(config, stream=stream)
+    try:
+        return trainer.run(stop_at=stop_at)
+    finally:
+        trainer.close()
