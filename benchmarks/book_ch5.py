@@ -2,13 +2,15 @@
 
 Runs ``configs/book_ch5.yaml`` (book 5.2: the 124M architecture with an untied head, context
 256, batch 2, AdamW lr 4e-4 with weight decay 0.1 on every parameter, 10 epochs over *The
-Verdict* split 90/10, evaluating 5 batches every 5 steps, seed 123) with ``load_train_config``
-and ``Trainer`` (what ``train`` runs), in a temporary run directory, then reads its ``metrics.jsonl`` back.
+Verdict* split 90/10, evaluating 5 batches every 5 steps, seed 123) with
+``load_train_config`` and ``Trainer`` (what ``train`` runs) in a temporary run directory,
+then reads its ``metrics.jsonl`` back.
 
 Prints every evaluation in the book's ``Ep N (Step NNNNNN)`` format (the book counts steps
 from 0), the last evaluation of each epoch, the reference numbers, and the training speed
 (tokens over the time spent in training steps alone, evaluation excluded). A 163M-parameter
-model on ~46k training tokens: several minutes on a 2-core CPU. ``--epochs 1`` for a quick look.
+model on ~46k training tokens: 10-15 minutes on a quiet 2-core CPU, far longer on a shared
+one (the unfused AdamW update is a large share of a CPU step). ``--epochs 1`` for a quick look.
 Last line: ``book_ch5_final_val_loss: X (book: 6.373, ratio R)``.
 """
 

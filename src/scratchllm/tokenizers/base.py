@@ -11,6 +11,7 @@ which special tokens the text may contain (``allowed_special={"<|endoftext|>"}``
 from __future__ import annotations
 
 import operator
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,9 +37,33 @@ class Tokenizer(ABC):
     def vocab_size(self) -> int:
         """Number of ids (the model's embedding rows), special tokens included."""
 
-    @abstractmethod
     def encode(self, text: str, allowed_special: AllowedSpecial = "none") -> list[int]:
-        """Token ids of ``text``; special token strings must be allowed explicitly."""
+        """Token ids of ``text``; special token strings must be allowed explicitly.
+
+        Allowed special token strings become their single ids; the text between them goes
+        through ``encode_ordinary``.
+        """
+        allowed = self.allowed_set(allowed_special)
+        self.check_disallowed(text, allowed)
+        if not allowed:
+            return self.encode_ordinary(text)
+        special = self.special_tokens
+        ids: list[int] = []
+        for piece in self._special_splitter().split(text):  # odd pieces are special strings
+            if piece in allowed:
+                ids.append(special[piece])
+            elif piece:
+                ids.extend(self.encode_ordinary(piece))
+        return ids
+
+    def _special_splitter(self) -> re.Pattern:
+        """A regex that splits text around special token strings (longest first), built once."""
+        splitter = self.__dict__.get("_splitter_cache")
+        if splitter is None:
+            ordered = sorted(self.special_tokens, key=len, reverse=True)
+            splitter = re.compile("(" + "|".join(map(re.escape, ordered)) + ")")
+            self.__dict__["_splitter_cache"] = splitter
+        return splitter
 
     @abstractmethod
     def encode_ordinary(self, text: str) -> list[int]:

@@ -71,7 +71,6 @@ class BPETokenizer(Tokenizer):
             self._split = regex.compile(pattern)
         except regex.error as err:
             raise TokenizerError(f"invalid pre-tokenizer pattern {pattern!r}: {err}") from None
-        self._special_split = regex.compile("(" + "|".join(map(regex.escape, self._special)) + ")")
         self._cache: dict[str, list[int]] = {}
 
     def _check(self) -> None:
@@ -203,19 +202,6 @@ class BPETokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return len(self.vocab) + len(self._special)
-
-    def encode(self, text: str, allowed_special: AllowedSpecial = "none") -> list[int]:
-        allowed = self.allowed_set(allowed_special)
-        self.check_disallowed(text, allowed)
-        if not allowed:
-            return self.encode_ordinary(text)
-        ids: list[int] = []
-        for piece in self._special_split.split(text):
-            if piece in allowed:
-                ids.append(self._special[piece])
-            elif piece:
-                ids.extend(self.encode_ordinary(piece))
-        return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Pre-tokenize, then BPE each chunk; repeated chunks come from a cache."""

@@ -10,7 +10,6 @@ format from tokenizer_config.json with jinja2.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -62,10 +61,6 @@ class HFTokenizer(Tokenizer):
         self._plain.encode_special_tokens = True
         self._special = {tok.content: i for i, tok in backend.get_added_tokens_decoder().items()
                          if tok.special}
-        self._split = None
-        if self._special:
-            ordered = sorted(self._special, key=len, reverse=True)  # longest match first
-            self._split = re.compile("(" + "|".join(map(re.escape, ordered)) + ")")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -153,19 +148,6 @@ class HFTokenizer(Tokenizer):
     def bos_id(self) -> int | None:
         """The begin-of-text id, if the model has one (Llama 3 starts prompts with it)."""
         return self._token_id("bos_token")
-
-    def encode(self, text: str, allowed_special: AllowedSpecial = "none") -> list[int]:
-        allowed = self.allowed_set(allowed_special)
-        self.check_disallowed(text, allowed)
-        if not allowed or self._split is None:
-            return self.encode_ordinary(text)
-        ids: list[int] = []
-        for piece in self._split.split(text):  # odd indices are special token strings
-            if piece in allowed:
-                ids.append(self._special[piece])
-            elif piece:
-                ids.extend(self.encode_ordinary(piece))
-        return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Plain-text ids: no BOS is added and special token strings are ordinary text."""

@@ -37,7 +37,6 @@ class SimpleTokenizer(Tokenizer):
         self.id_to_str: list[str] = [*vocab, ENDOFTEXT, UNK]
         self.str_to_id: dict[str, int] = {s: i for i, s in enumerate(self.id_to_str)}
         self._special = {ENDOFTEXT: len(vocab), UNK: len(vocab) + 1}
-        self._special_split = re.compile("(" + "|".join(map(re.escape, self._special)) + ")")
 
     @classmethod
     def from_text(cls, text: str) -> SimpleTokenizer:
@@ -59,19 +58,6 @@ class SimpleTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return len(self.id_to_str)
-
-    def encode(self, text: str, allowed_special: AllowedSpecial = "none") -> list[int]:
-        allowed = self.allowed_set(allowed_special)
-        self.check_disallowed(text, allowed)
-        if not allowed:
-            return self.encode_ordinary(text)
-        ids: list[int] = []
-        for piece in self._special_split.split(text):
-            if piece in allowed:
-                ids.append(self._special[piece])
-            elif piece:
-                ids.extend(self.encode_ordinary(piece))
-        return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Unknown words map to ``<|unk|>`` (book 2.4); so do special token strings here."""
