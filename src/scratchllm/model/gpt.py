@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scratchllm.errors import ContextLengthError, DataError
-from scratchllm.model.attention import MultiHeadAttention, build_attention_mask
+from scratchllm.model.attention import MultiHeadAttention
 from scratchllm.model.config import GPTConfig
+from scratchllm.model.inputs import positions_and_mask
 from scratchllm.model.kv_cache import KVCache
 from scratchllm.model.layers import FeedForward, LayerNorm
 
@@ -55,32 +55,6 @@ class GPTModel(nn.Module):
         """An empty KV cache sized for this model's context window."""
         return KVCache(self.config.n_layers, self.config.context_length)
 
-    def _check_token_ids(self, token_ids: torch.Tensor) -> None:
-        """Refuse malformed ids here, instead of an IndexError (or, on CUDA, a device-side
-        assert that kills the process) deep inside the embedding lookup."""
-        if not isinstance(token_ids, torch.Tensor) or token_ids.dim() != 2:
-            shape = tuple(token_ids.shape) if isinstance(token_ids, torch.Tensor) else None
-            raise DataError(
-                f"token_ids must be a 2-D (batch, tokens) integer tensor, got "
-                f"{type(token_ids).__name__} of shape {shape}; add a batch dimension with "
-                "ids.unsqueeze(0)"
-            )
-        if token_ids.dtype.is_floating_point or token_ids.dtype.is_complex or \
-                token_ids.dtype == torch.bool:
-            raise DataError(
-                f"token_ids must hold integers, got {token_ids.dtype}; convert with .long()"
-            )
-        if token_ids.numel() == 0:
-            raise DataError("token_ids is empty; pass at least one token per row")
-        if torch.compiler.is_compiling():
-            return  # the value check needs a host sync, which would split a compiled graph
-        low, high = torch.aminmax(token_ids)
-        if int(low) < 0 or int(high) >= self.config.vocab_size:
-            raise DataError(
-                f"token ids must be in [0, {self.config.vocab_size}), got values from "
-                f"{int(low)} to {int(high)}; was the text encoded with this model's tokenizer?"
-            )
-
     def forward(self, token_ids: torch.Tensor, *, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,30 +66,11 @@ class GPTModel(nn.Module):
             embeddings as the unpadded one.
         position_ids: (B, T) explicit positions, overriding both of the above.
         """
-        self._check_token_ids(token_ids)
-        batch, n_tokens = token_ids.shape
-        past = cache.length if cache is not None else 0
-        if past + n_tokens > self.config.context_length:
-            raise ContextLengthError(
-                f"{past + n_tokens} tokens exceed the model's context length of "
-                f"{self.config.context_length}; keep the last {self.config.context_length} "
-                "tokens of the input"
-            )
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-            else:
-                position_ids = torch.arange(past, past + n_tokens, device=token_ids.device)
-        mask = None  # plain causal attention, the fast path
-        if attention_mask is not None:
-            if attention_mask.shape != (batch, past + n_tokens):
-                raise DataError(
-                    f"attention_mask must have shape (batch, cached + new tokens) = "
-                    f"({batch}, {past + n_tokens}), got {tuple(attention_mask.shape)}"
-                )
-            if not bool(attention_mask.all()):
-                mask = build_attention_mask(n_tokens, past, padding_mask=attention_mask)
-
+        c = self.config
+        position_ids, mask = positions_and_mask(
+            token_ids, vocab_size=c.vocab_size, context_length=c.context_length, cache=cache,
+            attention_mask=attention_mask, position_ids=position_ids)
+        n_tokens = token_ids.shape[1]
         x = self.drop_emb(self.tok_emb(token_ids) + self.pos_emb(position_ids))
         for layer, block in enumerate(self.trf_blocks):
             x = block(x, mask=mask, cache=cache, layer=layer)

@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchllm.errors import ContextLengthError, DataError
 from scratchllm.model.attention import build_attention_mask
-from scratchllm.model.gpt import GPTModel
+from scratchllm.model.inputs import positions_and_mask
 from scratchllm.model.kv_cache import KVCache
 from scratchllm.model.llama_config import LlamaConfig, RopeScaling
 from scratchllm.model.rope import apply_rope, compute_rope_frequencies
@@ -172,28 +171,11 @@ class LlamaModel(nn.Module):
         Positions select rows of the RoPE tables, so with a left-padded ``attention_mask``
         every real token is rotated to its position counted over real tokens only.
         """
-        GPTModel._check_token_ids(self, token_ids)  # same checks, same messages as GPT
-        batch, n_tokens = token_ids.shape
-        past = cache.length if cache is not None else 0
-        if past + n_tokens > self.config.context_length:
-            raise ContextLengthError(
-                f"{past + n_tokens} tokens exceed the model's context length of "
-                f"{self.config.context_length}; keep the last {self.config.context_length} "
-                "tokens of the input")
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-            else:
-                position_ids = torch.arange(past, past + n_tokens, device=token_ids.device)
-        mask = None  # plain causal attention, the fast path
-        if attention_mask is not None:
-            if attention_mask.shape != (batch, past + n_tokens):
-                raise DataError(
-                    f"attention_mask must have shape (batch, cached + new tokens) = "
-                    f"({batch}, {past + n_tokens}), got {tuple(attention_mask.shape)}")
-            if not bool(attention_mask.all()):
-                mask = build_attention_mask(n_tokens, past, padding_mask=attention_mask)
-
+        c = self.config
+        position_ids, mask = positions_and_mask(
+            token_ids, vocab_size=c.vocab_size, context_length=c.context_length, cache=cache,
+            attention_mask=attention_mask, position_ids=position_ids)
+        n_tokens = token_ids.shape[1]
         if self.rope_cos.is_meta and not token_ids.is_meta:
             self.reset_rope_buffers()
         cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]

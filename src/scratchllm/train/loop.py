@@ -114,9 +114,7 @@ def sample_text(model: GPTModel, tokenizer, prompt: str, max_new_tokens: int) ->
     """
     from scratchllm.generate import generate
 
-    context = model.config.context_length
-    ids = tokenizer.encode(prompt)[-(context - 1):] or [tokenizer.eot_id]
-    max_new_tokens = min(max_new_tokens, context - len(ids))
+    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
     return tokenizer.decode(generate(model, ids, max_new_tokens, temperature=0.0))
 
 
