@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_PIN := torch==2.13.0
+# The book's package: a reference in tests and the peer in benchmarks. It declares
+# tensorflow and jupyterlab as requirements but imports neither, hence --no-deps.
+BOOK_PKG  := llms-from-scratch==1.0.19
 
 .PHONY: demo test install install-test bench-deps clean
 
@@ -21,6 +24,7 @@ $(VENV)/.installed: $(VENV)/.created pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.created pyproject.toml
 	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps $(BOOK_PKG)
 	touch $@
 
 install: $(VENV)/.installed
@@ -34,10 +38,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
 
-# Peers for benchmarks/ (not needed by the library or the tests). The book's package
-# declares tensorflow and jupyterlab as requirements; it imports neither, so skip them.
+# Peers for benchmarks/: the book's package (also a test reference, see install-test) and
+# transformers, both already in the test environment.
 bench-deps: $(VENV)/.installed-test
-	$(PIP) install -q --no-deps llms-from-scratch==1.0.19
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-import types
 
 import pytest
 import torch
@@ -28,9 +25,8 @@ ENTRY = {"instruction": "Rewrite the sentence using a simile.", "input": "The ca
 
 
 def book_ch07():
-    """The book's chapter 7 module; it imports psutil only for its Ollama check."""
-    sys.modules.setdefault("psutil", types.ModuleType("psutil"))
-    return importlib.import_module("llms_from_scratch.ch07")
+    """The book's chapter 7 module (a test-only reference, installed by ``make test``)."""
+    return pytest.importorskip("llms_from_scratch.ch07")
 
 
 @pytest.fixture(scope="module")
