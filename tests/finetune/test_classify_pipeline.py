@@ -141,3 +141,16 @@ def test_too_long_for_context_suggests_truncate(base_dir, tmp_path):
                                         r"model's context length 128"):
         finetune_classifier(base_dir, long_file, tmp_path / "o", balance=False, batch_size=1,
                             train_frac=0.75, val_frac=0.0, progress=False)
+
+
+def test_generate_refuses_a_classifier_directory_clearly(tmp_path):
+    """A classifier's head predicts labels, not tokens: say so instead of a shape error."""
+    from scratchllm.errors import CheckpointError
+    from scratchllm.finetune.classifier_model import attach_classifier_head, classifier_metadata, save_classifier
+    from scratchllm.model import GPTConfig, GPTModel
+    from scratchllm.train.checkpoint import load_model_dir
+
+    model = attach_classifier_head(GPTModel(GPTConfig.preset("tiny", n_layers=1)), 2)
+    out = save_classifier(tmp_path / "clf", model, None, classifier_metadata(["ham", "spam"], 50256, None))
+    with pytest.raises(CheckpointError, match="classifier"):
+        load_model_dir(out)

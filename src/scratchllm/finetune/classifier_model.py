@@ -20,7 +20,7 @@ from scratchllm.model.lora import apply_lora
 from scratchllm.model.registry import build_model
 from scratchllm.train.checkpoint import (
     CONFIG_FILE, FAMILY, WEIGHTS_FILE, check_weights, config_from_header, read_header,
-    read_weights, resolve_model_dir, save_model_dir,
+    read_weights, resolve_model_dir, save_model_dir, tokenizer_from_header,
 )
 
 TRAINABLE_CHOICES = ("head", "last-block", "all", "lora")
@@ -136,8 +136,7 @@ def load_classifier(path: str | os.PathLike, *, device: torch.device | str | Non
     check_weights(model, weights, directory / WEIGHTS_FILE)
     model.load_state_dict(weights, strict=False, assign=True)
     model.to(device=device).eval()
-    from scratchllm.train.checkpoint import _tokenizer_from_header
-    tokenizer = _tokenizer_from_header(header, directory)
+    tokenizer = tokenizer_from_header(header, directory)
     if tokenizer is None:
         raise CheckpointError(f"{directory / CONFIG_FILE} stores no tokenizer; re-save the "
                               "classifier with its tokenizer")

@@ -308,6 +308,11 @@ def load_model_dir(path: PathLike, *, device: torch.device | str | None = None,
     """
     directory = resolve_model_dir(path)
     header = read_header(directory)
+    if "classifier" in (header.get("metadata") or {}):
+        raise CheckpointError(
+            f"{directory} holds a classifier (its output head predicts labels, not tokens); "
+            "use `scratchllm classify` / scratchllm.finetune.classifier_model.load_classifier"
+        )
     config = config_from_header(header, directory)
     weights = read_weights(directory)
     with empty_weights():  # no time spent on random init that is overwritten anyway
@@ -318,10 +323,10 @@ def load_model_dir(path: PathLike, *, device: torch.device | str | None = None,
     retie(model, aliases)  # assign=True replaced the shared tensor
     model.to(device=device, dtype=_as_dtype(dtype))
     model.eval()
-    return model, _tokenizer_from_header(header, directory)
+    return model, tokenizer_from_header(header, directory)
 
 
-def _tokenizer_from_header(header: dict[str, Any], directory: Path) -> Any:
+def tokenizer_from_header(header: dict[str, Any], directory: Path) -> Any:
     spec = header.get("tokenizer")
     if spec is None:
         return None
