@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 
 from scratchllm.cli.main import main
-from scratchllm.data.classification import ClassificationDataset, load_labelled_file
+from scratchllm.data.classification import load_labelled_file
 from scratchllm.finetune import finetune_classifier, load_classifier
 from scratchllm.finetune.classifier_model import classify_texts
 from scratchllm.model import GPTConfig, GPTModel

@@ -16,7 +16,6 @@ sees two documents glued together.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections import deque
@@ -27,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from scratchllm.data.atomic import AtomicWriter, atomic_write_text
+from scratchllm.utils.atomic import AtomicWriter, atomic_write_json
 from scratchllm.data.chunking import Piece, read_piece, split_file
 from scratchllm.data.sliding_window import EOT_TEXT
 from scratchllm.data.text_files import find_text_files
@@ -241,7 +240,7 @@ def prepare_corpus(
             "eot_id": eot_id if eot else None, "val_fraction": float(val_fraction),
             "seed": int(seed), "chunk_bytes": chunk, "sources": sorted(set(sources[split])),
         }
-        atomic_write_text(out / f"{split}.json", json.dumps(meta, indent=2) + "\n")
+        atomic_write_json(out / f"{split}.json", meta)
     for split in set(SPLITS) - set(used):  # stale files from an earlier run would mislead
         for suffix in (".bin", ".json"):
             (out / f"{split}{suffix}").unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchllm.data.atomic import atomic_write_text
+from scratchllm.utils.atomic import atomic_write_json
 from scratchllm.data.instruction import format_input
 from scratchllm.errors import ConfigError, DataError, ScratchLLMError
 
@@ -192,5 +192,5 @@ def save_judgement(path: str | Path, result: JudgeResult) -> Path:
     """Write per-item scores and the average as JSON, atomically."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_json(path, result.to_dict())
     return path

@@ -11,7 +11,6 @@ for ``scratchllm classify``), ``metrics.jsonl``, ``loss.png``, ``accuracy.png`` 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchllm.data.atomic import atomic_write_text
+from scratchllm.utils.atomic import atomic_write_json
 from scratchllm.data.classification import (
     ClassificationDataset, LabelledData, balance_classes, load_labelled_file, shuffle_split,
 )
@@ -253,5 +252,5 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
         split_sizes={n: len(s.examples) for n, s in zip(("train", "val", "test"), splits)},
         max_length=train_ds.max_length, trainable_params=n_trainable, total_params=n_total,
         steps=step, examples_seen=seen, seconds=time.perf_counter() - start, settings=settings)
-    atomic_write_text(out_dir / RESULTS_FILE, json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic_write_json(out_dir / RESULTS_FILE, result.to_dict())
     return result

@@ -9,7 +9,6 @@ scoring with ``scratchllm evaluate judge`` (7.8).
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from scratchllm.data.atomic import atomic_write_text
+from scratchllm.utils.atomic import atomic_write_json
 from scratchllm.data.instruction import (
     InstructionDataset,
     check_style,
@@ -78,12 +77,6 @@ def generate_responses(model: nn.Module, tokenizer: Any, entries: list[dict[str,
     return results
 
 
-def write_json_atomic(path: Path, value: Any) -> Path:
-    """Readers see the previous file or the complete new one, never a half-written one."""
-    atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-    return path
-
-
 def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
                       epochs: int = 2, batch_size: int = 8, lr: float = 5e-5,
                       weight_decay: float = 0.1, prompt_style: str = "alpaca",
@@ -138,7 +131,7 @@ def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str
     if generate_test and test_entries:
         answers = generate_responses(model, tokenizer, test_entries, style=prompt_style,
                                      max_new_tokens=max_new_tokens, batch_size=batch_size)
-        responses_path = write_json_atomic(setup.out_dir / RESPONSES_FILE, answers)
+        responses_path = atomic_write_json(setup.out_dir / RESPONSES_FILE, answers)
     return InstructResult(setup.out_dir, saved, responses_path, last.get("train_loss", float("nan")),
                           last.get("val_loss", float("nan")), len(train_entries),
                           len(val_entries), len(test_entries))

@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from scratchllm.data.atomic import AtomicWriter, atomic_write_text
+from scratchllm.utils.atomic import AtomicWriter, atomic_write_json
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 
 DEFAULT_TARGETS = ("qkv", "out_proj", "fc1", "fc2")
@@ -181,7 +181,7 @@ def save_lora(model: nn.Module, path: str | os.PathLike) -> Path:
     tensors = {k: v.to("cpu").contiguous() for k, v in lora_state_dict(model).items()}
     with AtomicWriter(path) as writer:
         writer.write(safetensors.torch.save(tensors, metadata={"format": "pt"}))
-    atomic_write_text(sidecar_path(path), json.dumps(settings, indent=2) + "\n")
+    atomic_write_json(sidecar_path(path), settings)
     return path
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import regex
 
 from scratchllm.errors import MissingFileError, TokenizerError
-from scratchllm.tokenizers.base import AllowedSpecial, Tokenizer, ids_to_list
+from scratchllm.tokenizers.base import Tokenizer, ids_to_list
 from scratchllm.tokenizers.bpe_train import learn_merges
 from scratchllm.tokenizers.byte_level import (
     ENDOFTEXT,

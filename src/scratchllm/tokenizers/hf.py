@@ -17,9 +17,9 @@ from typing import Any
 
 import tokenizers
 
-from scratchllm.data.atomic import atomic_write_text
+from scratchllm.utils.atomic import atomic_write_text
 from scratchllm.errors import MissingFileError, TokenizerError
-from scratchllm.tokenizers.base import AllowedSpecial, Tokenizer, ids_to_list
+from scratchllm.tokenizers.base import Tokenizer, ids_to_list
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"

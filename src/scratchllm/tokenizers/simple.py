@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from scratchllm.errors import TokenizerError
-from scratchllm.tokenizers.base import AllowedSpecial, Tokenizer, ids_to_list
+from scratchllm.tokenizers.base import Tokenizer, ids_to_list
 
 # Split on punctuation, the double dash and whitespace, keeping the separators (book 2.2).
 _SPLIT = re.compile(r'([,.:;?_!"()\']|--|\s)')

@@ -30,7 +30,7 @@ from typing import TextIO
 import numpy as np
 import torch
 
-from scratchllm.data.atomic import atomic_write_text
+from scratchllm.utils.atomic import atomic_write_text
 from scratchllm.errors import ConfigError, DataError
 from scratchllm.model import GPTModel
 from scratchllm.tokenizers import get_tokenizer, tokenizer_from_dict

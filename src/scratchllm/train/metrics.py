@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from scratchllm.data.atomic import atomic_write_text
+from scratchllm.utils.atomic import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -6,7 +6,7 @@ import io
 import os
 from pathlib import Path
 
-from scratchllm.data.atomic import AtomicWriter
+from scratchllm.utils.atomic import AtomicWriter
 from scratchllm.errors import DataError, MissingFileError
 from scratchllm.train.metrics import METRICS_FILE, read_metrics
 

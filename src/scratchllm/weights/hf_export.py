@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scratchllm.errors import CheckpointError, ConfigError
+from scratchllm.errors import ConfigError
 from scratchllm.model.registry import get_family, family_names
 from scratchllm.train.checkpoint import (_check_replaceable, atomic_directory, tied_aliases,
                                          write_json)

@@ -60,3 +60,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a small text file (JSON sidecars) atomically, UTF-8 encoded."""
     with AtomicWriter(path) as writer:
         writer.write(text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, value: object) -> Path:
+    """Write ``value`` as indented UTF-8 JSON atomically (results files, sidecars)."""
+    import json
+
+    atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    return Path(path)
