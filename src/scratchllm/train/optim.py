@@ -30,11 +30,16 @@ def param_groups(model: nn.Module, weight_decay: float, *, decay_all: bool = Fal
 def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float = 0.1,
                     betas: tuple[float, float] = (0.9, 0.95),
                     decay_all: bool = False) -> torch.optim.AdamW:
-    """AdamW over ``param_groups``; the fused CUDA kernel when every parameter is on a GPU."""
+    """AdamW over ``param_groups``, with PyTorch's fused kernel where it exists (CPU and CUDA).
+
+    The fused step updates all parameters in one kernel instead of a chain of per-tensor ops;
+    on a 2-core CPU it cuts the 124M model's optimizer step from seconds to a fraction of one.
+    """
     groups = param_groups(model, weight_decay, decay_all=decay_all)
-    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-    extra = {"fused": True} if on_cuda else {}
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **extra)
+    params = [p for g in groups for p in g["params"]]
+    fusable = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                                   for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fusable or None)
 
 
 def lr_at(step: int, *, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
