@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
-
-import os
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # ``shared/data`` beside the checkout, or wherever SCRATCHLLM_SHARED_DATA points.
