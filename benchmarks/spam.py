@@ -34,7 +34,7 @@ SEED = 123
 
 
 def pretrain_on_train_split(data_file: Path, work: Path, *, epochs: int, emb_dim: int,
-                            n_layers: int, vocab_size: int, drop_rate: float,
+                            n_layers: int, vocab_size: int, drop_rate: float, stride: int,
                             seed: int) -> Path:
     """Pretrain a small GPT on the training split's messages (never val/test) and return its
     model directory (book ch. 5 on our own corpus)."""
@@ -51,7 +51,8 @@ def pretrain_on_train_split(data_file: Path, work: Path, *, epochs: int, emb_dim
     # every token is frequent enough in 1,045 messages to learn (4,096 tokens: ~90% test).
     tokenizer_file = BPETokenizer.train(text, vocab_size).save(work / "spam_bpe.json")
     config = TrainConfig(
-        data=str(corpus), tokenizer=str(tokenizer_file), context_length=128, epochs=epochs,
+        data=str(corpus), tokenizer=str(tokenizer_file), context_length=128, stride=stride,
+        epochs=epochs,
         micro_batch_size=8, batch_size=8, lr=3e-3, warmup_steps=20, eval_every=50,
         eval_batches=3, sample_tokens=0,
         model={"vocab_size": vocab_size, "emb_dim": emb_dim, "n_layers": n_layers,
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-layers", type=int, default=4)
     parser.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary to learn")
     parser.add_argument("--drop-rate", type=float, default=0.0, help="dropout of the small GPT")
+    parser.add_argument("--stride", type=int, default=128, help="pretraining window step")
+    parser.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep the fine-tuning epoch with the best validation accuracy")
     parser.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs")
     parser.add_argument("--trainable", default="all")
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -93,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = args.model or pretrain_on_train_split(
             args.data, work, epochs=args.pretrain_epochs, emb_dim=args.emb_dim,
             n_layers=args.n_layers, vocab_size=args.vocab_size,
-            drop_rate=args.drop_rate, seed=SEED)
+            drop_rate=args.drop_rate, stride=args.stride, seed=SEED)
         result = finetune_classifier(
             model_dir, args.data, work / "classifier", epochs=args.epochs, lr=args.lr,
             batch_size=args.batch_size, trainable=args.trainable, seed=SEED, eval_every=50,
-            truncate=True)  # like the book, cut the rare text longer than the context
+            keep_best=args.keep_best, truncate=True)  # like the book, cut the rare text longer than the context
     minutes = (time.perf_counter() - start) / 60
     sizes = result.split_sizes
     print(f"split train/val/test: {sizes['train']}/{sizes['val']}/{sizes['test']} "

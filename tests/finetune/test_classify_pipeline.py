@@ -154,3 +154,22 @@ def test_generate_refuses_a_classifier_directory_clearly(tmp_path):
     out = save_classifier(tmp_path / "clf", model, None, classifier_metadata(["ham", "spam"], 50256, None))
     with pytest.raises(CheckpointError, match="classifier"):
         load_model_dir(out)
+
+
+def test_keep_best_restores_the_best_validation_epoch(base_dir, spam_subset, tmp_path):
+    """keep_best's saved model is exactly the model of a run stopped after the best epoch."""
+    best = finetune_classifier(base_dir, spam_subset, tmp_path / "best", epochs=4, lr=3e-3,
+                               trainable="all", keep_best=True, progress=False)
+    epochs = [json.loads(line) for line in (tmp_path / "best" / "metrics.jsonl").read_text()
+              .splitlines() if json.loads(line)["event"] == "epoch"]
+    chosen = best.settings["best_epoch"]
+    assert chosen < 4  # this seed's last epoch is worse, so restoring is really exercised
+    assert epochs[chosen - 1]["val_accuracy"] == max(e["val_accuracy"] for e in epochs)
+    assert best.accuracy("val") == epochs[chosen - 1]["val_accuracy"]
+    stopped = finetune_classifier(base_dir, spam_subset, tmp_path / "stop", epochs=chosen,
+                                  lr=3e-3, trainable="all", progress=False)
+    kept = safetensors.torch.load_file(str(best.model_dir / "model.safetensors"))
+    plain = safetensors.torch.load_file(str(stopped.model_dir / "model.safetensors"))
+    assert kept.keys() == plain.keys()
+    assert all(torch.equal(kept[k], plain[k]) for k in kept)
+    assert best.metrics["test"] == stopped.metrics["test"]

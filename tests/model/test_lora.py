@@ -140,3 +140,17 @@ def test_load_mismatch_names_the_file(tmp_path):
         load_lora(tiny_model(), path)
     with pytest.raises(MissingFileError):
         load_lora(tiny_model(), tmp_path / "nope.safetensors")
+
+
+def test_default_targets_cover_every_block_linear_of_llama_too():
+    """Default LoRA adapts all of a Llama block's seven linear layers, as for GPT's four."""
+    from scratchllm.model.llama import LlamaModel
+    from scratchllm.model.llama_config import LlamaConfig
+    from scratchllm.model.lora import lora_layers
+
+    config = LlamaConfig.preset("tiny-llama")
+    model = apply_lora(LlamaModel(config))
+    per_block = {name.split(".", 2)[2] for name in lora_layers(model)}
+    assert per_block == {"att.W_query", "att.W_key", "att.W_value", "att.out_proj",
+                         "ff.fc1", "ff.fc2", "ff.fc3"}
+    assert len(lora_layers(model)) == 7 * config.n_layers

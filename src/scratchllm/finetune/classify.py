@@ -126,10 +126,15 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
                         labels: Sequence[str] | None = None, file_format: str | None = None,
                         text_column: str = "text", label_column: str = "label",
                         train_frac: float = 0.7, val_frac: float = 0.1,
-                        grad_clip: float | None = None, device: str = "auto",
+                        grad_clip: float | None = None, keep_best: bool = False,
+                        device: str = "auto",
                         precision: str = "auto", progress: bool = True,
                         stream: TextIO | None = None) -> ClassifierResult:
-    """Fine-tune ``model_dir`` on ``data_file`` and save the classifier under ``out_dir`` (book 6.7)."""
+    """Fine-tune ``model_dir`` on ``data_file`` and save the classifier under ``out_dir`` (book 6.7).
+
+    ``keep_best`` restores, after the last epoch, the weights of the epoch with the highest
+    validation accuracy (early stopping without stopping: later epochs can only overfit).
+    """
     for name, value in (("epochs", epochs), ("batch_size", batch_size),
                         ("eval_every", eval_every), ("eval_batches", eval_batches)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -139,7 +144,8 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
     settings = dict(model_dir=str(model_dir), data_file=str(data_file), epochs=epochs,
                     batch_size=batch_size, lr=lr, weight_decay=weight_decay, trainable=trainable,
                     balance=balance, seed=seed, max_length=max_length, truncate=truncate,
-                    lora_rank=lora_rank, lora_alpha=lora_alpha, precision=precision)
+                    lora_rank=lora_rank, lora_alpha=lora_alpha, precision=precision,
+                    keep_best=keep_best)
     start = time.perf_counter()
     out_dir = Path(out_dir).expanduser()
     device_ = resolve_device(device)
@@ -183,7 +189,10 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
         f"({precision}): {len(train_ds)}/{len(val_ds) if val_ds else 0}/"
         f"{len(test_ds) if test_ds else 0} examples, labels {data.labels}, {total} steps")
 
+    if keep_best and val_ds is None:
+        raise ConfigError("keep_best needs a validation split; set val_frac > 0")
     step, seen = 0, 0
+    best: tuple[tuple[float, float], int, dict] | None = None  # (val acc, -loss), epoch, weights
     model.train()
     for epoch in range(1, epochs + 1):
         for batch in train_ds.batches(batch_size, shuffle=True, seed=seed + epoch, drop_last=True):
@@ -221,16 +230,24 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
         record = {"event": "epoch", "step": step, "epoch": epoch, "examples_seen": seen}
         for name, ds, limit in (("train", train_ds, eval_batches), ("val", val_ds, None)):
             if ds is not None:
-                y_true, y_pred, _ = evaluate_split(model, ds, batch_size=batch_size,
-                                                   device=device_, autocast=autocast,
-                                                   max_batches=limit)
+                y_true, y_pred, loss_ = evaluate_split(model, ds, batch_size=batch_size,
+                                                       device=device_, autocast=autocast,
+                                                       max_batches=limit)
                 record[f"{name}_accuracy"] = classification_report(y_true, y_pred,
                                                                    data.labels)["accuracy"]
+                val_score = (record[f"{name}_accuracy"], -loss_)  # ties: lower loss wins
         metrics.write(record)
         say(f"epoch {epoch}: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in record.items()
                                           if k.endswith("accuracy")))
+        if keep_best and (best is None or val_score > best[0]):
+            best = (val_score, epoch, {k: v.detach().clone()
+                                       for k, v in model.state_dict().items()})
     if bar is not None:
         bar.close()
+    if best is not None:
+        model.load_state_dict(best[2])
+        settings["best_epoch"] = best[1]
+        say(f"kept epoch {best[1]}'s weights (best validation accuracy {best[0][0] * 100:.2f}%)")
 
     reports = {}
     for name, ds in (("train", train_ds), ("val", val_ds), ("test", test_ds)):

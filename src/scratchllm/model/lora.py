@@ -22,7 +22,10 @@ from torch import nn
 from scratchllm.utils.atomic import AtomicWriter, atomic_write_json
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 
-DEFAULT_TARGETS = ("qkv", "out_proj", "fc1", "fc2")
+# Every linear layer inside the transformer blocks, by the names both families use:
+# GPT's fused ``qkv`` and Llama's separate ``W_query``/``W_key``/``W_value``, the output
+# projections, and the feed-forward layers (``fc3`` is Llama's SwiGLU down projection).
+DEFAULT_TARGETS = ("qkv", "W_query", "W_key", "W_value", "out_proj", "fc1", "fc2", "fc3")
 LORA_FORMAT = "scratchllm-lora"
 
 
