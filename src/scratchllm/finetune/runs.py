@@ -8,14 +8,12 @@ the method's own results files.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +22,7 @@ from scratchllm.train.checkpoint import load_model_dir, save_model_dir
 from scratchllm.train.metrics import METRICS_FILE, MetricsLog, Progress, read_metrics
 from scratchllm.train.optim import build_optimizer
 from scratchllm.train.plots import PLOT_FILE, plot_losses
+from scratchllm.train.run_control import seed_everything
 from scratchllm.train.steps import autocast_for, grad_scaler_for, resolve_precision
 from scratchllm.utils.device import resolve_device
 
@@ -43,12 +42,6 @@ class RunSetup:
     log: MetricsLog
 
 
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def start_run(model_dir: str | Path, out_dir: str | Path, *, device: str | None = "auto",
               precision: str = "auto", seed: int = 123) -> RunSetup:
     """Load the model (train mode) and its tokenizer; start a fresh metrics log in ``out_dir``."""
@@ -62,7 +55,7 @@ def start_run(model_dir: str | Path, out_dir: str | Path, *, device: str | None 
         raise ConfigError(f"--out {out} is the input model directory; choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS_FILE).unlink(missing_ok=True)
-    seed_all(seed)
+    seed_everything(seed)
     model.train()
     return RunSetup(model, tokenizer, torch_device, resolve_precision(precision, torch_device),
                     out, MetricsLog(out / METRICS_FILE))

@@ -16,18 +16,14 @@ writes the run directory (which must be on a file system every node sees, for re
 
 from __future__ import annotations
 
-import io
 import json
-import random
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
 import torch
 
 from scratchllm.utils.atomic import atomic_write_text
@@ -40,6 +36,7 @@ from scratchllm.train.config import TrainConfig
 from scratchllm.train.metrics import METRICS_FILE, MetricsLog, Progress, read_metrics
 from scratchllm.train.optim import build_optimizer, build_scheduler
 from scratchllm.train.plots import PLOT_FILE, plot_losses
+from scratchllm.train.run_control import Silent, StopRequest, seed_everything
 from scratchllm.train.state import CHECKPOINTS_DIR, TrainingState, latest_checkpoint, save_checkpoint
 from scratchllm.utils.device import resolve_device
 
@@ -63,48 +60,6 @@ class TrainResult:
     seconds: float = 0.0
     samples: list[str] = field(default_factory=list)
     is_main: bool = True              # False on the ranks > 0 of a multi-process run
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) so runs repeat exactly on the CPU."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-class _Silent(io.TextIOBase):
-    """Where the progress lines of ranks > 0 go: rank 0 speaks for the job."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-
-class _StopFlag:
-    """Turns the first Ctrl-C into a request to stop at the next step boundary.
-
-    Stopping mid-step could save half-updated weights; a flag checked between steps cannot.
-    A second Ctrl-C raises KeyboardInterrupt at once.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> "_StopFlag":
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: Ctrl-C is not ours to handle
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def sample_text(model: GPTModel, tokenizer, prompt: str, max_new_tokens: int) -> str:
@@ -134,7 +89,7 @@ class Trainer:
 
     def _build(self, stream: TextIO | None) -> None:
         config, dist = self.config, self.dist
-        self.stream = _Silent() if not dist.is_main else stream if stream is not None else sys.stderr
+        self.stream = Silent() if not dist.is_main else stream if stream is not None else sys.stderr
         self.accum_steps = config.accum_steps_for(dist.world_size)
         self.precision = steps.resolve_precision(config.precision, self.device)
         seed_everything(config.seed)  # the same on every rank: FSDP needs identical initial weights
@@ -278,7 +233,7 @@ class Trainer:
         start_time = time.perf_counter()
         self.model.train()
         stopping = False
-        with _StopFlag() as stop:
+        with StopRequest() as stop:
             while state.step < end and not stopping:
                 self.one_step(start_time)
                 stopping = self.dist.any(stop.requested, self.device)  # all ranks stop together
