@@ -140,7 +140,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    r = run(quick=args.quick)
+    print_report(run(quick=args.quick))
+
+
+def print_report(r: dict) -> None:
+    """The table, the parity check and, last, the headline line."""
     print(f"GPT-2 small, batch 1, {r['prompt_tokens']}-token prompt, greedy, "
           f"{r['threads']} threads")
     print(f"{'generator':<34}{'new tokens':>11}{'tokens/s':>10}")
