@@ -1,9 +1,9 @@
 """Loading streams tensors into an uninitialised model, so nothing is held twice.
 
-Peak RSS turned out too noisy to assert on this shared machine (memory-mapped file pages count
-while a shard is open: 0.4x-3.5x of the model between runs), so these tests check the
-mechanism instead: parameters are never initialised, and each loaded tensor is installed as
-it was read, without a second copy (only GPT-2's transposed Conv1D weights are copied once).
+The mechanism: parameters are never initialised, and each tensor is installed as it was read
+from the memory-mapped file, with no second copy (GPT-2's Conv1D weights become transposed
+views). The outcome: peak memory during a load stays under 1.3x the model's size, measured in
+a fresh process so nothing else in the test session counts.
 """
 
 from __future__ import annotations
@@ -65,5 +65,34 @@ def test_loaded_tensors_are_installed_without_a_second_copy(tmp_path, monkeypatc
     for hf_name, tensor in read.items():
         ours = hf.GPT2_ADAPTER.hf_to_ours(hf_name)
         shared = state[ours].untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr()
-        transposed = hf_name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
-        assert shared != transposed, hf_name  # copied once if transposed, else not at all
+        assert shared, hf_name  # installed as read (transposed weights as views), never copied
+
+
+_MEASURE = """
+import os, resource, sys
+from scratchllm.weights.hf import load_hf_dir
+
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+before = max(rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+model, _ = load_hf_dir(sys.argv[1])
+size = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print((peak - before) / size)
+"""
+
+
+def test_peak_memory_during_load_is_under_1_3x_the_model(tmp_path):
+    import subprocess
+    import sys
+
+    # ~38M parameters (150 MB in float32), nearly all in the transformer blocks, whose GPT-2
+    # Conv1D weights are the ones a naive loader would copy: large enough to beat the noise.
+    config = GPTConfig(vocab_size=1000, context_length=256, emb_dim=512, n_heads=8,
+                       n_layers=12, qkv_bias=True)
+    export_hf_dir(GPTModel(config), tmp_path)
+    out = subprocess.run([sys.executable, "-c", _MEASURE, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, check=True)
+    ratio = float(out.stdout.strip().splitlines()[-1])
+    assert ratio <= 1.3, f"peak RAM grew by {ratio:.2f}x the model's size during the load"

@@ -143,7 +143,9 @@ def _stream_tensors(files: list[Path], adapter: FamilyAdapter, expected: dict[st
                     raise CheckpointError(
                         f"{path}: tensor {hf_name} has shape {tuple(tensor.shape)} but the "
                         f"model built from config.json needs {tuple(expected[ours])}")
-                loaded[ours] = tensor.to(device=device, dtype=dtype).contiguous()
+                # No .contiguous(): a transposed GPT-2 Conv1D weight stays a strided view of
+                # the memory-mapped file instead of a second copy (matmuls take either layout).
+                loaded[ours] = tensor.to(device=device, dtype=dtype)
     missing = sorted(set(expected) - set(loaded))
     if missing:
         raise CheckpointError(f"checkpoint lacks tensor(s) {missing[:5]} ({len(missing)} "
