@@ -75,6 +75,16 @@ def test_learns_a_separable_task_and_reports_consistently(base_dir, toy_file, tm
     preds = classify_texts(model, tokenizer, list(texts), info["labels"])
     assert all(info["labels"][texts[t]] == p for t, (p, _) in zip(texts, preds))
 
+    # `scratchllm evaluate classification` on the whole file agrees with those predictions
+    report_file = tmp_path / "report.json"
+    assert main(["evaluate", "classification", "--model", str(out), "--data", str(toy_file),
+                 "--out", str(report_file)]) == 0
+    report = json.loads(report_file.read_text())
+    correct = sum(info["labels"][texts[t]] == p for t, (p, _) in zip(texts, preds))
+    assert report["n"] == len(data.examples)
+    assert report["accuracy"] == pytest.approx(correct / len(texts))
+    assert sum(report["confusion_matrix"][c][c] for c in range(2)) == round(report["accuracy"] * report["n"])
+
 
 def test_head_only_keeps_the_backbone(base_dir, spam_subset, tmp_path):
     result = finetune_classifier(base_dir, spam_subset, tmp_path / "head", epochs=1,

@@ -1,4 +1,4 @@
-"""``scratchllm evaluate {perplexity,judge}``: score a model or its answers (book 5.1.2, 7.8)."""
+"""``scratchllm evaluate {perplexity,classification,judge}``: score a model or its answers (book 5.1.2, 6.6, 7.8)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("evaluate", help="perplexity of a model, or LLM-as-judge scores",
+    p = subparsers.add_parser("evaluate", help="perplexity, classification metrics, or LLM-as-judge scores",
                               description="Evaluate a model (perplexity) or its instruction "
                               "answers (LLM-as-judge, book 7.8).")
     kinds = p.add_subparsers(dest="kind", metavar="KIND")
@@ -26,6 +26,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ppl.add_argument("--batch-size", type=int, default=8)
     ppl.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     ppl.set_defaults(func=run_perplexity)
+
+    clf = kinds.add_parser("classification",
+                           help="accuracy, precision, recall, F1 of a classifier on labelled data")
+    clf.add_argument("--model", required=True, metavar="DIR",
+                     help="classifier from `scratchllm finetune classify` (its OUT or OUT/model)")
+    clf.add_argument("--data", required=True, metavar="FILE", help="labelled TSV/CSV/JSONL")
+    clf.add_argument("--batch-size", type=int, default=16)
+    clf.add_argument("--max-length", type=int, help="pad/truncate length (default: the training one)")
+    clf.add_argument("--truncate", action="store_true", help="cut texts longer than --max-length")
+    clf.add_argument("--out", metavar="FILE", help="also write the report as JSON")
+    clf.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    clf.set_defaults(func=run_classification)
 
     judge = kinds.add_parser("judge", help="score answers 0-100 with a judge LLM (Ollama/OpenAI API)")
     judge.add_argument("--responses", required=True, metavar="FILE",
@@ -64,6 +76,20 @@ def run_perplexity(args: argparse.Namespace) -> int:
                                         batch_size=args.batch_size)
     print(json.dumps(result.to_dict()))
     print(f"perplexity: {result.perplexity:.3f} (loss {result.loss:.4f} over {result.tokens} tokens)")
+    return 0
+
+
+def run_classification(args: argparse.Namespace) -> int:
+    from scratchllm.evaluate.classification import format_report
+    from scratchllm.finetune.classify import evaluate_classifier
+    from scratchllm.utils.atomic import atomic_write_json
+
+    report = evaluate_classifier(args.model, args.data, batch_size=args.batch_size,
+                                 max_length=args.max_length, truncate=args.truncate,
+                                 device=args.device)
+    print(format_report(report))
+    if args.out:
+        atomic_write_json(args.out, report)
     return 0
 
 

@@ -28,7 +28,7 @@ from scratchllm.data.classification import (
 from scratchllm.errors import CheckpointError, ConfigError, DataError
 from scratchllm.evaluate.classification import classification_report, format_report
 from scratchllm.finetune.classifier_model import (
-    MODEL_SUBDIR, attach_classifier_head, classifier_metadata, last_token_logits,
+    MODEL_SUBDIR, attach_classifier_head, classifier_metadata, last_token_logits, load_classifier,
     save_classifier, set_trainable,
 )
 from scratchllm.finetune.classify_plots import plot_classifier_run
@@ -271,3 +271,19 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
         steps=step, examples_seen=seen, seconds=time.perf_counter() - start, settings=settings)
     atomic_write_json(out_dir / RESULTS_FILE, result.to_dict())
     return result
+
+
+def evaluate_classifier(classifier_dir: str | os.PathLike, data_file: str | os.PathLike, *,
+                        batch_size: int = 16, max_length: int | None = None,
+                        truncate: bool = False, device: str = "auto") -> dict[str, Any]:
+    """Accuracy, precision, recall, F1 and the confusion matrix of a saved classifier on
+    every row of ``data_file`` (book 6.6 ``calc_accuracy_loader``, with the full report)."""
+    device_ = resolve_device(device)
+    model, tokenizer, info = load_classifier(classifier_dir, device=device_)
+    data = load_labelled_file(data_file, labels=info["labels"])
+    limit = max_length or info.get("max_length")
+    (dataset,) = build_datasets([data], tokenizer, model.config.context_length,
+                                max_length=limit, truncate=truncate)
+    y_true, y_pred, loss = evaluate_split(model, dataset, batch_size=batch_size, device=device_)
+    return {**classification_report(y_true, y_pred, info["labels"]), "loss": loss,
+            "data_file": str(data_file)}
