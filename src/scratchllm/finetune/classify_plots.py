@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
-from scratchllm.utils.atomic import AtomicWriter
 from scratchllm.train.metrics import METRICS_FILE, read_metrics
+from scratchllm.train.plots import save_figure
 
 LOSS_PLOT = "loss.png"
 ACCURACY_PLOT = "accuracy.png"
@@ -36,15 +35,9 @@ def plot_train_val(records: list[dict], key: str, ylabel: str,
         ax.set_ylabel(ylabel)
         ax.legend()
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
+        return save_figure(fig, out_path, dpi=110)
     finally:
         plt.close(fig)
-    out_path = Path(out_path)
-    with AtomicWriter(out_path) as writer:
-        writer.write(buffer.getvalue())
-    return out_path
 
 
 def plot_classifier_run(run_dir: str | os.PathLike) -> list[Path]:

@@ -44,11 +44,17 @@ def plot_losses(records: list[dict], out_path: str | os.PathLike, *, title: str 
             per_step = (tokens[-1] - tokens[0]) / max(1, steps[-1] - steps[0])
             top = ax.secondary_xaxis("top", functions=(lambda t: t / per_step, lambda s: s * per_step))
             top.set_xlabel("Step")
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=120)
+        return save_figure(fig, out_path, dpi=120)
     finally:
         plt.close(fig)
+
+
+def save_figure(fig, out_path: str | os.PathLike, *, dpi: int = 120) -> Path:
+    """Render ``fig`` to PNG in memory, then replace ``out_path`` atomically: a reader (or an
+    image viewer refreshing the plot during training) never sees half a file."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
     out_path = Path(out_path)
     with AtomicWriter(out_path) as writer:
         writer.write(buffer.getvalue())
