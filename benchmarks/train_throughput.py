@@ -33,7 +33,7 @@ from common import load_average, machine_summary, median, peak_matmul_flops, tim
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.model.stats import training_flops_per_token
 from scratchllm.train import steps
-from scratchllm.train.optim import build_optimizer, param_groups
+from scratchllm.train.optim import build_optimizer
 
 SEED, LR, WEIGHT_DECAY = 123, 4e-4, 0.1
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -48,22 +48,14 @@ class Contender:
     speeds: dict[str, list[float]] = field(default_factory=dict)  # precision -> tokens/s
 
 
-def build_ours(config: GPTConfig, device: torch.device, compile_model: bool,
-               fused_adamw: bool = False) -> Contender:
-    """Our model stepped exactly as ``Trainer.train_step`` does (no clipping, constant lr).
-
-    ``fused_adamw`` swaps in torch's fused AdamW kernel (one pass over each tensor), which
-    ``build_optimizer`` uses on CUDA only: an experiment, not what the Trainer runs today.
-    """
+def build_ours(config: GPTConfig, device: torch.device, compile_model: bool) -> Contender:
+    """Our model stepped exactly as ``Trainer.train_step`` does (no clipping, constant lr),
+    with ``build_optimizer``'s AdamW (PyTorch's fused kernel on CPU and CUDA)."""
     torch.manual_seed(SEED)
     model = GPTModel(config).to(device).train()
     forward_model = torch.compile(model) if compile_model else model
-    if fused_adamw:
-        optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY, decay_all=True), lr=LR,
-                                      betas=(0.9, 0.999), fused=True)
-    else:
-        optimizer = build_optimizer(model, lr=LR, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999),
-                                    decay_all=True)
+    optimizer = build_optimizer(model, lr=LR, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999),
+                                decay_all=True)
 
     def step(inputs: torch.Tensor, targets: torch.Tensor, precision: str) -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -72,7 +64,7 @@ def build_ours(config: GPTConfig, device: torch.device, compile_model: bool,
         optimizer.step()
         return loss
 
-    return Contender("scratchllm" + (" fused AdamW" if fused_adamw else ""), step)
+    return Contender("scratchllm", step)
 
 
 def build_book(config: GPTConfig, device: torch.device, compile_model: bool) -> Contender:
@@ -150,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="gpt2-small", help="GPTConfig preset (tiny for a smoke test)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--fused-adamw", action="store_true",
-                        help="experiment: our model with torch's fused AdamW (the Trainer's is not)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -160,9 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine_summary(device)}")
     print(f"workload: {args.preset} (context {config.context_length}, batch {args.batch_size}, "
           f"dropout 0.1, AdamW lr {LR} wd {WEIGHT_DECAY}); {args.warmup} warmup steps, "
-          f"{args.rounds} rounds x {args.window} steps, compile={args.compile}, "
-          f"fused_adamw={args.fused_adamw}")
-    contenders = [build_ours(config, device, args.compile, args.fused_adamw),
+          f"{args.rounds} rounds x {args.window} steps, compile={args.compile}")
+    contenders = [build_ours(config, device, args.compile),
                   build_book(config, device, args.compile)]
     first, peaks = measure(contenders, precisions, make_batches(config, args.batch_size),
                            device=device, warmup=args.warmup, window=args.window, rounds=args.rounds)
