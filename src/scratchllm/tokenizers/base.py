@@ -134,18 +134,17 @@ def tokenizer_from_dict(spec: dict[str, Any], base_dir: str | Path | None = None
     """
     from scratchllm.tokenizers.bpe import BPETokenizer
     from scratchllm.tokenizers.gpt2 import GPT2Tokenizer
-    from scratchllm.tokenizers.hf import HFTokenizer
     from scratchllm.tokenizers.simple import SimpleTokenizer
 
-    kinds = {"gpt2": GPT2Tokenizer, "bpe": BPETokenizer, "simple": SimpleTokenizer,
-             "hf": HFTokenizer}
+    kinds = {"gpt2": GPT2Tokenizer, "bpe": BPETokenizer, "simple": SimpleTokenizer, "hf": None}
     kind = spec.get("type") if isinstance(spec, dict) else None
     if kind not in kinds:
         raise TokenizerError(
             f"tokenizer spec has type {kind!r}; expected one of {sorted(kinds)} "
             "(a dict written by Tokenizer.to_dict())"
         )
-    if kind == "hf":
+    if kind == "hf":  # imported only when needed: it brings in the `tokenizers` library
+        from scratchllm.tokenizers.hf import HFTokenizer
         return HFTokenizer.from_dict(spec, base_dir=base_dir)
     return kinds[kind].from_dict(spec)
 
