@@ -1,10 +1,11 @@
-"""Controlling a run from outside the loop: seeding, Ctrl-C, and who gets to print."""
+"""Controlling a run from outside the loop: random state, Ctrl-C, and who gets to print."""
 
 from __future__ import annotations
 
 import io
 import random
 import signal
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +16,38 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The states of python ``random``, numpy's global generator and torch's generators."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put every generator back; CUDA/MPS states are restored only where that device exists."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"][: torch.cuda.device_count()]
+        for index, cuda_state in enumerate(cuda_states):
+            torch.cuda.set_rng_state(cuda_state, index)
+    if "mps" in state and getattr(torch.backends, "mps", None) is not None \
+            and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
 
 
 class Silent(io.TextIOBase):
