@@ -99,3 +99,17 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, args, message):
 def test_plot_of_a_missing_run(tmp_path, capsys):
     assert cli_main.main(["plot", str(tmp_path / "nothing")]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
+
+
+def test_pretrain_a_llama_architecture_and_resume_it(tmp_path, capsys):
+    """Llama 3 / Qwen3 presets pretrain, checkpoint and resume through the same engine."""
+    from scratchllm.model.llama import LlamaModel
+
+    args = ["pretrain", "--config", TINY, "--out", str(tmp_path / "run"), "--preset", "tiny-qwen3",
+            "--set", "model.vocab_size=50257", "--set", "sample_tokens=0", "--max-steps", "2"]
+    assert cli_main.main(args) == 0
+    assert cli_main.main([*args[:-1], "4", "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().err
+    model, tokenizer = load_model_dir(tmp_path / "run")
+    assert isinstance(model, LlamaModel) and model.config.qk_norm
+    assert tokenizer is not None and model.config.context_length == 32

@@ -98,3 +98,12 @@ def config_from_dict(name: str, values: dict[str, Any]) -> Any:
 def build_model(name: str, config: Any) -> nn.Module:
     """Instantiate family ``name``'s model (call inside ``torch.device("meta")`` to skip init)."""
     return get_family(name).model_cls(config)
+
+
+def model_from_config(config: Any) -> nn.Module:
+    """A freshly initialised model of whichever family ``config`` belongs to."""
+    for name in family_names():
+        if type(config) is _LOADED[name].config_cls:
+            return _LOADED[name].model_cls(config)
+    raise ConfigError(f"{type(config).__name__} is not the config of a registered model family "
+                      f"({', '.join(family_names())})")

@@ -17,6 +17,7 @@ from typing import Any
 
 from scratchllm.errors import ConfigError, MissingFileError
 from scratchllm.model import GPTConfig
+from scratchllm.model.llama_config import LlamaConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DISTRIBUTED = ("auto", "ddp", "fsdp", "none")  # see scratchllm.train.distributed
@@ -159,12 +160,18 @@ class TrainConfig:
     def effective_min_lr(self) -> float:
         return self.lr / 10 if self.min_lr is None else float(self.min_lr)
 
-    def model_config(self) -> GPTConfig:
-        """The architecture: the preset, the overrides, and the training context length."""
+    def model_config(self) -> GPTConfig | LlamaConfig:
+        """The architecture: the preset, the overrides, and the training context length.
+
+        GPT presets (gpt2-small ... tiny) give a GPTConfig; Llama 3 / Qwen3 presets
+        (llama3.2-1b, qwen3-0.6b, tiny-llama, ...) a LlamaConfig, pretrained the same way.
+        """
         values = {**self.model, "context_length": self.context_length}
         try:
             if self.preset is None:
                 return GPTConfig.from_dict({**DEFAULT_MODEL, **values})
+            if self.preset.lower() in LlamaConfig.preset_names():
+                return LlamaConfig.preset(self.preset, **values)
             return GPTConfig.preset(self.preset, **values)
         except ConfigError as err:
             raise ConfigError(f"train config 'preset'/'model': {err}") from None

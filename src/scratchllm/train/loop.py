@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import TextIO
 
 import torch
+from torch import nn
 
 from scratchllm.utils.atomic import atomic_write_text
 from scratchllm.errors import ConfigError, DataError
-from scratchllm.model import GPTModel
+from scratchllm.model.registry import model_from_config
 from scratchllm.tokenizers import get_tokenizer, tokenizer_from_dict
 from scratchllm.train import distributed, steps
 from scratchllm.train.batches import is_prepared, load_batches
@@ -62,7 +63,7 @@ class TrainResult:
     is_main: bool = True              # False on the ranks > 0 of a multi-process run
 
 
-def sample_text(model: GPTModel, tokenizer, prompt: str, max_new_tokens: int) -> str:
+def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int) -> str:
     """Greedy continuation of ``prompt`` (book 5.1.3 ``generate_and_print_sample``).
 
     Greedy decoding draws no random numbers, so sampling mid-run leaves training unchanged.
@@ -108,7 +109,8 @@ class Trainer:
         if self.tokenizer.vocab_size > model_config.vocab_size:
             raise ConfigError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model's "
                               f"vocab_size is {model_config.vocab_size}; raise model.vocab_size")
-        self.model = GPTModel(model_config).to(self.device)
+        self.model = model_from_config(model_config).to(self.device)
+        self.model_class = type(self.model)  # before FSDP swaps in its wrapper subclass
         # DDP wraps the model; FSDP shards it in place (so the optimizer comes after this).
         wrapped = distributed.wrap_model(self.model, dist)
         self.no_sync = distributed.no_sync_factory(wrapped, dist)
@@ -159,7 +161,7 @@ class Trainer:
     def resume_from(self, checkpoint: Path) -> None:
         """Every rank reads the same checkpoint; FSDP then shards the full tensors into place."""
         self.state = distributed.load_checkpoint_into(
-            checkpoint, self.model, self.optimizer, self.dist, GPTModel,
+            checkpoint, self.model, self.optimizer, self.dist, self.model_class,
             scheduler=self.scheduler, scaler=self.scaler)
         if self.dist.enabled:  # all ranks now hold rank 0's RNG state; decorrelate the dropout
             torch.manual_seed(self.config.seed + self.dist.rank + 7919 * self.state.step)
@@ -300,7 +302,7 @@ class Trainer:
         """
         val_loss = self.last_eval[1] if self.last_eval_step == self.state.step else None
         self.state.data_state = self.train_batches.state_dict()
-        to_save = distributed.savable(self.model, self.optimizer, self.dist, GPTModel)
+        to_save = distributed.savable(self.model, self.optimizer, self.dist, self.model_class)
         if to_save is not None:
             model, optimizer = to_save
             self.checkpoint = save_checkpoint(
