@@ -66,10 +66,7 @@ class GPTConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "GPTConfig":
         """A named architecture (gpt2-small/medium/large/xl or tiny), optionally overridden."""
-        key = _ALIASES.get(name.lower(), name.lower())
-        if key not in _PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(_PRESETS)}")
-        return cls.from_dict({**_PRESETS[key], **overrides})
+        return cls.from_dict({**preset_values(_PRESETS, name, _ALIASES), **overrides})
 
     @staticmethod
     def preset_names() -> list[str]:
@@ -81,10 +78,24 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "GPTConfig":
         """Build from a dict, refusing unknown keys with the list of valid ones."""
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ConfigError(
-                f"unknown GPTConfig field(s) {unknown}; valid fields are: {', '.join(sorted(valid))}"
-            )
-        return cls(**values)
+        return cls(**known_fields(cls, values))
+
+
+def known_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` if every key is a field of dataclass ``cls``; else ConfigError listing them."""
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; valid fields are: "
+                          f"{', '.join(sorted(valid))}")
+    return values
+
+
+def preset_values(presets: dict[str, dict[str, Any]], name: str,
+                  aliases: dict[str, str] | None = None) -> dict[str, Any]:
+    """The fields of preset ``name`` (case-insensitive); ConfigError listing the choices."""
+    key = name.lower()
+    key = (aliases or {}).get(key, key)
+    if key not in presets:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(presets)}")
+    return presets[key]

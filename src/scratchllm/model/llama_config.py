@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from scratchllm.errors import ConfigError
+from scratchllm.model.config import known_fields, preset_values
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -137,10 +138,7 @@ class LlamaConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "LlamaConfig":
         """A named architecture (see ``preset_names()``), optionally overridden."""
-        key = name.lower()
-        if key not in _PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(_PRESETS)}")
-        return cls.from_dict({**_PRESETS[key], **overrides})
+        return cls.from_dict({**preset_values(_PRESETS, name), **overrides})
 
     @staticmethod
     def preset_names() -> list[str]:
@@ -152,12 +150,7 @@ class LlamaConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "LlamaConfig":
         """Build from a dict, refusing unknown keys with the list of valid ones."""
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ConfigError(f"unknown LlamaConfig field(s) {unknown}; valid fields are: "
-                              f"{', '.join(sorted(valid))}")
-        return cls(**values)
+        return cls(**known_fields(cls, values))
 
 
 def _positive_int(value: object) -> bool:
