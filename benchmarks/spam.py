@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
     parser.add_argument("--trainable", default="all")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help="seed of pretraining and fine-tuning (the data split keeps the "
+                        "book's seed 123)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: these small matrices gain little from more, "
@@ -103,10 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = args.model or pretrain_on_train_split(
             args.data, work, epochs=args.pretrain_epochs, emb_dim=args.emb_dim,
             n_layers=args.n_layers, vocab_size=args.vocab_size,
-            drop_rate=args.drop_rate, stride=args.stride, seed=SEED)
+            drop_rate=args.drop_rate, stride=args.stride, seed=args.seed)
         result = finetune_classifier(
             model_dir, args.data, work / "classifier", epochs=args.epochs, lr=args.lr,
-            batch_size=args.batch_size, trainable=args.trainable, seed=SEED, eval_every=50,
+            batch_size=args.batch_size, trainable=args.trainable, seed=args.seed, split_seed=SEED,
+            eval_every=50,
             keep_best=args.keep_best, truncate=True)  # like the book, cut the rare text longer than the context
     minutes = (time.perf_counter() - start) / 60
     sizes = result.split_sizes

@@ -127,13 +127,15 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
                         text_column: str = "text", label_column: str = "label",
                         train_frac: float = 0.7, val_frac: float = 0.1,
                         grad_clip: float | None = None, keep_best: bool = False,
-                        device: str = "auto",
+                        split_seed: int | None = None, device: str = "auto",
                         precision: str = "auto", progress: bool = True,
                         stream: TextIO | None = None) -> ClassifierResult:
     """Fine-tune ``model_dir`` on ``data_file`` and save the classifier under ``out_dir`` (book 6.7).
 
     ``keep_best`` restores, after the last epoch, the weights of the epoch with the highest
     validation accuracy (early stopping without stopping: later epochs can only overfit).
+    ``split_seed`` (default: ``seed``) fixes balancing and the split on its own, so training
+    can be re-seeded while the test texts stay the same.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size),
                         ("eval_every", eval_every), ("eval_batches", eval_batches)):
@@ -156,8 +158,8 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
     data = load_labelled_file(data_file, file_format=file_format, labels=labels,
                               text_column=text_column, label_column=label_column)
     if balance:
-        data = balance_classes(data, seed)
-    splits = shuffle_split(data, train_frac, val_frac, seed)
+        data = balance_classes(data, seed if split_seed is None else split_seed)
+    splits = shuffle_split(data, train_frac, val_frac, seed if split_seed is None else split_seed)
     model, tokenizer = load_model_dir(model_dir, device=device_)
     if tokenizer is None:
         raise CheckpointError(f"{model_dir} stores no tokenizer; save the pretrained model with "
