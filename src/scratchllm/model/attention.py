@@ -37,20 +37,35 @@ class MultiHeadAttention(nn.Module):
         batch, n_tokens, emb_dim = x.shape
         qkv = self.qkv(x).view(batch, n_tokens, 3, self.n_heads, self.head_dim)
         queries, keys, values = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
-        past = 0
-        if cache is not None:
-            past = cache.length
-            keys, values = cache.update(layer, keys, values)
-            if mask is None and n_tokens > 1:
-                mask = build_attention_mask(n_tokens, past, device=x.device)
-        out = F.scaled_dot_product_attention(
-            queries, keys, values,
-            attn_mask=mask,
-            dropout_p=self.drop_rate if self.training else 0.0,
-            is_causal=mask is None and past == 0 and n_tokens > 1,
-        )
+        out = cached_attention(queries, keys, values, mask=mask, cache=cache, layer=layer,
+                               dropout_p=self.drop_rate if self.training else 0.0)
         out = out.transpose(1, 2).reshape(batch, n_tokens, emb_dim)
         return self.out_proj(out)
+
+
+def cached_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *,
+                     mask: torch.Tensor | None, cache: KVCache | None, layer: int,
+                     dropout_p: float = 0.0) -> torch.Tensor:
+    """Scaled dot-product attention of (B, H, T, D) queries over the cache's keys and values
+    plus the new ones; every model family's attention ends here.
+
+    With no explicit ``mask``: a fresh sequence uses the causal fast path (``is_causal``), a
+    single new token sees everything cached, and several new tokens after a cached prefix get
+    an offset causal mask. Keys/values may have fewer heads than queries (grouped-query
+    attention): each key/value head then serves ``H_q / H_kv`` query heads.
+    """
+    n_tokens = queries.shape[2]
+    past = 0
+    if cache is not None:
+        past = cache.length
+        keys, values = cache.update(layer, keys, values)
+        if mask is None and n_tokens > 1:
+            mask = build_attention_mask(n_tokens, past, device=queries.device)
+    return F.scaled_dot_product_attention(
+        queries, keys, values, attn_mask=mask, dropout_p=dropout_p,
+        is_causal=mask is None and past == 0 and n_tokens > 1,
+        enable_gqa=keys.shape[1] != queries.shape[1],
+    )
 
 
 def build_attention_mask(n_tokens: int, past: int, padding_mask: torch.Tensor | None = None,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchllm.model.attention import build_attention_mask
+from scratchllm.model.attention import cached_attention
 from scratchllm.model.inputs import positions_and_mask
 from scratchllm.model.kv_cache import KVCache
 from scratchllm.model.llama_config import LlamaConfig, RopeScaling
@@ -94,17 +94,7 @@ class GroupedQueryAttention(nn.Module):
         queries = apply_rope(queries.transpose(1, 2), cos, sin)  # (B, H, T, D)
         keys = apply_rope(keys.transpose(1, 2), cos, sin)  # (B, G, T, D)
         values = values.transpose(1, 2)
-        past = 0
-        if cache is not None:
-            past = cache.length
-            keys, values = cache.update(layer, keys, values)
-            if mask is None and n_tokens > 1:
-                mask = build_attention_mask(n_tokens, past, device=x.device)
-        out = F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=mask,
-            is_causal=mask is None and past == 0 and n_tokens > 1,
-            enable_gqa=self.n_kv_groups != self.n_heads,
-        )
+        out = cached_attention(queries, keys, values, mask=mask, cache=cache, layer=layer)
         out = out.transpose(1, 2).reshape(batch, n_tokens, self.n_heads * self.head_dim)
         return self.out_proj(out)
 
