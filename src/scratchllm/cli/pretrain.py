@@ -18,7 +18,7 @@ from typing import Any
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "pretrain",
-        help="pretrain a GPT (default: a small model on the bundled story, a few CPU minutes)",
+        help="pretrain a GPT (default: a small model on the bundled story, about a CPU minute)",
         description="Pretrain a GPT on a text file, a token folder from `scratchllm prepare`, "
         "or (default) the bundled short story The Verdict. Writes OUT/metrics.jsonl, "
         "OUT/loss.png, OUT/checkpoints/step-N/ and OUT/latest/ (load it with `scratchllm "
