@@ -141,7 +141,7 @@ def test_missing_directory_and_files(tmp_path, saved):
      "format_version"),
     ('{"format": "scratchllm", "format_version": 1, "family": "gpt",'
      ' "config": {"n_heads": 3, "emb_dim": 16}}', "invalid model config"),
-    ("[1, 2]", "unknown format"),
+    ("[1, 2]", "not an object"),
 ])
 def test_bad_config_json(saved, content, message):
     (saved / "config.json").write_text(content)

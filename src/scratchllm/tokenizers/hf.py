@@ -20,6 +20,7 @@ import tokenizers
 from scratchllm.utils.atomic import atomic_write_text
 from scratchllm.errors import MissingFileError, TokenizerError
 from scratchllm.tokenizers.base import Tokenizer, ids_to_list
+from scratchllm.utils.json_files import read_json_object
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -39,13 +40,7 @@ def _token_text(value: Any) -> str | None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise TokenizerError(f"cannot read {path} ({err}); download the file again") from err
-    if not isinstance(value, dict):
-        raise TokenizerError(f"{path} does not hold a JSON object; is it the right file?")
-    return value
+    return read_json_object(path, error=TokenizerError, fix="download the file again")
 
 
 class HFTokenizer(Tokenizer):

@@ -35,6 +35,7 @@ from torch import nn
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 from scratchllm.model.registry import build_model, config_from_dict, family_of, get_family
 from scratchllm.weights.meta import empty_weights, retie
+from scratchllm.utils.json_files import read_json_object
 
 FORMAT = "scratchllm"
 FORMAT_VERSION = 1
@@ -205,13 +206,9 @@ def read_header(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise MissingFileError(f"{path} not found; {directory} is not a model directory "
                                "(expected config.json and model.safetensors)")
-    try:
-        header = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); the file is damaged, "
-                              "re-save the model") from err
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        found = header.get("format") if isinstance(header, dict) else type(header).__name__
+    header = read_json_object(path, fix="the file is damaged, re-save the model")
+    if header.get("format") != FORMAT:
+        found = header.get("format")
         raise CheckpointError(f"{path} has unknown format {found!r}; expected {FORMAT!r} "
                               "(a directory written by scratchllm's save_model_dir)")
     version = header.get("format_version")

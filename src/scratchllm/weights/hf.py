@@ -25,6 +25,7 @@ from scratchllm.train.checkpoint import tied_aliases
 from scratchllm.weights.adapter import FamilyAdapter
 from scratchllm.weights.hf_gpt2 import GPT2_ADAPTER
 from scratchllm.weights.meta import empty_weights, meta_tensor_names, retie
+from scratchllm.utils.json_files import read_json_object
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -62,13 +63,7 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise MissingFileError(f"{path} not found; a Hugging Face model directory needs "
                                "config.json next to its *.safetensors files")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); download it again") from err
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object")
-    return config
+    return read_json_object(path, fix="download it again")
 
 
 def weight_files(directory: Path) -> list[Path]:
