@@ -107,3 +107,16 @@ def test_special_token_refusal(trained):
     assert ids.count(trained.eot_id) == 1
     assert trained.eot_id not in trained.encode_ordinary(text)
     assert trained.decode(trained.encode_ordinary(text)) == text
+
+
+def test_save_that_crashes_keeps_the_old_file(tmp_path, trained, monkeypatch):
+    path = tmp_path / "tok.json"
+    path.write_text("old contents")
+
+    def crash(*args):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr("os.replace", crash)  # dies at the last step of the atomic write
+    with pytest.raises(OSError, match="disk gone"):
+        trained.save(path)
+    assert path.read_text() == "old contents"

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,6 +29,7 @@ from scratchllm.tokenizers.byte_level import (
     read_gpt2_files,
     token_str_to_bytes,
 )
+from scratchllm.utils.atomic import atomic_write_text
 
 FORMAT_NAME = "scratchllm-bpe"
 _CACHE_LIMIT = 200_000  # distinct chunks remembered before the encode cache is cleared
@@ -161,19 +160,10 @@ class BPETokenizer(Tokenizer):
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write one JSON file atomically (temp file in the same folder, fsync, rename)."""
+        """Write one JSON file atomically: a crash mid-save leaves the old tokenizer intact."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, ensure_ascii=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
         return path
 
     @classmethod
