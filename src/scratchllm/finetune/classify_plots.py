@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from scratchllm.train.metrics import METRICS_FILE, read_metrics
-from scratchllm.train.plots import save_figure
+from scratchllm.train.plots import new_figure, save_figure
 
 LOSS_PLOT = "loss.png"
 ACCURACY_PLOT = "accuracy.png"
@@ -15,29 +15,22 @@ ACCURACY_PLOT = "accuracy.png"
 def plot_train_val(records: list[dict], key: str, ylabel: str,
                    out_path: str | os.PathLike) -> Path | None:
     """Plot ``train_<key>`` and ``val_<key>`` of the records that have them; None if none do."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
     rows = [r for r in records if f"train_{key}" in r or f"val_{key}" in r]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(5, 3))
-    try:
-        for split, style in (("train", "-"), ("val", "-.")):
-            points = [(r["examples_seen"], r[f"{split}_{key}"]) for r in rows
-                      if r.get(f"{split}_{key}") is not None]
-            if points:
-                ax.plot(*zip(*points), style, marker="o", markersize=3,
-                        label=f"{'Training' if split == 'train' else 'Validation'} {key}")
-        ax.set_xlabel("Examples seen")
-        ax.set_ylabel(ylabel)
-        ax.legend()
-        ax.grid(alpha=0.3)
-        return save_figure(fig, out_path, dpi=110)
-    finally:
-        plt.close(fig)
+    fig = new_figure(figsize=(5, 3))
+    ax = fig.add_subplot()
+    for split, style in (("train", "-"), ("val", "-.")):
+        points = [(r["examples_seen"], r[f"{split}_{key}"]) for r in rows
+                  if r.get(f"{split}_{key}") is not None]
+        if points:
+            ax.plot(*zip(*points), style, marker="o", markersize=3,
+                    label=f"{'Training' if split == 'train' else 'Validation'} {key}")
+    ax.set_xlabel("Examples seen")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return save_figure(fig, out_path, dpi=110)
 
 
 def plot_classifier_run(run_dir: str | os.PathLike) -> list[Path]:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scratchllm.utils.atomic import AtomicWriter
 from scratchllm.errors import DataError, MissingFileError
 from scratchllm.train.metrics import METRICS_FILE, read_metrics
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PLOT_FILE = "loss.png"
 
@@ -19,37 +23,44 @@ def plot_losses(records: list[dict], out_path: str | os.PathLike, *, title: str 
     A widening gap between the two curves is the overfitting the book discusses after
     figure 5.12. The top axis shows the optimizer step for the same points.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)  # no display needed; must precede pyplot's import
-    import matplotlib.pyplot as plt
-
     evals = [r for r in records if r.get("event") == "eval"]
     if not evals:
         raise DataError("no evaluation records to plot yet; let the run reach its first eval step")
     tokens = [r["tokens_seen"] for r in evals]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    try:
-        for key, label, style in (("train_loss", "Training loss", "-"),
-                                  ("val_loss", "Validation loss", "-.")):
-            points = [(t, r.get(key)) for t, r in zip(tokens, evals) if r.get(key) is not None]
-            if points:
-                ax.plot(*zip(*points), style, marker="o", markersize=3, label=label)
-        ax.set_xlabel("Tokens seen")
-        ax.set_ylabel("Loss")
-        ax.legend(loc="upper right", title=title, title_fontsize=8)
-        ax.grid(alpha=0.3)
-        steps = [r["step"] for r in evals]
-        if len(set(tokens)) > 1 and tokens[-1] > tokens[0]:
-            per_step = (tokens[-1] - tokens[0]) / max(1, steps[-1] - steps[0])
-            top = ax.secondary_xaxis("top", functions=(lambda t: t / per_step, lambda s: s * per_step))
-            top.set_xlabel("Step")
-        return save_figure(fig, out_path, dpi=120)
-    finally:
-        plt.close(fig)
+    fig = new_figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    for key, label, style in (("train_loss", "Training loss", "-"),
+                              ("val_loss", "Validation loss", "-.")):
+        points = [(t, r.get(key)) for t, r in zip(tokens, evals) if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), style, marker="o", markersize=3, label=label)
+    ax.set_xlabel("Tokens seen")
+    ax.set_ylabel("Loss")
+    ax.legend(loc="upper right", title=title, title_fontsize=8)
+    ax.grid(alpha=0.3)
+    steps = [r["step"] for r in evals]
+    if len(set(tokens)) > 1 and tokens[-1] > tokens[0]:
+        per_step = (tokens[-1] - tokens[0]) / max(1, steps[-1] - steps[0])
+        top = ax.secondary_xaxis("top", functions=(lambda t: t / per_step, lambda s: s * per_step))
+        top.set_xlabel("Step")
+    return save_figure(fig, out_path, dpi=120)
 
 
-def save_figure(fig, out_path: str | os.PathLike, *, dpi: int = 120) -> Path:
+def new_figure(figsize: tuple[float, float]) -> "Figure":
+    """A Figure drawn by the Agg canvas, outside pyplot: no backend switch, no global figure list.
+
+    ``matplotlib.use(...)`` or ``pyplot.subplots`` would change a notebook user's backend or
+    keep every figure alive until closed; an object-API figure is garbage like any object.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: "Figure", out_path: str | os.PathLike, *, dpi: int = 120) -> Path:
     """Render ``fig`` to PNG in memory, then replace ``out_path`` atomically: a reader (or an
     image viewer refreshing the plot during training) never sees half a file."""
     fig.tight_layout()
