@@ -127,6 +127,16 @@ def ids_to_list(ids: Iterable[int]) -> list[int]:
         ) from None
 
 
+def without_surrogates(text: str) -> str:
+    """Lone surrogates cannot be UTF-8 encoded; replace them with U+FFFD like tiktoken does
+    (a high+low pair still becomes its one character), so every tokenizer treats them alike."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def tokenizer_from_dict(spec: dict[str, Any], base_dir: str | Path | None = None) -> Tokenizer:
     """Rebuild a tokenizer from ``Tokenizer.to_dict()`` output (e.g. stored in a checkpoint).
 

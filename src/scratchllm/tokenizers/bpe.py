@@ -18,7 +18,7 @@ from typing import Any
 import regex
 
 from scratchllm.errors import MissingFileError, TokenizerError
-from scratchllm.tokenizers.base import Tokenizer, ids_to_list
+from scratchllm.tokenizers.base import Tokenizer, ids_to_list, without_surrogates
 from scratchllm.tokenizers.bpe_train import learn_merges
 from scratchllm.tokenizers.byte_level import (
     ENDOFTEXT,
@@ -33,15 +33,6 @@ from scratchllm.utils.atomic import atomic_write_text
 
 FORMAT_NAME = "scratchllm-bpe"
 _CACHE_LIMIT = 200_000  # distinct chunks remembered before the encode cache is cleared
-
-
-def _without_surrogates(text: str) -> str:
-    """Lone surrogates cannot be UTF-8 encoded; replace them with U+FFFD like tiktoken does."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class BPETokenizer(Tokenizer):
@@ -107,7 +98,7 @@ class BPETokenizer(Tokenizer):
         split = regex.compile(GPT2_SPLIT_PATTERN)
         chunk_counts: Counter[str] = Counter()
         # Special token strings separate documents; never learn merges across or inside them.
-        pieces = regex.split("|".join(map(regex.escape, special)), _without_surrogates(text))
+        pieces = regex.split("|".join(map(regex.escape, special)), without_surrogates(text))
         for piece in pieces:
             chunk_counts.update(split.findall(piece))
         words = ((tuple(byte_id[b] for b in chunk.encode("utf-8")), n) for chunk, n in chunk_counts.items())
@@ -195,7 +186,7 @@ class BPETokenizer(Tokenizer):
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Pre-tokenize, then BPE each chunk; repeated chunks come from a cache."""
-        text = _without_surrogates(text)
+        text = without_surrogates(text)
         cache = self._cache
         if len(cache) > _CACHE_LIMIT:
             cache.clear()

@@ -19,7 +19,7 @@ import tokenizers
 
 from scratchllm.utils.atomic import atomic_write_text
 from scratchllm.errors import MissingFileError, TokenizerError
-from scratchllm.tokenizers.base import Tokenizer, ids_to_list
+from scratchllm.tokenizers.base import Tokenizer, ids_to_list, without_surrogates
 from scratchllm.utils.json_files import read_json_object
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -148,7 +148,8 @@ class HFTokenizer(Tokenizer):
         """Plain-text ids: no BOS is added and special token strings are ordinary text."""
         if not isinstance(text, str):
             raise TokenizerError(f"encode takes a str, got {type(text).__name__}")
-        return self._plain.encode(text, add_special_tokens=False).ids
+        # The Rust binding raises a bare TypeError on lone surrogates; the others give U+FFFD.
+        return self._plain.encode(without_surrogates(text), add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int]) -> str:
         ids = ids_to_list(ids)

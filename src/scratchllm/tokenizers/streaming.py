@@ -29,17 +29,22 @@ class IncrementalDecoder:
         new = [ids] if isinstance(ids, int) else ids_to_list(ids)
         if self._bytes_of is not None:
             return self._utf8.decode(self._bytes_of(new))
-        # Word-level tokenizers (SimpleTokenizer): the decoded prefix only grows at its end.
+        # Tokenizers without raw bytes (SimpleTokenizer, HFTokenizer): the decoded prefix only
+        # grows at its end, except that trailing U+FFFD may be a character still arriving in
+        # the next byte-level token (CJK from a Hugging Face tokenizer), so it is held back.
         self._ids.extend(new)
         text = self.tokenizer.decode(self._ids)
-        piece, self._emitted = text[self._emitted :], len(text)
+        stable = max(len(text.rstrip("\ufffd")), self._emitted)
+        piece, self._emitted = text[self._emitted : stable], stable
         return piece
 
     def flush(self) -> str:
         """Whatever is left (an unfinished character becomes U+FFFD, like ``decode``)."""
         if self._bytes_of is not None:
             return self._utf8.decode(b"", final=True)
-        return ""
+        piece = self.tokenizer.decode(self._ids)[self._emitted :] if self._ids else ""
+        self._emitted += len(piece)
+        return piece
 
 
 def decode_stream(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
