@@ -69,6 +69,40 @@ def test_cache_prefills_once_then_feeds_one_token_until_the_window_is_full(model
     assert widths == [CONTEXT - 3, 1, 1, 1, CONTEXT, CONTEXT]
 
 
+@pytest.mark.parametrize("prompt_len, new, size", [
+    (5, 7, 12),  # prompt + new tokens, not the 32-position window
+    (CONTEXT - 5, 20, CONTEXT),  # crosses the window: capped at the context length
+])
+def test_cache_holds_prompt_plus_new_tokens_not_the_whole_window(model, monkeypatch,
+                                                                 prompt_len, new, size):
+    caches = []
+    make = model.new_cache
+
+    def spy(*args, **kwargs):
+        caches.append(make(*args, **kwargs))
+        return caches[-1]
+
+    monkeypatch.setattr(model, "new_cache", spy)
+    prompt = _prompt(prompt_len)
+    out = generate(model, prompt, new)
+    monkeypatch.undo()
+    assert out == _book_greedy(model, prompt, new)
+    (cache,) = caches
+    assert cache.max_length == size
+    assert all(k.shape[2] == size for k in cache._keys)  # (B, H, positions, D) buffers
+
+
+def test_prefill_asks_for_the_last_row_of_logits_only(model):
+    shapes = []
+    hook = model.out_head.register_forward_hook(lambda m, a, out: shapes.append(out.shape))
+    try:
+        generate_batch(model, [_prompt(9), _prompt(4)], 3)
+        generate(model, _prompt(CONTEXT + 2), 2, use_cache=False)
+    finally:
+        hook.remove()
+    assert shapes == [(2, 1, 300)] * 3 + [(1, 1, 300)] * 2
+
+
 def test_return_types_follow_the_input(model):
     prompt = _prompt(6)
     as_list = generate(model, prompt, 4)
@@ -108,6 +142,33 @@ def test_eos_stops_early_and_is_not_returned(model):
     first = new.index(eos)  # the first time the model produces that token
     assert generate(model, prompt, 20, eos_id=eos) == prompt + new[:first]
     assert list(stream(model, prompt, 20, eos_id=eos)) == new[:first]
+
+
+def test_any_of_several_eos_ids_stops(model):
+    """Chat models end a turn with one of several tokens; each one stops, none is returned,
+    and a single int keeps working."""
+    prompt = _prompt(5)
+    new = generate(model, prompt, 20)[5:]
+    late, early = new[9], new[4]
+    first = min(new.index(late), new.index(early))
+    for eos in ({late, early}, [late, early], (early, late), frozenset({late, early})):
+        assert generate(model, prompt, 20, eos_id=eos) == prompt + new[:first]
+        assert list(stream(model, prompt, 20, eos_id=eos)) == new[:first]
+        assert generate_batch(model, [prompt], 20, eos_id=eos) == [new[:first]]
+    assert generate(model, prompt, 20, eos_id=[late]) == prompt + new[:new.index(late)]
+    unused = next(t for t in range(300) if t not in new)
+    assert generate(model, prompt, 20, eos_id=[unused]) == prompt + new
+    assert generate(model, prompt, 20, eos_id=[]) == prompt + new  # an empty set stops nothing
+    # A tensor batch pads finished rows with the FIRST id given.
+    other = _prompt(5, seed=9)
+    out = generate(model, torch.tensor([prompt, other]), 20, eos_id=[unused, early])
+    assert out[0, 5:].tolist() == new[:first] + [unused] * (out.shape[1] - 5 - first)
+
+
+@pytest.mark.parametrize("bad", ["2", [1, "2"], [True], [-1], 1.5, b"\x01"])
+def test_bad_eos_ids_are_refused(model, bad):
+    with pytest.raises(ConfigError, match="eos_id"):
+        generate(model, [1, 2], 3, eos_id=bad)
 
 
 def test_eos_in_a_batch_stops_each_row(model):

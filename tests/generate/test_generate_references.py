@@ -107,3 +107,18 @@ def test_sampling_matches_the_books_generate_with_the_same_seed(pair):
     torch.manual_seed(5)
     got = generate(ours, prompt, 30, temperature=1.0, eos_id=eos)
     assert torch.equal(got, expected) and got.shape[1] == 5 + free.index(eos)
+
+
+def test_several_eos_ids_stop_where_transformers_stops(pair):
+    """transformers' generate takes a list of eos ids too; it keeps the end token and pads
+    after it, we drop it, so ours is theirs up to (not including) the first end token."""
+    hf, ours = pair
+    prompt = torch.randint(0, VOCAB, (1, 6))
+    free = _hf_greedy(hf, prompt, torch.ones_like(prompt), 25)[0, 6:].tolist()
+    eos = [free[12], free[5]]
+    with torch.no_grad():
+        theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=25,
+                             do_sample=False, eos_token_id=eos, pad_token_id=0)[0, 6:].tolist()
+    assert theirs[-1] in eos and len(theirs) < 25
+    assert generate(ours, prompt[0].tolist(), 25, eos_id=eos)[6:] == theirs[:-1]
+    assert generate_batch(ours, [prompt[0].tolist()], 25, eos_id=set(eos)) == [theirs[:-1]]

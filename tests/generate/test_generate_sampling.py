@@ -144,3 +144,22 @@ def test_invalid_sampling_args_raise_value_error(kwargs):
 def test_valid_edge_values_are_accepted():
     check_sampling_args(temperature=0, top_k=1, top_p=1.0, min_p=0.0)
     check_sampling_args(temperature=2.0, top_k=None, top_p=None, min_p=1.0)
+
+
+def test_fp16_logits_are_sampled_in_fp32_so_a_small_temperature_cannot_overflow():
+    """300 / 0.001 = 3e5 is past fp16's largest finite value (65504): dividing in fp16 gives
+    inf, and softmax(inf, inf, ...) is NaN. In fp32 the 1000-logit gap makes token 0 certain
+    (its rival has probability e^-1000)."""
+    logits = torch.tensor([[300.0, 299.0, 0.0, -5.0]], dtype=torch.float16)
+    assert torch.isinf(logits / 0.001).any()  # the overflow the fp32 cast avoids
+    gen = torch.Generator().manual_seed(0)
+    for kwargs in [{}, {"top_k": 3}, {"top_p": 0.9}, {"min_p": 0.05}]:
+        draws = [sample_next_token(logits.repeat(64, 1), 0.001, generator=gen, **kwargs)
+                 for _ in range(4)]
+        assert torch.cat(draws).tolist() == [0] * 256, kwargs
+    # At temperature 1 the two top tokens split e : 1 (p0 = e / (1 + e) = 0.7311), and the
+    # fp16 input gives the same frequencies as the fp32 one.
+    wide = torch.tensor([[300.0, 299.0, -1000.0, -1000.0]], dtype=torch.float16)
+    draws = sample_next_token(wide.repeat(20000, 1), 1.0, generator=gen)
+    assert draws.max() <= 1
+    assert (draws == 0).float().mean().item() == pytest.approx(math.e / (1 + math.e), abs=0.01)

@@ -44,10 +44,10 @@ class ScriptedModel(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.prompt_len, self.script = prompt_len, script
 
-    def new_cache(self) -> KVCache:
-        return KVCache(1, self.config.context_length)
+    def new_cache(self, max_length: int | None = None) -> KVCache:
+        return KVCache(1, min(max_length or 64, self.config.context_length))
 
-    def forward(self, token_ids, *, cache=None, attention_mask=None):
+    def forward(self, token_ids, *, cache=None, attention_mask=None, last_only=False):
         batch, n = token_ids.shape
         seen = n + (cache.length if cache is not None else 0)
         if cache is not None:

@@ -108,3 +108,46 @@ def test_padding_token_choice_does_not_matter(model):
 def test_all_ones_mask_equals_no_mask(model):
     ids = torch.randint(0, VOCAB, (2, 10))
     torch.testing.assert_close(model(ids, attention_mask=torch.ones_like(ids)), model(ids))
+
+
+def test_new_cache_holds_what_is_asked_up_to_the_context_window(model):
+    assert model.new_cache().max_length == 32
+    assert model.new_cache(10).max_length == 10
+    assert model.new_cache(10_000).max_length == 32
+    cache = model.new_cache(10)
+    with torch.no_grad():
+        model(torch.randint(0, VOCAB, (1, 10)), cache=cache)
+        with pytest.raises(ContextLengthError, match="10 positions"):
+            model(torch.randint(0, VOCAB, (1, 1)), cache=cache)
+
+
+def _families():
+    from scratchllm.model import LlamaConfig, LlamaModel
+
+    torch.manual_seed(3)
+    yield GPTModel(GPTConfig.preset("tiny", vocab_size=VOCAB, context_length=32)).eval()
+    for preset in ("tiny-llama", "tiny-qwen3"):
+        yield LlamaModel(LlamaConfig.preset(preset, n_layers=2)).eval()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", list(_families()), ids=["gpt", "llama", "qwen3"])
+def test_last_only_gives_the_full_forwards_last_row(family):
+    """Prefill, a cached step and a left-padded batch: (B, 1, V) logits equal to the full
+    forward's last row, and the same next token."""
+    vocab = family.config.vocab_size
+    ids = torch.randint(0, vocab, (2, 12))
+    full = family(ids)
+    last = family(ids, last_only=True)
+    assert last.shape == (2, 1, vocab)
+    torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
+    assert torch.equal(last[:, 0].argmax(-1), full[:, -1].argmax(-1))
+    cache = family.new_cache(13)
+    family(ids, cache=cache, last_only=True)
+    step = family(ids[:, :1], cache=cache, last_only=True)
+    torch.testing.assert_close(step[:, 0], family(torch.cat([ids, ids[:, :1]], 1))[:, -1],
+                               atol=1e-5, rtol=1e-5)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    padded = family(ids, attention_mask=mask, last_only=True)
+    torch.testing.assert_close(padded[1, 0], family(ids[1:, 5:])[0, -1], atol=1e-5, rtol=1e-5)

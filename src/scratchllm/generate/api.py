@@ -6,6 +6,8 @@ All three share one decoding loop (``loop.decode_steps``) and the same settings:
   ``top_p`` (nucleus) and ``min_p`` filtering. ``seed`` or ``generator`` makes sampling
   reproducible without touching the global random state.
 * ``eos_id`` ends a sequence when generated; the end token itself is not returned (book 5.3).
+  It may be one id or a collection of ids (any of them ends the sequence): chat models end a
+  turn with tokens other than end-of-text, e.g. Llama 3's ``<|eot_id|>``.
 * ``stop_strings`` end a sequence once its decoded new text contains one of them (needs
   ``tokenizer``); the token completing the stop string is returned, so trim the text if you
   do not want it.
@@ -16,7 +18,7 @@ All three share one decoding loop (``loop.decode_steps``) and the same settings:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -36,11 +38,12 @@ from scratchllm.generate.loop import (
 from scratchllm.generate.stopping import StopState, normalize_stop_strings
 
 TokenIds = list[int] | torch.Tensor
+EosIds = int | Collection[int] | None
 
 
 def generate(model: nn.Module, token_ids: TokenIds, max_new_tokens: int,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-             eos_id: int | None = None, use_cache: bool = True, *,
+             eos_id: EosIds = None, use_cache: bool = True, *,
              min_p: float | None = None, stop_strings: str | Sequence[str] | None = None,
              tokenizer: object | None = None, seed: int | None = None,
              generator: torch.Generator | None = None) -> TokenIds:
@@ -48,18 +51,18 @@ def generate(model: nn.Module, token_ids: TokenIds, max_new_tokens: int,
 
     A list gives a list; a (T,) tensor a (T + n,) tensor; a (B, T) tensor a (B, T + n)
     tensor on the input's device (book ``generate_text_simple``). In a batch, rows that stop
-    early are filled with ``eos_id`` (or the tokenizer's end token, else 0) up to the
+    early are filled with the first ``eos_id`` (or the tokenizer's end token, else 0) up to the
     longest row; ``n`` is the number of tokens of that longest row.
     """
     check_count(max_new_tokens)
-    check_eos(eos_id)
+    eos_ids = check_eos(eos_id)
     stops = normalize_stop_strings(stop_strings, tokenizer)
     device = model_device(model)
     batch = as_batch(token_ids, device)
     pick = make_picker(temperature, top_k, top_p, min_p, seed, generator, device)
     states = None
-    if eos_id is not None or stops:
-        states = [StopState(eos_id, stops, tokenizer if stops else None) for _ in batch]
+    if eos_ids or stops:
+        states = [StopState(eos_ids, stops, tokenizer if stops else None) for _ in batch]
     with eval_mode(model):
         steps, kept = _collect(decode_steps(model, batch, max_new_tokens, pick,
                                             use_cache=use_cache), states, len(batch), device)
@@ -67,14 +70,14 @@ def generate(model: nn.Module, token_ids: TokenIds, max_new_tokens: int,
         return list(token_ids) + steps[0][: kept[0]].tolist()
     new = steps[:, : max(kept, default=0)]
     for row, count in enumerate(kept):
-        new[row, count:] = _fill_value(eos_id, tokenizer)
+        new[row, count:] = _fill_value(eos_ids, tokenizer)
     out = torch.cat([batch, new], dim=1).to(token_ids.device, token_ids.dtype)
     return out if token_ids.dim() == 2 else out[0]
 
 
 def generate_batch(model: nn.Module, prompts: list[list[int]], max_new_tokens: int,
                    temperature: float = 0.0, top_k: int | None = None,
-                   top_p: float | None = None, eos_id: int | None = None,
+                   top_p: float | None = None, eos_id: EosIds = None,
                    use_cache: bool = True, *, min_p: float | None = None,
                    stop_strings: str | Sequence[str] | None = None,
                    tokenizer: object | None = None, seed: int | None = None,
@@ -85,12 +88,12 @@ def generate_batch(model: nn.Module, prompts: list[list[int]], max_new_tokens: i
     tokens it would get alone. Finished rows ride along until every row is done.
     """
     check_count(max_new_tokens)
-    check_eos(eos_id)
+    eos_ids = check_eos(eos_id)
     stops = normalize_stop_strings(stop_strings, tokenizer)
     device = model_device(model)
     ids, mask = left_pad(prompts, device)
     pick = make_picker(temperature, top_k, top_p, min_p, seed, generator, device)
-    states = [StopState(eos_id, stops, tokenizer if stops else None) for _ in prompts]
+    states = [StopState(eos_ids, stops, tokenizer if stops else None) for _ in prompts]
     with eval_mode(model):
         steps, kept = _collect(decode_steps(model, ids, max_new_tokens, pick,
                                             attention_mask=mask, use_cache=use_cache),
@@ -101,7 +104,7 @@ def generate_batch(model: nn.Module, prompts: list[list[int]], max_new_tokens: i
 
 def stream(model: nn.Module, token_ids: TokenIds, max_new_tokens: int,
            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-           eos_id: int | None = None, use_cache: bool = True, *,
+           eos_id: EosIds = None, use_cache: bool = True, *,
            min_p: float | None = None, stop_strings: str | Sequence[str] | None = None,
            tokenizer: object | None = None, seed: int | None = None,
            generator: torch.Generator | None = None) -> Iterator[int] | Iterator[str]:
@@ -113,7 +116,7 @@ def stream(model: nn.Module, token_ids: TokenIds, max_new_tokens: int,
     model stays in eval mode until the iterator is exhausted or closed.
     """
     check_count(max_new_tokens)
-    check_eos(eos_id)
+    eos_ids = check_eos(eos_id)
     stops = normalize_stop_strings(stop_strings, tokenizer)
     device = model_device(model)
     batch = as_batch(token_ids, device)
@@ -124,7 +127,7 @@ def stream(model: nn.Module, token_ids: TokenIds, max_new_tokens: int,
             "generate_batch() for several prompts"
         )
     pick = make_picker(temperature, top_k, top_p, min_p, seed, generator, device)
-    state = StopState(eos_id, stops, tokenizer)
+    state = StopState(eos_ids, stops, tokenizer)
     return _stream(model, batch, max_new_tokens, pick, use_cache, state, tokenizer is not None)
 
 
@@ -173,7 +176,7 @@ def _collect(steps: Iterator[torch.Tensor], states: list[StopState] | None, batc
     return torch.stack(columns, dim=1), kept
 
 
-def _fill_value(eos_id: int | None, tokenizer: object | None) -> int:
-    if eos_id is not None:
-        return eos_id
+def _fill_value(eos_ids: tuple[int, ...], tokenizer: object | None) -> int:
+    if eos_ids:
+        return eos_ids[0]
     return int(getattr(tokenizer, "eot_id", 0) or 0) if tokenizer is not None else 0

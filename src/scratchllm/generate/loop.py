@@ -12,7 +12,7 @@ the cached keys become stale. From then on each step is a fresh forward over the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -43,16 +43,17 @@ def decode_steps(model: nn.Module, token_ids: torch.Tensor, max_new_tokens: int,
         if attention_mask is not None:
             mask = attention_mask.new_ones((batch, n + max_new_tokens))
             mask[:, :n] = attention_mask
-        cache = model.new_cache() if use_cache else None
+        # Sized for this call, not the whole context window (capped there by new_cache).
+        cache = model.new_cache(n + max_new_tokens) if use_cache else None
     for _ in range(max_new_tokens):
         with torch.inference_mode():
             if cache is not None and n <= context:
                 # Prefill (cache empty) or one new token; positions continue from the cache.
-                logits = model(tokens[:, cache.length:n], cache=cache,
+                logits = model(tokens[:, cache.length:n], cache=cache, last_only=True,
                                attention_mask=None if mask is None else mask[:, :n])
             else:
                 start = max(0, n - context)  # sliding window (book generate_text_simple)
-                logits = model(tokens[:, start:n],
+                logits = model(tokens[:, start:n], last_only=True,
                                attention_mask=None if mask is None else mask[:, start:n])
             next_ids = pick(logits[:, -1])
             tokens[:, n] = next_ids
@@ -99,9 +100,19 @@ def check_count(max_new_tokens: int) -> None:
         raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
 
 
-def check_eos(eos_id: int | None) -> None:
-    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int)):
-        raise ConfigError(f"eos_id must be an integer token id or None, got {eos_id!r}")
+def check_eos(eos_id: int | Iterable[int] | None) -> tuple[int, ...]:
+    """The end ids as a tuple (first one first): a model may end a turn with any of several
+    tokens (Llama 3: ``<|end_of_text|>``, ``<|eot_id|>``, ``<|eom_id|>``)."""
+    if eos_id is None:
+        return ()
+    ids = [eos_id] if isinstance(eos_id, int) and not isinstance(eos_id, bool) else eos_id
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise ConfigError(f"eos_id must be a token id, a collection of token ids or None, "
+                          f"got {eos_id!r}")
+    ids = list(ids)
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ConfigError(f"eos_id must hold non-negative integer token ids, got {eos_id!r}")
+    return tuple(dict.fromkeys(ids))
 
 
 def ids_from_list(ids: list[int], what: str = "token_ids") -> list[int]:

@@ -4,6 +4,10 @@ Each filter is a small pure function that returns new logits with the excluded t
 ``-inf``, so they compose in any order and a softmax afterwards renormalizes over the tokens
 that are left. ``sample_next_token`` applies them in the usual order: temperature first (it
 changes the probabilities that top-p and min-p look at), then top-k, top-p and min-p.
+
+All of it runs in float32, whatever the model's dtype: a bf16/fp16 logit divided by a small
+temperature overflows to ``inf`` (fp16 tops out at 65504), and ``inf - inf`` in the softmax
+gives NaN probabilities.
 """
 
 from __future__ import annotations
@@ -89,12 +93,12 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int
     """
     if temperature == 0:
         return torch.argmax(logits, dim=-1)
-    logits = apply_temperature(logits, temperature)
+    logits = apply_temperature(logits.float(), temperature)  # fp32 before any arithmetic
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
     if min_p is not None and min_p > 0:
         logits = min_p_filter(logits, min_p)
-    probs = torch.softmax(logits.float(), dim=-1)  # fp32 even for a bf16/fp16 model
+    probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

@@ -9,7 +9,7 @@ falls exactly there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
 from scratchllm.errors import ConfigError
@@ -42,9 +42,9 @@ def normalize_stop_strings(stop_strings: str | Sequence[str] | None,
 class StopState:
     """Tracks one sequence: feed each new token to ``step`` and obey what it returns."""
 
-    def __init__(self, eos_id: int | None = None, stop_strings: Sequence[str] = (),
+    def __init__(self, eos_ids: Collection[int] = (), stop_strings: Sequence[str] = (),
                  tokenizer: object | None = None) -> None:
-        self.eos_id = eos_id
+        self.eos_ids = frozenset(eos_ids)
         self.stop_strings = list(stop_strings)
         self._longest = max((len(s) for s in self.stop_strings), default=0)
         self.decoder = IncrementalDecoder(tokenizer) if tokenizer is not None else None
@@ -52,7 +52,7 @@ class StopState:
         self.done = False
 
     def step(self, token_id: int) -> Step:
-        if self.eos_id is not None and token_id == self.eos_id:
+        if token_id in self.eos_ids:
             self.done = True
             return Step(keep=False, stop=True, text="")
         piece = self.decoder.add(token_id) if self.decoder is not None else ""

@@ -51,13 +51,18 @@ class GPTModel(nn.Module):
         if config.tie_weights:
             self.out_head.weight = self.tok_emb.weight
 
-    def new_cache(self) -> KVCache:
-        """An empty KV cache sized for this model's context window."""
-        return KVCache(self.config.n_layers, self.config.context_length)
+    def new_cache(self, max_length: int | None = None) -> KVCache:
+        """An empty KV cache for ``max_length`` positions (at most, and by default,
+        the context window). Generation passes prompt + new tokens: a 128k-token window
+        preallocated at batch 1 would cost gigabytes that a short chat never touches."""
+        context = self.config.context_length
+        return KVCache(self.config.n_layers,
+                       context if max_length is None else min(max_length, context))
 
     def forward(self, token_ids: torch.Tensor, *, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None,
+                last_only: bool = False) -> torch.Tensor:
         """Logits for every position of ``token_ids``.
 
         cache: keys/values of earlier positions; new ones are appended to it.
@@ -65,6 +70,8 @@ class GPTModel(nn.Module):
             then counted over real tokens only, so a padded prompt sees the same position
             embeddings as the unpadded one.
         position_ids: (B, T) explicit positions, overriding both of the above.
+        last_only: return (B, 1, vocab_size) logits of the last position only (generation;
+            with left padding the last position is always a real token).
         """
         c = self.config
         position_ids, mask = positions_and_mask(
@@ -76,5 +83,7 @@ class GPTModel(nn.Module):
             x = block(x, mask=mask, cache=cache, layer=layer)
         if cache is not None:
             cache.advance(n_tokens)
+        if last_only:  # prefill needs one row of logits, not T x vocab_size of them
+            x = x[:, -1:]
         return self.out_head(self.final_norm(x))
 

@@ -149,13 +149,17 @@ class LlamaModel(nn.Module):
         self.rope_cos, self.rope_sin = compute_rope_frequencies(
             c.head_dim, c.rope_base, c.context_length, c.rope_scaling, device=device)
 
-    def new_cache(self) -> KVCache:
-        """An empty KV cache sized for this model's context window (holds n_kv_groups heads)."""
-        return KVCache(self.config.n_layers, self.config.context_length)
+    def new_cache(self, max_length: int | None = None) -> KVCache:
+        """An empty KV cache (n_kv_groups heads) for ``max_length`` positions; as in
+        ``GPTModel.new_cache`` (Llama 3.2's 131k-token window would be gigabytes at batch 1)."""
+        context = self.config.context_length
+        return KVCache(self.config.n_layers,
+                       context if max_length is None else min(max_length, context))
 
     def forward(self, token_ids: torch.Tensor, *, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None,
+                last_only: bool = False) -> torch.Tensor:
         """Logits for every position of ``token_ids``; arguments as in ``GPTModel.forward``.
 
         Positions select rows of the RoPE tables, so with a left-padded ``attention_mask``
@@ -174,4 +178,6 @@ class LlamaModel(nn.Module):
             x = block(x, cos, sin, mask=mask, cache=cache, layer=layer)
         if cache is not None:
             cache.advance(n_tokens)
+        if last_only:  # prefill needs one row of logits, not T x vocab_size of them
+            x = x[:, -1:]
         return self.out_head(self.final_norm(x))
