@@ -1,14 +1,13 @@
-"""The metrics log, the progress line and the loss plot."""
+"""The metrics log and the loss plot (the progress line: tests/utils/test_progress.py)."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
 
 from scratchllm.errors import DataError, MissingFileError
-from scratchllm.train.metrics import MetricsLog, Progress, format_duration, read_metrics
+from scratchllm.train.metrics import MetricsLog, read_metrics
 from scratchllm.train.plots import plot_losses, plot_run
 
 
@@ -24,41 +23,6 @@ def test_log_appends_reads_and_truncates(tmp_path):
     log.truncate_after(2)
     assert [json.loads(line)["step"] for line in log.path.read_text().splitlines()] == [1, 2]
     assert read_metrics(tmp_path / "absent.jsonl") == []
-
-
-class _Stream(io.StringIO):
-    def __init__(self, tty: bool) -> None:
-        super().__init__()
-        self._tty = tty
-
-    def isatty(self) -> bool:
-        return self._tty
-
-
-def test_progress_prints_a_line_every_n_steps_when_not_a_terminal():
-    stream = _Stream(tty=False)
-    progress = Progress(10, every=4, stream=stream)
-    for step in range(1, 11):
-        progress.update(step, loss=2.0, tokens_per_sec=1234.0, lr=1e-3)
-    lines = stream.getvalue().splitlines()
-    assert [line.split()[1] for line in lines] == ["4/10", "8/10", "10/10"]
-    assert "loss 2.000" in lines[0] and "1,234 tok/s" in lines[0] and "ETA" in lines[0]
-    assert "\r" not in stream.getvalue()
-
-
-def test_progress_redraws_in_place_on_a_terminal():
-    stream = _Stream(tty=True)
-    progress = Progress(3, every=100, stream=stream)
-    for step in (1, 2):
-        progress.update(step, loss=1.0, tokens_per_sec=10.0, lr=1e-3)
-    progress.message("step 2: val loss 1.0")
-    progress.close()
-    out = stream.getvalue()
-    assert out.count("\r") == 2 and out.endswith("\nstep 2: val loss 1.0\n")
-
-
-def test_format_duration():
-    assert format_duration(65) == "01:05" and format_duration(3725) == "1:02:05"
 
 
 def _records():

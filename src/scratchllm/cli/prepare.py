@@ -29,36 +29,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _progress_printer(stream):
-    """Print a progress line at most every half second (overwritten in place on a terminal)."""
-    state = {"last": -1.0}
-    end = "\r" if stream.isatty() else "\n"
+def _progress_shower(stream):
+    """A progress callback for prepare_corpus: a tqdm bar over the pieces on a terminal, a plain
+    line at most every half second in a log (the piece count is known at the first call)."""
+    from scratchllm.utils.progress import Progress
+
+    holder: dict[str, Progress] = {}
 
     def show(p) -> None:
-        if p.seconds - state["last"] < 0.5 and p.pieces_done < p.pieces_total:
-            return
-        state["last"] = p.seconds
-        stream.write(
-            f"{p.files_total} files  {p.pieces_done}/{p.pieces_total} pieces  "
-            f"{p.bytes_done / 1e6:.1f}/{p.bytes_total / 1e6:.1f} MB  {p.tokens:,} tokens  "
-            f"{p.mb_per_s:.2f} MB/s{end}"
-        )
-        stream.flush()
+        if "bar" not in holder:
+            holder["bar"] = Progress(p.pieces_total, every=1, interval=0.5, stream=stream,
+                                     unit="piece", desc="prepare")
+        holder["bar"].advance(p.pieces_done,
+                              f"{p.files_total} files | {p.bytes_done / 1e6:.1f}/"
+                              f"{p.bytes_total / 1e6:.1f} MB | {p.tokens:,} tokens | "
+                              f"{p.mb_per_s:.2f} MB/s")
 
-    return show
+    def close() -> None:
+        if "bar" in holder:
+            holder["bar"].close()
+
+    return show, close
 
 
 def run(args: argparse.Namespace) -> int:
     from scratchllm.data import prepare_corpus
 
-    result = prepare_corpus(
-        args.inputs, args.out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
-        workers=args.workers, seed=args.seed,
-        chunk_bytes=args.chunk_kb * 1024 if args.chunk_kb is not None else None,
-        progress=_progress_printer(sys.stderr),
-    )
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")
+    show, close = _progress_shower(sys.stderr)
+    try:
+        result = prepare_corpus(
+            args.inputs, args.out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
+            workers=args.workers, seed=args.seed,
+            chunk_bytes=args.chunk_kb * 1024 if args.chunk_kb is not None else None,
+            progress=show,
+        )
+    finally:
+        close()
     train, val = result.num_tokens["train"], result.num_tokens["val"]
     print(f"prepared {len(result.files)} file(s), {result.bytes_read / 1e6:.2f} MB in "
           f"{result.seconds:.1f}s -> {result.out_dir}")
