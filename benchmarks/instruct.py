@@ -24,7 +24,7 @@ from scratchllm.data.instruction import format_example, load_instruction_data, s
 from scratchllm.finetune.instruct import finetune_instruct
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.tokenizers import GPT2Tokenizer
-from scratchllm.train.checkpoint import save_model_dir
+from scratchllm.weights.model_dir import save_model_dir
 from scratchllm.train.optim import build_optimizer
 
 BOOK_TRAIN, BOOK_VAL = 0.299, 0.657

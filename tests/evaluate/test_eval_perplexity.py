@@ -14,7 +14,7 @@ from scratchllm.data.instruction import format_prompt
 from scratchllm.evaluate.perplexity import instruction_perplexity, sliding_windows, text_perplexity
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.tokenizers import GPT2Tokenizer
-from scratchllm.train.checkpoint import save_model_dir
+from scratchllm.weights.model_dir import save_model_dir
 
 
 @pytest.fixture(scope="module")

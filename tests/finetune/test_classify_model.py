@@ -14,7 +14,7 @@ from scratchllm.finetune.classifier_model import (
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.model.lora import lora_layers
 from scratchllm.tokenizers import GPT2Tokenizer
-from scratchllm.train.checkpoint import save_model_dir
+from scratchllm.weights.model_dir import save_model_dir
 
 
 def classifier(num_classes: int = 2, **overrides) -> GPTModel:

@@ -15,7 +15,7 @@ from scratchllm.finetune import finetune_classifier, load_classifier
 from scratchllm.finetune.classifier_model import classify_texts
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.tokenizers import GPT2Tokenizer
-from scratchllm.train.checkpoint import save_model_dir
+from scratchllm.weights.model_dir import save_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_generate_refuses_a_classifier_directory_clearly(tmp_path):
     from scratchllm.errors import CheckpointError
     from scratchllm.finetune.classifier_model import attach_classifier_head, classifier_metadata, save_classifier
     from scratchllm.model import GPTConfig, GPTModel
-    from scratchllm.train.checkpoint import load_model_dir
+    from scratchllm.weights.model_dir import load_model_dir
 
     model = attach_classifier_head(GPTModel(GPTConfig.preset("tiny", n_layers=1)), 2)
     out = save_classifier(tmp_path / "clf", model, None, classifier_metadata(["ham", "spam"], 50256, None))

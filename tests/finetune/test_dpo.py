@@ -19,7 +19,7 @@ from scratchllm.finetune.dpo import (
 )
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.tokenizers import GPT2Tokenizer
-from scratchllm.train.checkpoint import load_model_dir, save_model_dir
+from scratchllm.weights.model_dir import load_model_dir, save_model_dir
 
 
 @pytest.fixture(scope="module")

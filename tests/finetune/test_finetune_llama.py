@@ -12,7 +12,7 @@ from scratchllm.finetune.instruct import finetune_instruct
 from scratchllm.model.llama import LlamaModel
 from scratchllm.model.llama_config import LlamaConfig
 from scratchllm.tokenizers import GPT2Tokenizer
-from scratchllm.train.checkpoint import load_model_dir, save_model_dir
+from scratchllm.weights.model_dir import load_model_dir, save_model_dir
 
 
 @pytest.fixture(scope="module")

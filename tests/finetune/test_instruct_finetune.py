@@ -14,7 +14,7 @@ from scratchllm.finetune.instruct import finetune_instruct, generate_responses
 from scratchllm.generate import generate
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.tokenizers import GPT2Tokenizer
-from scratchllm.train.checkpoint import load_model_dir, save_model_dir
+from scratchllm.weights.model_dir import load_model_dir, save_model_dir
 
 FAST = dict(epochs=1, batch_size=8, eval_every=100, eval_batches=1, max_new_tokens=4,
             device="cpu", progress=False)
@@ -67,11 +67,8 @@ def test_batched_test_answers_equal_one_at_a_time_greedy(base_dir, data_file, to
         assert answer["model_response"] == tok.decode(alone).strip()
 
 
-def test_failed_generation_leaves_old_results_intact(base_dir, data_file, tmp_path, monkeypatch):
+def test_failed_generation_leaves_no_partial_results(base_dir, data_file, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    out.mkdir()
-    old = out / instruct.RESPONSES_FILE
-    old.write_text("[\"old\"]", encoding="utf-8")
     calls = []
 
     def broken(*args, **kwargs):
@@ -81,8 +78,9 @@ def test_failed_generation_leaves_old_results_intact(base_dir, data_file, tmp_pa
     monkeypatch.setattr(instruct, "generate_batch", broken)
     with pytest.raises(RuntimeError, match="simulated"):
         finetune_instruct(base_dir, data_file, out, **FAST)
-    assert calls and old.read_text(encoding="utf-8") == "[\"old\"]"
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temp files left
+    assert calls and not (out / instruct.RESPONSES_FILE).exists()
+    hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert hidden == [".scratchllm"]  # the output marker, and no temp files left
 
 
 def test_mask_prompt_and_lora_run(base_dir, data_file, tmp_path):

@@ -12,7 +12,7 @@ from scratchllm.errors import CheckpointError, ConfigError
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.model.registry import (build_model, config_from_dict, family_names, family_of,
                                        get_family, register_family)
-from scratchllm.train.checkpoint import load_model_dir, save_model_dir
+from scratchllm.weights.model_dir import load_model_dir, save_model_dir
 
 
 def test_gpt_family():

@@ -121,7 +121,7 @@ def test_get_tokenizer_accepts_dir_and_file(gpt2_dir):
 
 def test_model_dir_keeps_a_copy_of_tokenizer_json(tok, tmp_path):
     from scratchllm.model import GPTConfig, GPTModel
-    from scratchllm.train.checkpoint import load_model_dir, save_model_dir
+    from scratchllm.weights.model_dir import load_model_dir, save_model_dir
 
     model = GPTModel(GPTConfig.preset("tiny", vocab_size=tok.vocab_size))
     out = save_model_dir(tmp_path / "m", model, tokenizer=tok)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scratchllm.cli import main as cli_main
-from scratchllm.train.checkpoint import load_model_dir
+from scratchllm.weights.model_dir import load_model_dir
 
 TINY = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
 

@@ -23,7 +23,7 @@ from scratchllm.errors import ConfigError, DataError
 from scratchllm.model import GPTModel
 from scratchllm.train import distributed
 from scratchllm.train.batches import ShardBatches, WindowBatches
-from scratchllm.train.checkpoint import load_model_dir
+from scratchllm.weights.model_dir import load_model_dir
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.loop import Trainer
 from scratchllm.train.metrics import read_metrics

@@ -14,8 +14,8 @@ import torch
 
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 from scratchllm.model import GPTConfig, GPTModel
-from scratchllm.train import checkpoint
-from scratchllm.train.checkpoint import load_model_dir
+from scratchllm.weights import model_dir as checkpoint
+from scratchllm.weights.model_dir import load_model_dir
 from scratchllm.train.state import (TrainingState, latest_checkpoint, load_checkpoint,
                                     load_train_config, save_checkpoint)
 

@@ -14,7 +14,7 @@ from scratchllm.cli.main import main  # noqa: E402
 from scratchllm.errors import ConfigError  # noqa: E402
 from scratchllm.model import GPTConfig, GPTModel  # noqa: E402
 from scratchllm.tokenizers import GPT2Tokenizer  # noqa: E402
-from scratchllm.train.checkpoint import save_model_dir  # noqa: E402
+from scratchllm.weights.model_dir import save_model_dir  # noqa: E402
 from scratchllm.weights.hf import load_hf_dir  # noqa: E402
 from scratchllm.weights.hf_export import export_hf_dir, parse_size  # noqa: E402
 from scratchllm.weights.safetensors_io import write_safetensors  # noqa: E402
@@ -110,6 +110,6 @@ def test_parse_size():
 def test_export_refuses_to_overwrite_a_non_model_dir(tmp_path):
     (tmp_path / "data.txt").write_text("precious")
     model = trained_tiny(tie=False, qkv_bias=False)
-    with pytest.raises(Exception, match="refusing"):
+    with pytest.raises(Exception, match="not written by scratchllm"):
         export_hf_dir(model, tmp_path)
     assert (tmp_path / "data.txt").read_text() == "precious"

@@ -11,7 +11,7 @@ import scratchllm
 from scratchllm.errors import CheckpointError, MissingFileError
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.tokenizers import GPT2Tokenizer
-from scratchllm.train.checkpoint import save_model_dir
+from scratchllm.weights.model_dir import save_model_dir
 from scratchllm.weights.hf_export import export_hf_dir
 
 

@@ -46,8 +46,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     judge.add_argument("--api", choices=["ollama", "openai"], default="ollama")
     judge.add_argument("--model-name", default="llama3", help="judge model (default llama3)")
     judge.add_argument("--response-key", default="model_response")
-    judge.add_argument("--out", metavar="FILE", help="scores JSON (default: RESPONSES.scores.json)")
-    judge.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    judge.add_argument("--out", metavar="FILE",
+                       help="scores JSON (default: RESPONSES.scores.json); each item is also "
+                       "appended to OUT with .jsonl as it finishes")
+    judge.add_argument("--resume", action="store_true",
+                       help="keep the items OUT's .jsonl already holds; judge only the rest")
+    judge.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="requests in flight at once (default 1)")
+    judge.add_argument("--api-key", metavar="KEY",
+                       help="sent as a Bearer token (default for --api openai: $OPENAI_API_KEY)")
+    judge.add_argument("--max-tokens", type=int, default=16, metavar="N",
+                       help="longest judge reply in tokens (max_tokens / num_predict; default 16)")
+    judge.add_argument("--timeout", type=float, default=120.0,
+                       help="total seconds one request may take, reply included (default 120)")
     judge.add_argument("--retries", type=int, default=3, help="retries of a failed request")
     judge.set_defaults(func=run_judge)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -55,14 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_perplexity(args: argparse.Namespace) -> int:
     from scratchllm.data.text_files import read_text_file
-    from scratchllm.errors import CheckpointError
     from scratchllm.evaluate.perplexity import instruction_perplexity, text_perplexity
-    from scratchllm.train.checkpoint import load_model_dir
     from scratchllm.utils.device import resolve_device
+    from scratchllm.weights.auto import open_model
 
-    model, tokenizer = load_model_dir(args.model, device=resolve_device(args.device))
-    if tokenizer is None:
-        raise CheckpointError(f"{args.model} has no tokenizer; re-save it with one")
+    model, tokenizer = open_model(args.model, device=resolve_device(args.device),
+                                  require_tokenizer=True)
     if args.text:
         result = text_perplexity(model, read_text_file(args.text), tokenizer=tokenizer,
                                  window=args.window, stride=args.stride,
@@ -94,24 +103,49 @@ def run_classification(args: argparse.Namespace) -> int:
 
 
 def run_judge(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from scratchllm.data.instruction import load_json_entries
-    from scratchllm.evaluate.judge import JudgeClient, judge_responses, save_judgement
+    from scratchllm.evaluate.judge import (
+        JudgeClient, JudgeUnavailableError, judge_responses, read_item_file, save_judgement,
+    )
+    from scratchllm.utils.progress import Progress
 
     entries = load_json_entries(args.responses, ("instruction", "output", args.response_key))
+    api_key = args.api_key or (os.environ.get("OPENAI_API_KEY") if args.api == "openai" else None)
     client = JudgeClient(args.endpoint, model=args.model_name, api=args.api,
-                         timeout=args.timeout, retries=args.retries)
+                         timeout=args.timeout, retries=args.retries, api_key=api_key,
+                         max_tokens=args.max_tokens)
+    out = Path(args.out) if args.out else Path(args.responses).with_suffix(".scores.json")
+    items = out.with_suffix(".jsonl")
+    progress = Progress(len(entries), every=max(1, len(entries) // 20), unit="item", desc="judge")
+    done = [0]
 
     def report(index: int, score: int | None) -> None:
-        print(f"[{index + 1}/{len(entries)}] score {score if score is not None else 'unparsed'}",
-              file=sys.stderr)
+        done[0] += 1
+        progress.advance(progress.start_step + done[0],
+                         f"score {score if score is not None else 'unparsed'} (#{index + 1})")
 
-    result = judge_responses(entries, client, response_key=args.response_key, on_item=report)
-    out = Path(args.out) if args.out else Path(args.responses).with_suffix(".scores.json")
+    if args.resume and items.is_file():
+        progress.start_step = len(read_item_file(items, entries, client, args.response_key))
+        progress.message(f"resuming: {progress.start_step} of {len(entries)} items already "
+                         f"judged in {items}")
+    try:
+        result = judge_responses(entries, client, response_key=args.response_key,
+                                 workers=args.workers, items_path=items, resume=args.resume,
+                                 on_item=report)
+    except JudgeUnavailableError as err:
+        kept = progress.start_step + done[0]
+        if kept:
+            raise JudgeUnavailableError(f"{err}; the {kept} items judged so far are kept in "
+                                        f"{items}: add --resume to go on from there") from err
+        raise
+    finally:
+        progress.close()
     save_judgement(out, result)
     average = result.average
     print(f"average score: {average:.2f} / 100 over {len(entries) - result.n_unparsed} responses"
           if average is not None else "no reply held a score")
-    print(f"scores: {out}")
+    print(f"scores: {out} (per item, as judged: {items})")
     return 0

@@ -16,9 +16,12 @@ def register(methods: argparse._SubParsersAction) -> None:
         "JSONL. Writes OUT/model (for `scratchllm classify`), metrics.jsonl, loss.png, "
         "accuracy.png and results.json.",
     )
-    p.add_argument("--model", required=True, help="pretrained model directory")
+    p.add_argument("--model", required=True,
+                   help="pretrained model: scratchllm model/run dir, Hugging Face dir or Hub name")
     p.add_argument("--data", required=True, help="labelled data file (.tsv, .csv or .jsonl)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier scratchllm output at --out (never other files)")
     p.add_argument("--epochs", type=int, default=5, help="passes over the training split (5)")
     p.add_argument("--trainable", choices=TRAINABLE_CHOICES, default="last-block",
                    help="what to train: head, last-block (default, the book's), all, lora")
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         balance=not args.no_balance, seed=args.seed, max_length=args.max_length,
         truncate=args.truncate, eval_every=args.eval_every, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, labels=labels, text_column=args.text_column,
-        label_column=args.label_column, device=args.device, precision=args.precision)
+        label_column=args.label_column, device=args.device, precision=args.precision,
+        overwrite=args.overwrite)
     accuracies = ", ".join(f"{split} {report['accuracy'] * 100:.2f}%"
                            for split, report in result.metrics.items())
     print(f"accuracy: {accuracies}")

@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
         prompt_style=args.prompt_style, max_length=args.max_length,
         average_logprobs=not args.sum_logprobs, lora=lora_settings(args), seed=args.seed,
         device=args.device, precision=args.precision, eval_every=args.eval_every,
-        shuffle_split=args.shuffle_split, progress=not args.quiet)
+        shuffle_split=args.shuffle_split, progress=not args.quiet,
+        overwrite=args.overwrite)
     print(f"train loss {result.train_loss:.4f} | val loss {result.val_loss:.4f} | "
           f"val reward margin {result.val_reward_margin:.4f} | "
           f"val reward accuracy {result.val_reward_accuracy:.2f}")

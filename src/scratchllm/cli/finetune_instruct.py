@@ -8,10 +8,14 @@ import argparse
 def add_common_args(p: argparse.ArgumentParser, *, epochs: int, lr: float,
                     weight_decay: float) -> None:
     """Options shared by `finetune instruct` and `finetune dpo`."""
-    p.add_argument("--model", required=True, metavar="DIR", help="model directory to start from")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="model to start from: scratchllm model/run dir, Hugging Face dir or Hub name")
     p.add_argument("--data", required=True, metavar="FILE", help="JSON list of entries")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="run directory: metrics.jsonl, loss.png, latest/ (the tuned model)")
+                   help="run directory: metrics.jsonl, loss.png, latest/ (the tuned model); "
+                   "must be new or empty")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier scratchllm output at --out (never other files)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the data (default {epochs})")
     p.add_argument("--batch-size", type=int, default=8, help="examples per step (default 8)")
     p.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default {lr})")
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device, precision=args.precision,
         eval_every=args.eval_every, max_new_tokens=args.max_new_tokens,
         shuffle_split=args.shuffle_split, generate_test=not args.no_test_responses,
-        progress=not args.quiet)
+        progress=not args.quiet, overwrite=args.overwrite)
     print(f"examples: {result.n_train} train, {result.n_val} val, {result.n_test} test")
     print(f"train loss {result.train_loss:.3f} | val loss {result.val_loss:.3f}")
     print(f"model: {result.model_dir}")

@@ -12,12 +12,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate",
         help="generate text from a model directory",
-        description="Continue PROMPT with a model directory written by `scratchllm pretrain` "
-        "(or any directory with config.json + model.safetensors). Text streams to stdout as "
-        "it is generated.",
+        description="Continue PROMPT with any model scratchllm opens: a run or model directory "
+        "written by scratchllm, a Hugging Face GPT-2 / Llama 3 / Qwen3 directory, or a Hub "
+        "name. Text streams to stdout as it is generated.",
     )
     p.add_argument("prompt", help="text to continue")
-    p.add_argument("--model", required=True, help="model directory (e.g. runs/verdict)")
+    p.add_argument("--model", required=True,
+                   help="model or run directory (e.g. runs/verdict), a Hugging Face directory, "
+                   "or a Hub name such as gpt2 (read from the local cache when offline)")
     p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate (default 50)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="0 = greedy (default); higher = more random")
@@ -35,24 +37,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from scratchllm.generate import stream
-    from scratchllm.train.checkpoint import load_model_dir
     from scratchllm.utils.device import resolve_device
+    from scratchllm.weights.auto import open_model
 
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    model, tokenizer = load_model_dir(args.model, device=resolve_device(args.device))
-    if tokenizer is None:
-        raise ConfigError(
-            f"{args.model} has no tokenizer description in config.json, so the prompt cannot "
-            "be encoded; re-save the model with a tokenizer"
-        )
+    loaded = open_model(args.model, device=resolve_device(args.device), require_tokenizer=True)
+    model, tokenizer = loaded.model, loaded.tokenizer
     prompt_ids = tokenizer.encode(args.prompt, allowed_special="all")
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
     for piece in stream(
         model, prompt_ids, args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-        eos_id=None if args.no_eos_stop else tokenizer.eot_id,
+        eos_id=None if args.no_eos_stop else loaded.eos_id,
         use_cache=not args.no_cache, seed=args.seed, tokenizer=tokenizer,
     ):
         sys.stdout.write(piece)

@@ -18,9 +18,10 @@ from torch import nn
 from scratchllm.errors import CheckpointError, ConfigError, DataError
 from scratchllm.model.lora import apply_lora
 from scratchllm.model.registry import build_model
-from scratchllm.train.checkpoint import (
+from scratchllm.weights.meta import empty_weights, retie
+from scratchllm.weights.model_dir import (
     CONFIG_FILE, FAMILY, WEIGHTS_FILE, check_weights, config_from_header, read_header,
-    read_weights, resolve_model_dir, save_model_dir, tokenizer_from_header,
+    read_weights, resolve_model_dir, save_model_dir, tied_aliases, tokenizer_from_header,
 )
 
 TRAINABLE_CHOICES = ("head", "last-block", "all", "lora")
@@ -130,11 +131,15 @@ def load_classifier(path: str | os.PathLike, *, device: torch.device | str | Non
                               "fine-tune one with `scratchllm finetune classify`")
     config = config_from_header(header, directory)
     weights = read_weights(directory)
-    with torch.device("meta"):
+    # empty_weights, not the meta device: buffers that are not saved (RoPE's cos/sin tables of
+    # Llama/Qwen3) must stay real, or moving the model to a device fails.
+    with empty_weights():
         model = build_model(header.get("family", FAMILY), config)
         attach_classifier_head(model, len(info["labels"]))
     check_weights(model, weights, directory / WEIGHTS_FILE)
+    aliases = tied_aliases(model)
     model.load_state_dict(weights, strict=False, assign=True)
+    retie(model, aliases)
     model.to(device=device).eval()
     tokenizer = tokenizer_from_header(header, directory)
     if tokenizer is None:

@@ -25,7 +25,7 @@ from scratchllm.utils.atomic import atomic_write_json
 from scratchllm.data.classification import (
     ClassificationDataset, LabelledData, balance_classes, load_labelled_file, shuffle_split,
 )
-from scratchllm.errors import CheckpointError, ConfigError, DataError
+from scratchllm.errors import ConfigError, DataError
 from scratchllm.evaluate.classification import classification_report, format_report
 from scratchllm.finetune.classifier_model import (
     MODEL_SUBDIR, attach_classifier_head, classifier_metadata, last_token_logits, load_classifier,
@@ -33,7 +33,8 @@ from scratchllm.finetune.classifier_model import (
 )
 from scratchllm.finetune.classify_plots import plot_classifier_run
 from scratchllm.model.lora import lora_layers, merge_lora, save_lora, trainable_parameters
-from scratchllm.train.checkpoint import load_model_dir
+from scratchllm.utils.outputs import FINETUNE_RUN, check_output_dir, prepare_output_dir
+from scratchllm.weights.auto import open_model
 from scratchllm.train.metrics import METRICS_FILE, MetricsLog, Progress
 from scratchllm.train.optim import build_optimizer
 from scratchllm.train.steps import autocast_for, grad_scaler_for, resolve_precision
@@ -129,7 +130,7 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
                         grad_clip: float | None = None, keep_best: bool = False,
                         split_seed: int | None = None, device: str = "auto",
                         precision: str = "auto", progress: bool = True,
-                        stream: TextIO | None = None) -> ClassifierResult:
+                        stream: TextIO | None = None, overwrite: bool = False) -> ClassifierResult:
     """Fine-tune ``model_dir`` on ``data_file`` and save the classifier under ``out_dir`` (book 6.7).
 
     ``keep_best`` restores, after the last epoch, the weights of the epoch with the highest
@@ -150,20 +151,22 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
                     keep_best=keep_best)
     start = time.perf_counter()
     out_dir = Path(out_dir).expanduser()
+    check_output_dir(out_dir, FINETUNE_RUN, overwrite=overwrite)  # before any slow work
     device_ = resolve_device(device)
     precision = resolve_precision(precision, device_)
     autocast, scaler = autocast_for(precision, device_), grad_scaler_for(precision, device_)
-    say = Progress(1, stream=stream).message if progress else (lambda text: None)
+    bar: Progress | None = None  # the step bar once training starts; messages go above it
+
+    def say(text: str) -> None:
+        if progress:
+            (bar if bar is not None else Progress(1, stream=stream)).message(text)
 
     data = load_labelled_file(data_file, file_format=file_format, labels=labels,
                               text_column=text_column, label_column=label_column)
     if balance:
         data = balance_classes(data, seed if split_seed is None else split_seed)
     splits = shuffle_split(data, train_frac, val_frac, seed if split_seed is None else split_seed)
-    model, tokenizer = load_model_dir(model_dir, device=device_)
-    if tokenizer is None:
-        raise CheckpointError(f"{model_dir} stores no tokenizer; save the pretrained model with "
-                              "its tokenizer (save_model_dir(..., tokenizer=...))")
+    model, tokenizer = open_model(model_dir, device=device_, require_tokenizer=True)
     train_ds, val_ds, test_ds = build_datasets(splits, tokenizer, model.config.context_length,
                                                max_length=max_length, truncate=truncate)
     steps_per_epoch = train_ds.num_batches(batch_size, drop_last=True)
@@ -182,8 +185,7 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
                                 decay_all=True)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / METRICS_FILE).unlink(missing_ok=True)
+    out_dir, _ = prepare_output_dir(out_dir, FINETUNE_RUN, overwrite=overwrite)
     metrics = MetricsLog(out_dir / METRICS_FILE)
     total = epochs * steps_per_epoch
     bar = Progress(total, every=10, stream=stream) if progress else None

@@ -102,7 +102,8 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
                  max_length: int | None = None, average_logprobs: bool = True,
                  lora: dict | None = None, seed: int = 123, device: str | None = "auto",
                  precision: str = "auto", eval_every: int = 5, eval_batches: int = 5,
-                 shuffle_split: bool = False, progress: bool = True) -> DPOResult:
+                 shuffle_split: bool = False, progress: bool = True,
+                 overwrite: bool = False) -> DPOResult:
     """Preference-tune an (instruction-tuned) model directory with DPO; save ``out_dir/latest``.
 
     Defaults follow the book's DPO notebook (beta 0.1, 1 epoch, AdamW lr 5e-6, weight decay
@@ -114,7 +115,8 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
         raise ConfigError(f"beta must be positive, got {beta}; the book uses 0.1")
     entries = load_preference_data(data_file)
     train_entries, val_entries, _ = split_entries(entries, shuffle=shuffle_split, seed=seed)
-    setup = start_run(model_dir, out_dir, device=device, precision=precision, seed=seed)
+    setup = start_run(model_dir, out_dir, device=device, precision=precision, seed=seed,
+                      overwrite=overwrite)
     policy, tokenizer = setup.model, setup.tokenizer
     context = policy.config.context_length
     collate = partial(preference_collate, pad_id=tokenizer.eot_id,

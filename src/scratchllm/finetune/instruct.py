@@ -84,7 +84,8 @@ def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str
                       lora: dict | None = None, seed: int = 123, device: str | None = "auto",
                       precision: str = "auto", eval_every: int = 5, eval_batches: int = 5,
                       max_new_tokens: int = 256, shuffle_split: bool = False,
-                      generate_test: bool = True, progress: bool = True) -> InstructResult:
+                      generate_test: bool = True, progress: bool = True,
+                      overwrite: bool = False) -> InstructResult:
     """Fine-tune ``model_dir`` on instruction data; write ``out_dir`` (see ``finetune.runs``).
 
     Defaults are the book's recipe (7.6): 2 epochs, batch 8, AdamW lr 5e-5, weight decay 0.1,
@@ -97,7 +98,8 @@ def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str
     entries = load_instruction_data(data_file)
     train_entries, val_entries, test_entries = split_entries(entries, shuffle=shuffle_split,
                                                              seed=seed)
-    setup = start_run(model_dir, out_dir, device=device, precision=precision, seed=seed)
+    setup = start_run(model_dir, out_dir, device=device, precision=precision, seed=seed,
+                      overwrite=overwrite)
     model, tokenizer = setup.model, setup.tokenizer
     context = model.config.context_length
     max_length = min(max_length or context, context)

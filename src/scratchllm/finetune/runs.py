@@ -17,8 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from scratchllm.errors import CheckpointError, ConfigError, DataError
-from scratchllm.train.checkpoint import load_model_dir, save_model_dir
+from scratchllm.errors import ConfigError, DataError
+from scratchllm.utils.outputs import FINETUNE_RUN, check_output_dir, prepare_output_dir
+from scratchllm.weights.auto import generation_header, open_model
+from scratchllm.weights.model_dir import save_model_dir
 from scratchllm.train.metrics import METRICS_FILE, MetricsLog, Progress, read_metrics
 from scratchllm.train.optim import build_optimizer
 from scratchllm.train.plots import PLOT_FILE, plot_losses
@@ -40,25 +42,28 @@ class RunSetup:
     precision: str
     out_dir: Path
     log: MetricsLog
+    eos_ids: tuple[int, ...] = ()   # every end id of the source model (kept in saved copies)
 
 
 def start_run(model_dir: str | Path, out_dir: str | Path, *, device: str | None = "auto",
-              precision: str = "auto", seed: int = 123) -> RunSetup:
-    """Load the model (train mode) and its tokenizer; start a fresh metrics log in ``out_dir``."""
-    torch_device = resolve_device(device)
-    model, tokenizer = load_model_dir(model_dir, device=torch_device)
-    if tokenizer is None:
-        raise CheckpointError(f"model directory {model_dir} has no tokenizer spec in config.json; "
-                              "re-save it with save_model_dir(..., tokenizer=...)")
+              precision: str = "auto", seed: int = 123, overwrite: bool = False) -> RunSetup:
+    """Load the model (train mode) and its tokenizer; claim ``out_dir`` and start its log.
+
+    ``out_dir`` must be new, empty, or (with ``overwrite``) an earlier scratchllm output
+    (``scratchllm.utils.outputs``); it is checked before the model is loaded.
+    """
     out = Path(out_dir).expanduser()
-    if out.resolve() == Path(model_dir).expanduser().resolve():
+    if out.exists() and out.resolve() == Path(model_dir).expanduser().resolve():
         raise ConfigError(f"--out {out} is the input model directory; choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / METRICS_FILE).unlink(missing_ok=True)
+    check_output_dir(out, FINETUNE_RUN, overwrite=overwrite)
+    torch_device = resolve_device(device)
+    loaded = open_model(model_dir, device=torch_device, require_tokenizer=True)
+    out, _ = prepare_output_dir(out, FINETUNE_RUN, overwrite=overwrite)
     seed_everything(seed)
-    model.train()
-    return RunSetup(model, tokenizer, torch_device, resolve_precision(precision, torch_device),
-                    out, MetricsLog(out / METRICS_FILE))
+    loaded.model.train()
+    return RunSetup(loaded.model, loaded.tokenizer, torch_device,
+                    resolve_precision(precision, torch_device), out, MetricsLog(out / METRICS_FILE),
+                    loaded.eos_ids)
 
 
 def maybe_apply_lora(model: nn.Module, lora: dict | None) -> None:
@@ -160,5 +165,6 @@ def finish_run(setup: RunSetup, *, lora: dict | None, metadata: dict[str, Any]) 
 
         save_lora(model, setup.out_dir / LORA_FILE)
         merge_lora(model)
-    return save_model_dir(setup.out_dir / MODEL_SUBDIR, model, setup.tokenizer, metadata)
+    return save_model_dir(setup.out_dir / MODEL_SUBDIR, model, setup.tokenizer, metadata,
+                          generation_header(setup.eos_ids))
 

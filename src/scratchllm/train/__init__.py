@@ -1,7 +1,7 @@
 """Pretraining: configuration, optimizer and schedule, the loop, metrics, plots and checkpoints (book ch. 5, appendix D).
 
 ``train(TrainConfig(...))`` runs a whole job; ``scratchllm pretrain`` is its command line.
-Submodules are imported on first use, so ``import scratchllm.train.checkpoint`` stays light.
+Submodules are imported on first use, so ``import scratchllm.train`` stays light.
 """
 
 from __future__ import annotations

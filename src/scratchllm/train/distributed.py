@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from scratchllm.errors import CheckpointError, ConfigError
-from scratchllm.train.checkpoint import tied_aliases
+from scratchllm.weights.model_dir import tied_aliases
 from scratchllm.train.state import TrainingState, load_checkpoint
 
 MODES = ("auto", "ddp", "fsdp", "none")

@@ -17,7 +17,6 @@ writes the run directory (which must be on a file system every node sees, for re
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,10 +39,7 @@ from scratchllm.train.plots import PLOT_FILE, plot_losses
 from scratchllm.train.run_control import Silent, StopRequest, seed_everything
 from scratchllm.train.state import CHECKPOINTS_DIR, TrainingState, latest_checkpoint, save_checkpoint
 from scratchllm.utils.device import resolve_device
-
-
-# What a run writes into its directory besides train_config.json (removed by --overwrite).
-RUN_FILES = (METRICS_FILE, PLOT_FILE, "checkpoints", "latest", "best", "LATEST")
+from scratchllm.utils.outputs import PRETRAIN_RUN, check_output_dir, prepare_output_dir
 
 
 @dataclass
@@ -137,23 +133,30 @@ class Trainer:
 
     # ------------------------------------------------------------------------ setup
     def prepare_run_dir(self) -> None:
-        """Resume from the newest checkpoint, or refuse to mix a new run into an old one."""
+        """Resume from the newest checkpoint, or claim the run directory for a new run.
+
+        The output rules of ``scratchllm.utils.outputs`` apply: a folder holding anyone else's
+        files is refused, an earlier run is replaced only with ``overwrite``, and ``resume``
+        with nothing to resume from never deletes anything.
+        """
         self.dist.barrier()  # every rank looks before rank 0 may clear the directory
         newest = latest_checkpoint(self.run_dir)
+        overwrite = bool(self.config.overwrite)
         if self.config.resume and newest is not None:
+            check_output_dir(self.run_dir, PRETRAIN_RUN, resume=True)
             self.resume_from(newest)
             return
+        decision = check_output_dir(self.run_dir, PRETRAIN_RUN, overwrite=overwrite,
+                                    resume=bool(self.config.resume))
+        if decision == "resume" and not overwrite:  # ours, but no checkpoint left to continue
+            raise ConfigError(f"{self.run_dir} has no checkpoint to resume from (checkpoints/ "
+                              "is empty or gone) but holds an earlier run; nothing was deleted. "
+                              "Pass --overwrite to start over, or choose another --out")
         if self.config.resume:
             self.say(f"no checkpoint in {self.run_dir} yet; starting a new run")
-        elif newest is not None and not self.config.overwrite:
-            raise ConfigError(f"{self.run_dir} already holds a run ({newest.name}); pass --resume to "
-                              "continue it, --overwrite to start over, or choose another --out")
         self.dist.barrier()
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for name in RUN_FILES:
-                path = self.run_dir / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            prepare_output_dir(self.run_dir, PRETRAIN_RUN, overwrite=overwrite)
             atomic_write_text(self.run_dir / "train_config.json",
                               json.dumps(self.config.to_dict(), indent=2) + "\n")
         self.dist.barrier()

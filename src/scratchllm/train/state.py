@@ -8,7 +8,7 @@ Run directory layout written by ``save_checkpoint``::
 
     RUN_DIR/
       checkpoints/step-00000200/     one complete checkpoint per save (newest ``keep_last`` kept)
-        config.json, model.safetensors   a model directory (scratchllm.train.checkpoint)
+        config.json, model.safetensors   a model directory (scratchllm.weights.model_dir)
         trainer_state/
           state.json      TrainingState (step, tokens_seen, epoch, best_val_loss, data_state),
                           val_loss and train_config, as JSON
@@ -43,10 +43,9 @@ from torch import nn
 
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 from scratchllm.train.run_control import capture_rng_state, restore_rng_state
-from scratchllm.train.checkpoint import (CONFIG_FILE, LATEST_DIR, WEIGHTS_FILE, PathLike,
-                                         atomic_directory, fsync_dir, fsync_file,
-                                         load_weights_into, read_header, write_json,
-                                         write_model_files)
+from scratchllm.utils.atomic import atomic_directory, fsync_dir, fsync_file, write_json
+from scratchllm.weights.model_dir import (CONFIG_FILE, LATEST_DIR, WEIGHTS_FILE, PathLike,
+                                         load_weights_into, read_header, write_model_files)
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"

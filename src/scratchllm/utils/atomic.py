@@ -6,9 +6,14 @@ the target (a rename within one filesystem is atomic). A crash leaves only a ``.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 
 def _current_umask() -> int:
@@ -64,7 +69,70 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, value: object) -> Path:
     """Write ``value`` as indented UTF-8 JSON atomically (results files, sidecars)."""
-    import json
-
     atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
     return Path(path)
+
+
+# ---------------------------------------------------------------------------- directories
+def fsync_dir(path: Path) -> None:
+    """Make a rename or new file inside ``path`` durable (a no-op where dirs can't be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file some other library wrote (e.g. safetensors) to disk."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON and fsync it (atomicity comes from the enclosing temp directory)."""
+    text = json.dumps(value, indent=2, sort_keys=False) + "\n"
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def replace_directory(new: Path, final: Path) -> None:
+    """Rename ``new`` onto ``final``; an old ``final`` is moved aside first, deleted last.
+
+    ``os.replace`` cannot overwrite a non-empty directory, so the old one is renamed to a
+    hidden name; if installing the new one fails, the old one is put back.
+    """
+    aside = None
+    if final.exists():
+        aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, aside)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside, final)
+        raise
+    fsync_dir(final.parent)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temp dir beside ``final``; on success it replaces ``final``, on error it vanishes."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        replace_directory(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

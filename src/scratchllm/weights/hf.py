@@ -21,7 +21,7 @@ from safetensors import safe_open
 from torch import nn
 
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
-from scratchllm.train.checkpoint import tied_aliases
+from scratchllm.weights.model_dir import tied_aliases
 from scratchllm.weights.adapter import FamilyAdapter
 from scratchllm.weights.hf_gpt2 import GPT2_ADAPTER
 from scratchllm.weights.meta import empty_weights, meta_tensor_names, retie
@@ -201,7 +201,12 @@ def load_hf_dir(path: PathLike, *, device: torch.device | str | None = None,
 
 
 def load_hf_tokenizer(directory: Path, hf_config: dict[str, Any] | None = None) -> Any:
-    """GPT-2's own files -> our tiktoken-backed GPT2Tokenizer; tokenizer.json -> HFTokenizer."""
+    """The directory's tokenizer, or None when it has no tokenizer files.
+
+    OpenAI's own GPT-2 vocabulary -> our tiktoken-backed GPT2Tokenizer (fastest); any
+    tokenizer.json -> HFTokenizer; a vocab.json + merges.txt pair of another byte-level BPE
+    (a GPT-2 trained on other text) -> HFTokenizer built from those two files.
+    """
     from scratchllm.tokenizers.hf import HFTokenizer
 
     if (hf_config or {}).get("model_type") == "gpt2" and _is_standard_gpt2_vocab(directory):
@@ -209,7 +214,42 @@ def load_hf_tokenizer(directory: Path, hf_config: dict[str, Any] | None = None) 
         return GPT2Tokenizer()
     if (directory / "tokenizer.json").is_file():
         return HFTokenizer.from_dir(directory)
+    if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+        return byte_level_bpe_tokenizer(directory)
     return None
+
+
+def byte_level_bpe_tokenizer(directory: Path) -> Any:
+    """A GPT-2-style tokenizer from vocab.json + merges.txt (+ tokenizer_config.json)."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers
+
+    from scratchllm.errors import TokenizerError
+    from scratchllm.tokenizers.hf import HFTokenizer, _token_text
+
+    config: dict[str, Any] = {}
+    if (directory / "tokenizer_config.json").is_file():
+        config = read_json_object(directory / "tokenizer_config.json", fix="download it again")
+    try:
+        bpe = models.BPE.from_file(str(directory / "vocab.json"), str(directory / "merges.txt"))
+    except Exception as err:  # the Rust side raises a plain Exception
+        raise TokenizerError(f"{directory}: vocab.json/merges.txt are not a valid BPE "
+                             f"vocabulary ({err}); download them again") from err
+    backend = tokenizers.Tokenizer(bpe)
+    prefix = bool(config.get("add_prefix_space", False))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix)
+    backend.decoder = decoders.ByteLevel()
+    specials = {_token_text(config.get(k)) for k in ("eos_token", "bos_token", "unk_token",
+                                                      "pad_token")}
+    added = config.get("added_tokens_decoder")
+    if isinstance(added, dict):
+        specials |= {_token_text(v) for v in added.values()}
+    vocab = backend.get_vocab()
+    specials = sorted(t for t in specials if t and t in vocab)
+    if not specials and "<|endoftext|>" in vocab:
+        specials = ["<|endoftext|>"]
+    backend.add_special_tokens(specials)
+    return HFTokenizer(backend, config)
 
 
 def _is_standard_gpt2_vocab(directory: Path) -> bool:

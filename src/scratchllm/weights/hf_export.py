@@ -19,8 +19,9 @@ from torch import nn
 
 from scratchllm.errors import ConfigError
 from scratchllm.model.registry import get_family, family_names
-from scratchllm.train.checkpoint import (_check_replaceable, atomic_directory, tied_aliases,
-                                         write_json)
+from scratchllm.utils.atomic import atomic_directory, write_json
+from scratchllm.utils.outputs import HF_EXPORT, check_output_dir, write_marker
+from scratchllm.weights.model_dir import tied_aliases
 from scratchllm.weights.adapter import FamilyAdapter
 from scratchllm.weights.hf import INDEX_FILE, SINGLE_FILE, hf_adapters
 from scratchllm.weights.safetensors_io import TensorSource, tensor_nbytes, write_safetensors
@@ -135,11 +136,13 @@ def write_tokenizer_files(directory: Path, tokenizer: Any, context_length: int) 
 
 
 def export_hf_dir(model: nn.Module, out_dir: str | Path, tokenizer: Any = None, *,
-                  shard_size: int | str | None = None) -> Path:
+                  shard_size: int | str | None = None, overwrite: bool = False) -> Path:
     """Write ``model`` (and tokenizer) as a Hugging Face directory; return its path.
 
     ``shard_size`` ("2GB", bytes) splits the weights into model-0000i-of-0000N.safetensors
     plus model.safetensors.index.json, as ``save_pretrained(max_shard_size=...)`` does.
+    ``out_dir`` must be new or empty, or an earlier export replaced with ``overwrite``
+    (``scratchllm.utils.outputs``: a folder holding anyone else's files is never touched).
     """
     out_dir = Path(out_dir).expanduser()
     adapter = adapter_for_model(model)
@@ -149,8 +152,9 @@ def export_hf_dir(model: nn.Module, out_dir: str | Path, tokenizer: Any = None, 
     hf_config["torch_dtype"] = hf_config["dtype"] = dtype_name
     if tokenizer is not None and "eos_token_id" in hf_config:
         hf_config["eos_token_id"] = tokenizer.eot_id
-    _check_replaceable(out_dir)
+    check_output_dir(out_dir, HF_EXPORT, overwrite=overwrite)
     with atomic_directory(out_dir) as tmp:
+        write_marker(tmp, HF_EXPORT)
         write_weights(tmp, _tensor_sources(model, adapter), limit)
         write_json(tmp / "config.json", hf_config)
         if tokenizer is not None:

@@ -1,4 +1,7 @@
-"""Model directories: the weights and everything needed to rebuild a trained GPT (book 5.4).
+"""Model directories in scratchllm's own format: save and load (book 5.4).
+
+``scratchllm.weights.auto.open_model`` is the one door every command uses to open a model of
+any format; this module is the part of it that reads and writes scratchllm's own layout.
 
 The book saves ``torch.save(model.state_dict())``, a pickle: loading one runs arbitrary code,
 and it needs the architecture settings from somewhere else. A *model directory* instead holds::
@@ -10,6 +13,7 @@ and it needs the architecture settings from somewhere else. A *model directory* 
       model.safetensors  model.state_dict() as safetensors (no code, just tensors); a tied
                          output head (GPTConfig.tie_weights) is stored once as tok_emb.weight
       tokenizer.json     only for a Hugging Face tokenizer (its spec points here)
+      .scratchllm        marker: scratchllm wrote this folder (see scratchllm.utils.outputs)
 
 Every directory is written into a hidden temp directory beside its final place, fsynced, then
 renamed into place, so an interrupted save leaves the previous directory intact.
@@ -21,12 +25,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -35,7 +35,9 @@ from torch import nn
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 from scratchllm.model.registry import build_model, config_from_dict, family_of, get_family
 from scratchllm.weights.meta import empty_weights, retie
+from scratchllm.utils.atomic import atomic_directory, fsync_file, write_json
 from scratchllm.utils.json_files import read_json_object
+from scratchllm.utils.outputs import MODEL, check_output_dir, owner_kind, write_marker
 
 FORMAT = "scratchllm"
 FORMAT_VERSION = 1
@@ -45,71 +47,6 @@ WEIGHTS_FILE = "model.safetensors"
 LATEST_DIR = "latest"
 
 PathLike = str | os.PathLike
-
-
-# ---------------------------------------------------------------------------- atomic writes
-def fsync_dir(path: Path) -> None:
-    """Make a rename or new file inside ``path`` durable (a no-op where dirs can't be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    """Flush a file some other library wrote (e.g. safetensors) to disk."""
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Write JSON and fsync it (atomicity comes from the enclosing temp directory)."""
-    text = json.dumps(value, indent=2, sort_keys=False) + "\n"
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def replace_directory(new: Path, final: Path) -> None:
-    """Rename ``new`` onto ``final``; an old ``final`` is moved aside first, deleted last.
-
-    ``os.replace`` cannot overwrite a non-empty directory, so the old one is renamed to a
-    hidden name; if installing the new one fails, the old one is put back.
-    """
-    aside = None
-    if final.exists():
-        aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, aside)
-    try:
-        os.replace(new, final)
-    except BaseException:
-        if aside is not None:
-            os.replace(aside, final)
-        raise
-    fsync_dir(final.parent)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-
-
-@contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temp dir beside ``final``; on success it replaces ``final``, on error it vanishes."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-        fsync_dir(tmp)
-        replace_directory(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ---------------------------------------------------------------------------- saving
@@ -132,8 +69,8 @@ def weights_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
             for name, tensor in model.state_dict().items() if name not in aliases}
 
 
-def config_header(model: nn.Module, tokenizer: Any = None,
-                  metadata: dict | None = None) -> dict[str, Any]:
+def config_header(model: nn.Module, tokenizer: Any = None, metadata: dict | None = None,
+                  generation: dict | None = None) -> dict[str, Any]:
     """The config.json contents; checked to be JSON-serialisable before anything is written."""
     config = getattr(model, "config", None)
     if config is None or not callable(getattr(config, "to_dict", None)):
@@ -149,6 +86,8 @@ def config_header(model: nn.Module, tokenizer: Any = None,
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "family": family,
               "config": config.to_dict(), "tokenizer": tokenizer_spec,
               "metadata": dict(metadata or {})}
+    if generation:  # e.g. {"eos_ids": [...]} kept from a Hugging Face source model
+        header["generation"] = dict(generation)
     try:
         json.dumps(header)
     except (TypeError, ValueError) as err:
@@ -158,11 +97,12 @@ def config_header(model: nn.Module, tokenizer: Any = None,
 
 
 def write_model_files(directory: Path, model: nn.Module, tokenizer: Any = None,
-                      metadata: dict | None = None) -> None:
+                      metadata: dict | None = None, generation: dict | None = None) -> None:
     """Write config.json + model.safetensors into an existing (temporary) directory."""
-    header = config_header(model, tokenizer, metadata)
+    header = config_header(model, tokenizer, metadata, generation)
     if callable(getattr(tokenizer, "save_files", None)):  # HF tokenizer: copy tokenizer.json
         header["tokenizer"] = tokenizer.save_files(directory)
+    write_marker(directory, MODEL)
     weights_path = directory / WEIGHTS_FILE
     safetensors.torch.save_file(weights_to_save(model), str(weights_path),
                                 metadata={"format": "pt"})
@@ -171,21 +111,20 @@ def write_model_files(directory: Path, model: nn.Module, tokenizer: Any = None,
 
 
 def _check_replaceable(out_dir: Path) -> None:
-    """Refuse to wipe a directory that is not an old model directory (it may hold user data)."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise CheckpointError(f"{out_dir} exists and is not a directory; choose another path")
-    if (out_dir / "checkpoints").exists():
-        raise CheckpointError(f"{out_dir} is a training run directory; save the model to a "
-                              f"subdirectory such as {out_dir / 'final'} instead")
-    if any(out_dir.iterdir()) and not (out_dir / CONFIG_FILE).exists():
-        raise CheckpointError(f"{out_dir} exists, is not empty and is not a model directory "
-                              "(no config.json); refusing to replace it, choose a new path")
+    """Replace only an earlier scratchllm model directory; never a run or anyone else's files."""
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        found, _ = owner_kind(out_dir)
+        if found not in (None, MODEL.name):
+            raise CheckpointError(f"{out_dir} is a scratchllm {found} folder; save the model to "
+                                  f"a subfolder such as {out_dir / 'final'} instead")
+    try:
+        check_output_dir(out_dir, MODEL, overwrite=True, what="model directory")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def save_model_dir(out_dir: PathLike, model: nn.Module, tokenizer: Any = None,
-                   metadata: dict | None = None) -> Path:
+                   metadata: dict | None = None, generation: dict | None = None) -> Path:
     """Save ``model`` (and its tokenizer's spec) as a model directory, atomically (book 5.4).
 
     An existing model directory at ``out_dir`` is replaced only once the new one is complete.
@@ -193,9 +132,9 @@ def save_model_dir(out_dir: PathLike, model: nn.Module, tokenizer: Any = None,
     """
     out_dir = Path(out_dir).expanduser()
     _check_replaceable(out_dir)
-    config_header(model, tokenizer, metadata)  # fail on bad input before touching the disk
+    config_header(model, tokenizer, metadata, generation)  # fail before touching the disk
     with atomic_directory(out_dir) as tmp:
-        write_model_files(tmp, model, tokenizer, metadata)
+        write_model_files(tmp, model, tokenizer, metadata, generation)
     return out_dir
 
 
