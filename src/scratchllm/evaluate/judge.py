@@ -2,37 +2,34 @@
 
 The judge is any chat model behind an HTTP endpoint: Ollama (``POST /api/chat`` with
 ``"stream": false``, the book's choice with Llama 3) or any OpenAI-compatible server
-(``POST /v1/chat/completions``: vLLM, llama.cpp's server, LM Studio, ...). Only the standard
-library's urllib is used. Requests time out, and transient failures (timeouts, HTTP 429/5xx,
-dropped connections) are retried with exponential backoff; a refused connection means no
-server is running, so it fails at once with instructions for starting one.
+(``POST /v1/chat/completions``: vLLM, llama.cpp's server, LM Studio, ...); the HTTP side is
+``judge_client``. Up to ``workers`` items are judged at once, and each finished item is
+appended to a JSONL file right away, so a run that dies at item 900 keeps the 899 before it
+and ``resume=True`` asks the judge only about the rest.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import os
 import re
-import socket
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from scratchllm.utils.atomic import atomic_write_json
 from scratchllm.data.instruction import format_input
-from scratchllm.errors import ConfigError, DataError, ScratchLLMError
-
-APIS = ("ollama", "openai")
-DEFAULT_ENDPOINTS = {"ollama": "http://localhost:11434", "openai": "http://localhost:8000"}
-_PATHS = {"ollama": "/api/chat", "openai": "/v1/chat/completions"}
-
-
-class JudgeUnavailableError(ScratchLLMError):
-    """The judge endpoint cannot be reached or keeps failing."""
+from scratchllm.errors import ConfigError, DataError
+from scratchllm.evaluate.judge_client import (  # noqa: F401  (re-exported: the public names)
+    APIS,
+    DEFAULT_ENDPOINTS,
+    JudgeClient,
+    JudgeUnavailableError,
+    run_sync,
+)
+from scratchllm.utils.atomic import atomic_write_json
 
 
 def judge_prompt(entry: dict[str, Any], response_key: str = "model_response") -> str:
@@ -61,93 +58,6 @@ def parse_score(text: str) -> int | None:
 
 
 @dataclass
-class JudgeClient:
-    """One chat endpoint. ``endpoint`` is the server's base URL or the full chat URL."""
-
-    endpoint: str | None = None
-    model: str = "llama3"
-    api: str = "ollama"
-    timeout: float = 120.0
-    retries: int = 3
-    backoff: float = 1.0
-    api_key: str | None = None
-    seed: int = 123
-
-    def __post_init__(self) -> None:
-        if self.api not in APIS:
-            raise ConfigError(f"unknown judge API {self.api!r}; use one of {', '.join(APIS)}")
-        base = (self.endpoint or DEFAULT_ENDPOINTS[self.api]).rstrip("/")
-        if not base.startswith(("http://", "https://")):
-            raise ConfigError(f"judge endpoint {base!r} must start with http:// or https://")
-        self.url = base if base.endswith(_PATHS[self.api]) else base + _PATHS[self.api]
-
-    def payload(self, prompt: str) -> dict[str, Any]:
-        """Deterministic settings (temperature 0, fixed seed) so scores repeat (book 7.8)."""
-        messages = [{"role": "user", "content": prompt}]
-        if self.api == "ollama":
-            return {"model": self.model, "messages": messages, "stream": False,
-                    "options": {"seed": self.seed, "temperature": 0, "num_ctx": 2048}}
-        return {"model": self.model, "messages": messages, "temperature": 0, "seed": self.seed}
-
-    def reply_text(self, body: dict[str, Any]) -> str:
-        try:
-            if self.api == "ollama":
-                return body["message"]["content"]
-            return body["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as err:
-            raise JudgeUnavailableError(f"judge at {self.url} answered without a chat message "
-                                        f"({str(body)[:200]}); check --api matches the server") from err
-
-    def _post(self, prompt: str) -> dict[str, Any]:
-        data = json.dumps(self.payload(prompt)).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-        with _opener(self.url).open(request, timeout=self.timeout) as response:
-            return json.loads(response.read().decode("utf-8"))
-
-    def chat(self, prompt: str) -> str:
-        """Send one user message; return the reply text (retrying transient failures)."""
-        last_error: Exception | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                return self.reply_text(self._post(prompt))
-            except urllib.error.HTTPError as err:
-                if err.code != 429 and err.code < 500:
-                    raise JudgeUnavailableError(
-                        f"judge at {self.url} refused the request (HTTP {err.code}: "
-                        f"{err.read()[:200]!r}); check --model-name and --api") from err
-                last_error = err
-            except urllib.error.URLError as err:
-                if isinstance(err.reason, ConnectionRefusedError):
-                    raise JudgeUnavailableError(self._not_running()) from err
-                last_error = err
-            except (TimeoutError, socket.timeout, ConnectionError, json.JSONDecodeError) as err:
-                last_error = err
-        raise JudgeUnavailableError(f"judge at {self.url} failed {self.retries + 1} times "
-                                    f"(last: {last_error}); check the server's log") from last_error
-
-    def _not_running(self) -> str:
-        if self.api == "ollama":
-            hint = f"start Ollama with `ollama serve` and fetch the model with `ollama pull {self.model}`"
-        else:
-            hint = "start an OpenAI-compatible server (e.g. `vllm serve MODEL`)"
-        return (f"no judge is running at {self.url} (connection refused); {hint}, "
-                "or point --endpoint at a running server")
-
-
-def _opener(url: str) -> urllib.request.OpenerDirector:
-    """A local judge is reached directly, never through an http_proxy from the environment."""
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host in ("localhost", "127.0.0.1", "::1"):
-        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    return urllib.request.build_opener()
-
-
-@dataclass
 class JudgeResult:
     items: list[dict[str, Any]]
     scores: list[int | None] = field(default_factory=list)
@@ -166,26 +76,130 @@ class JudgeResult:
                 "n_unparsed": self.n_unparsed, "items": self.items}
 
 
+def fingerprint(entry: dict[str, Any], client: JudgeClient, response_key: str) -> str:
+    """What a stored score depends on: the entry, the judge, its settings and the prompt."""
+    blob = json.dumps([entry, response_key, client.api, client.model, client.seed,
+                       client.max_tokens, judge_prompt(entry, response_key)], sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def read_item_file(path: Path, entries: Sequence[dict[str, Any]], client: JudgeClient,
+                   response_key: str) -> dict[int, dict[str, Any]]:
+    """The items an earlier run finished (a torn last line is skipped), checked against
+    ``entries`` and the judge, so a resumed run never mixes in scores of something else."""
+    done: dict[int, dict[str, Any]] = {}
+    if not path.is_file():
+        return done
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            record = json.loads(line)
+            index = record["index"]
+            stored = record["fingerprint"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # the line a crash cut short
+        if not isinstance(index, int) or not 0 <= index < len(entries) or \
+                stored != fingerprint(entries[index], client, response_key):
+            raise DataError(f"{path} line {number} was scored for another responses file or "
+                            "another judge (model, API, settings); drop --resume to start over "
+                            "or pass a different --out")
+        done[index] = record
+    return done
+
+
+class _ItemFile:
+    """Append-only JSONL of finished items; each line is flushed to disk as it is written."""
+
+    def __init__(self, path: Path | None, *, append: bool) -> None:
+        self.handle: TextIO | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torn = append and path.is_file() and path.stat().st_size and _last_byte(path) != b"\n"
+            self.handle = open(path, "a" if append else "w", encoding="utf-8")
+            if torn:
+                self.handle.write("\n")  # end the line a crash cut short: the next one stands alone
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.handle is not None:
+            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1)
+
+
 def judge_responses(entries: Sequence[dict[str, Any]], client: JudgeClient, *,
-                    response_key: str = "model_response",
+                    response_key: str = "model_response", workers: int = 1,
+                    items_path: str | os.PathLike | None = None, resume: bool = False,
                     on_item: Callable[[int, int | None], None] | None = None) -> JudgeResult:
-    """Score every entry; an unparseable reply gets score None and is left out of the average."""
+    """Score every entry; an unparseable reply gets score None and is left out of the average.
+
+    ``workers`` requests run at once. With ``items_path`` each finished item is appended there
+    as one JSON line (index, fingerprint, score, reply); ``resume=True`` keeps the items that
+    file already holds and judges only the others. ``on_item(index, score)`` is called as each
+    item finishes (in finishing order). If the judge fails for good, the finished items stay
+    in ``items_path`` and the error is raised.
+    """
     if not entries:
         raise DataError("no responses to judge")
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
     for index, entry in enumerate(entries):
         missing = [k for k in ("instruction", "output", response_key) if k not in entry]
         if missing:
             raise DataError(f"response entry {index} lacks {missing}; judge a file written by "
                             "`scratchllm finetune instruct` or pass --response-key")
+    path = Path(items_path).expanduser() if items_path is not None else None
+    done = read_item_file(path, entries, client, response_key) if path and resume else {}
+    todo = [i for i in range(len(entries)) if i not in done]
+    sink = _ItemFile(path, append=resume)
+    try:
+        if todo:
+            run_sync(lambda: _judge_all(entries, todo, client, response_key, workers,
+                                        sink, done, on_item))
+    finally:
+        sink.close()
     result = JudgeResult(items=[])
     for index, entry in enumerate(entries):
-        reply = client.chat(judge_prompt(entry, response_key))
-        score = parse_score(reply)
+        score, reply = done[index]["score"], done[index]["judge_reply"]
         result.scores.append(score)
         result.items.append({**entry, "score": score, "judge_reply": reply})
-        if on_item is not None:
-            on_item(index, score)
     return result
+
+
+async def _judge_all(entries: Sequence[dict[str, Any]], todo: list[int], client: JudgeClient,
+                     response_key: str, workers: int, sink: _ItemFile,
+                     done: dict[int, dict[str, Any]],
+                     on_item: Callable[[int, int | None], None] | None) -> None:
+    """``workers`` coroutines take the next index until none is left; the first error stops all."""
+    queue: Iterator[int] = iter(todo)
+
+    async def worker(http: Any) -> None:
+        for index in queue:  # shared: each index goes to exactly one worker
+            entry = entries[index]
+            reply = await client.achat(http, judge_prompt(entry, response_key))
+            record = {"index": index, "fingerprint": fingerprint(entry, client, response_key),
+                      "score": parse_score(reply), "judge_reply": reply}
+            sink.write(record)
+            done[index] = record
+            if on_item is not None:
+                on_item(index, record["score"])
+
+    async with client.session(workers) as http:
+        tasks = [asyncio.create_task(worker(http)) for _ in range(min(workers, len(todo)))]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def save_judgement(path: str | Path, result: JudgeResult) -> Path:
