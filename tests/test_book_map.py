@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+from pathlib import Path
 
-from conftest import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _PACKAGES = ("tokenizers", "data", "model", "generate", "train", "weights", "finetune",
              "evaluate", "utils")
