@@ -36,6 +36,7 @@ from scratchllm.finetune.runs import (
 )
 from scratchllm.generate import generate_batch
 from scratchllm.train.steps import batch_loss, estimate_loss
+from scratchllm.utils.progress import Progress
 
 RESPONSES_FILE = "test_responses.json"
 
@@ -54,7 +55,7 @@ class InstructResult:
 
 def generate_responses(model: nn.Module, tokenizer: Any, entries: list[dict[str, Any]], *,
                        style: str = "alpaca", max_new_tokens: int = 256,
-                       batch_size: int = 8) -> list[dict[str, Any]]:
+                       batch_size: int = 8, progress: bool = False) -> list[dict[str, Any]]:
     """Each entry plus ``model_response``: greedy decoding until end-of-text (book 7.7).
 
     The prompt ends with the response header, so the new tokens are the answer itself; no
@@ -66,6 +67,8 @@ def generate_responses(model: nn.Module, tokenizer: Any, entries: list[dict[str,
         raise ConfigError("max_new_tokens and batch_size must be at least 1")
     keep = model.config.context_length - 1  # room for at least one new token
     results = []
+    bar = Progress(len(entries), every=batch_size, unit="response", desc="test responses") \
+        if progress else None
     for start in range(0, len(entries), batch_size):
         chunk = entries[start:start + batch_size]
         prompts = [encode_example(e, tokenizer, style, response_key=None)["ids"][-keep:]
@@ -74,6 +77,10 @@ def generate_responses(model: nn.Module, tokenizer: Any, entries: list[dict[str,
                                  eos_id=tokenizer.eot_id)
         for entry, ids in zip(chunk, new_ids):
             results.append({**entry, "model_response": tokenizer.decode(ids).strip()})
+        if bar is not None:
+            bar.advance(len(results))
+    if bar is not None:
+        bar.close()
     return results
 
 
@@ -132,7 +139,8 @@ def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str
     responses_path = None
     if generate_test and test_entries:
         answers = generate_responses(model, tokenizer, test_entries, style=prompt_style,
-                                     max_new_tokens=max_new_tokens, batch_size=batch_size)
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                     progress=progress)
         responses_path = atomic_write_json(setup.out_dir / RESPONSES_FILE, answers)
     return InstructResult(setup.out_dir, saved, responses_path, last.get("train_loss", float("nan")),
                           last.get("val_loss", float("nan")), len(train_entries),
