@@ -82,6 +82,30 @@ class Tokenizer(ABC):
         """Id of ``<|endoftext|>``, which separates documents (book 2.4)."""
         return self.special_tokens["<|endoftext|>"]
 
+    @property
+    def bos_id(self) -> int | None:
+        """The begin-of-text id, or None: GPT-2 (book 2.4) has none, Llama 3 has one."""
+        return None
+
+    @property
+    def prompt_prefix(self) -> list[int]:
+        """Ids a model expects before any prompt (Llama 3: ``[<|begin_of_text|>]``); the
+        tokenizer's own files decide (Hugging Face: add_special_tokens=True). Empty here."""
+        return []
+
+    def encode_prompt(self, text: str, allowed_special: AllowedSpecial = "none") -> list[int]:
+        """Ids of a prompt to generate from: ``encode`` behind ``prompt_prefix``.
+
+        Training text is encoded without it (``encode``): documents are separated by the
+        end-of-text token there (book 2.4). A prompt that already starts with the prefix
+        (a chat template that writes ``<|begin_of_text|>`` itself) does not get it twice.
+        """
+        ids = self.encode(text, allowed_special)
+        prefix = self.prompt_prefix
+        if prefix and ids[: len(prefix)] != prefix:
+            ids = prefix + ids
+        return ids
+
     def allowed_set(self, allowed_special: AllowedSpecial) -> frozenset[str]:
         """Normalise ``allowed_special`` ("all" | "none" | a set of token strings)."""
         if allowed_special == "all":

@@ -20,6 +20,7 @@ import tokenizers
 from scratchllm.utils.atomic import atomic_write_text
 from scratchllm.errors import MissingFileError, TokenizerError
 from scratchllm.tokenizers.base import Tokenizer, ids_to_list, without_surrogates
+from scratchllm.tokenizers.hf_bytes import ByteDecoder
 from scratchllm.utils.json_files import read_json_object
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -27,7 +28,7 @@ CONFIG_FILE = "tokenizer_config.json"
 TEMPLATE_FILE = "chat_template.jinja"  # where newer transformers versions keep the template
 # tokenizer_config.json keys worth keeping with a saved model.
 _CONFIG_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "chat_template",
-                "model_max_length", "tokenizer_class")
+                "model_max_length", "tokenizer_class", "add_bos_token")
 # End-of-text tokens of common models, tried when the config names none.
 _EOS_GUESSES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
 
@@ -51,11 +52,34 @@ class HFTokenizer(Tokenizer):
         self.backend = backend
         self.config = {k: v for k, v in (config or {}).items() if k in _CONFIG_KEYS}
         self.source = source  # the tokenizer.json this came from (copied on save)
+        spec = backend.to_str()
         # A second backend that reads special token strings as plain text (encode_ordinary).
-        self._plain = tokenizers.Tokenizer.from_str(backend.to_str())
+        self._plain = tokenizers.Tokenizer.from_str(spec)
         self._plain.encode_special_tokens = True
         self._special = {tok.content: i for i, tok in backend.get_added_tokens_decoder().items()
                          if tok.special}
+        self._bytes = ByteDecoder.for_decoder(json.loads(spec).get("decoder"),
+                                              backend.id_to_token)
+        self._prefix = self._find_prompt_prefix()
+
+    def _find_prompt_prefix(self) -> list[int]:
+        """The ids ``transformers`` puts before a text (add_special_tokens=True), as a list.
+
+        tokenizer_config.json's ``add_bos_token``, when present, decides (transformers then
+        rebuilds the post-processor from it); otherwise tokenizer.json's post-processor does:
+        Llama 3's TemplateProcessing adds ``<|begin_of_text|>``, GPT-2's and Qwen's add none.
+        Tokens the post-processor appends (an EOS) are left out: a prompt is continued.
+        """
+        if "add_bos_token" in self.config:
+            bos = self._token_id("bos_token")
+            return [bos] if self.config["add_bos_token"] is True and bos is not None else []
+        probe = "Hello world"
+        plain = self.backend.encode(probe, add_special_tokens=False).ids
+        full = self.backend.encode(probe, add_special_tokens=True).ids
+        for start in range(len(full) - len(plain) + 1):
+            if full[start:start + len(plain)] == plain:
+                return full[:start]
+        return []
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -141,8 +165,14 @@ class HFTokenizer(Tokenizer):
 
     @property
     def bos_id(self) -> int | None:
-        """The begin-of-text id, if the model has one (Llama 3 starts prompts with it)."""
-        return self._token_id("bos_token")
+        """The begin-of-text id, if the model has one (Llama 3 starts prompts with it):
+        tokenizer_config's bos_token, else what the post-processor puts first."""
+        found = self._token_id("bos_token")
+        return found if found is not None else (self._prefix[0] if self._prefix else None)
+
+    @property
+    def prompt_prefix(self) -> list[int]:
+        return list(self._prefix)
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Plain-text ids: no BOS is added and special token strings are ordinary text."""
@@ -152,13 +182,38 @@ class HFTokenizer(Tokenizer):
         return self._plain.encode(without_surrogates(text), add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int]) -> str:
+        ids = self._checked(ids)
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+    # ------------------------------------------------------------------ raw bytes (streaming)
+    @property
+    def has_byte_decoding(self) -> bool:
+        """Whether ``decode_bytes`` works: byte-level and ``<0xNN>`` byte-fallback decoders."""
+        return self._bytes is not None
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """UTF-8 bytes of ``decode(ids)``, but a character split across tokens stays split,
+        so a stream can hold back its first bytes until the rest arrive."""
+        return self._byte_decoder().start(self._checked(ids))
+
+    def decode_bytes_continued(self, ids: Iterable[int]) -> bytes:
+        """Bytes of ids that continue earlier ones (no start-of-text space stripping)."""
+        return self._byte_decoder().continued(self._checked(ids))
+
+    def _byte_decoder(self) -> ByteDecoder:
+        if self._bytes is None:
+            raise TokenizerError("this tokenizer's decoder has no byte form (neither byte-level "
+                                 "nor <0xNN> byte fallback); use decode()")
+        return self._bytes
+
+    def _checked(self, ids: Iterable[int]) -> list[int]:
         ids = ids_to_list(ids)
         size = self.vocab_size
         bad = [i for i in ids if not 0 <= i < size]
         if bad:
             raise TokenizerError(f"token ids {bad[:5]} are outside this tokenizer's "
                                  f"vocabulary (0..{size - 1})")
-        return self.backend.decode(ids, skip_special_tokens=False)
+        return ids
 
     # ------------------------------------------------------------------ chat
     @property
