@@ -45,7 +45,7 @@ def test_dtype_and_device_are_applied(tmp_path, model):
 
 
 def test_bad_places(tmp_path):
-    with pytest.raises(MissingFileError, match="neither a directory nor a Hub name"):
+    with pytest.raises(MissingFileError, match="does not exist and is not a Hub name"):
         scratchllm.load(tmp_path / "nothing_here")
     (tmp_path / "file.bin").write_bytes(b"x")
     with pytest.raises(MissingFileError, match="is a file"):
