@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Download a model's safetensors weights, config and tokenizer files from "
         "the Hugging Face Hub into a local cache (interrupted downloads resume). Short names: "
         f"{', '.join(HUB_NAMES)}; anything else is a repo id such as owner/name. Prints the "
-        "directory, which `scratchllm generate --model` and scratchllm.load() accept.",
+        "directory, which `scratchllm generate --model` and scratchllm.load() accept. "
+        "huggingface_hub draws its own progress bars on stderr; set "
+        "HF_HUB_DISABLE_PROGRESS_BARS=1 to hide them.",
     )
     p.add_argument("name", help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl | REPO_ID")
     p.add_argument("--dir", default=None,

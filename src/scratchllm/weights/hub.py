@@ -4,6 +4,8 @@ OpenAI's TensorFlow files).
 ``huggingface_hub.snapshot_download`` does the work (resuming interrupted downloads, caching);
 we fetch only safetensors weights, JSON configs and tokenizer files, never pickles. Offline
 (``HF_HUB_OFFLINE=1`` or no connection) we fail at once and say how to place files by hand.
+Its own tqdm progress bars are left on (``HF_HUB_DISABLE_PROGRESS_BARS=1`` hides them), so
+this module needs no progress display of its own.
 """
 
 from __future__ import annotations
