@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -140,3 +141,11 @@ def test_cli_workers_crash_and_resume(judge_server, tmp_path, capsys):
 def test_bad_worker_count_is_a_config_error(judge_server):
     with pytest.raises(ValueError, match="workers must be at least 1"):
         judge_responses(entries(1), JudgeClient(judge_server.url), workers=0)
+
+
+def test_works_where_an_event_loop_already_runs(judge_server):
+    # Jupyter runs an event loop; the plain functions must still work inside one.
+    async def notebook_cell():
+        return judge_responses(entries(2), JudgeClient(judge_server.url), workers=2).scores
+
+    assert asyncio.run(notebook_cell()) == [50, 50]
