@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ScratchLLMError as err:
-        print(f"scratchllm {args.command}: error: {err}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(err).strip().splitlines())
+        print(f"scratchllm {args.command}: error: {message}", file=sys.stderr)  # one line
         return 2
     except KeyboardInterrupt:
         print(f"scratchllm {args.command}: interrupted", file=sys.stderr)

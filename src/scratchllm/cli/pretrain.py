@@ -86,6 +86,7 @@ def build_config(args: argparse.Namespace):
     """Defaults < config file (or the resumed run's saved config) < --set < flags."""
     from pathlib import Path
 
+    from scratchllm.errors import ConfigError
     from scratchllm.train.config import TrainConfig, read_config_file
     from scratchllm.train.state import latest_checkpoint, load_train_config
 
@@ -108,7 +109,12 @@ def build_config(args: argparse.Namespace):
         if flags["batch_size"] % micro:
             values["micro_batch_size"] = flags["batch_size"]
     values.update(flags)
-    return TrainConfig.from_dict(values)
+    try:
+        return TrainConfig.from_dict(values)
+    except ConfigError as err:  # the value may come from the file: name it
+        if args.config:
+            raise ConfigError(f"{err} (settings from {args.config} and the command line)") from None
+        raise
 
 
 def run(args: argparse.Namespace) -> int:

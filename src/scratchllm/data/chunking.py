@@ -21,6 +21,7 @@ from scratchllm.data.text_files import decode_utf8
 _SAFE_CUT = re.compile(rb"[\x21-\x7e](?:\n(?=[\x21-\x7e])|\r(?=\n[\x21-\x7e]))")
 _BLOCK = 1 << 20
 MIN_SEARCH_BYTES = 1 << 16  # how far to look for a safe cut before settling for any newline
+MAX_LINE_BYTES = 16 << 20  # how far to look for any newline before cutting mid-line
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,10 @@ def find_cut(handle, pos: int, file_size: int, search_bytes: int) -> int:
     """First safe cut at or after ``pos``: where a piece boundary near ``pos`` really goes.
 
     Looks ``search_bytes`` (at least 64 KiB) ahead for a safe cut; failing that (very long
-    lines), falls back to the next plain newline (tokens may then differ slightly at the cut),
-    and failing that, to the end of the file.
+    lines), falls back to the next plain newline within ``MAX_LINE_BYTES``, and failing that
+    (a file without newlines, e.g. minified JSON or binary data), to the first UTF-8 character
+    start at or after ``pos``; tokens may then differ slightly at the cut. A piece therefore
+    never grows past its nominal size plus ``MAX_LINE_BYTES``, however big the file.
     """
     if pos <= 0:
         return 0
@@ -72,7 +75,7 @@ def find_cut(handle, pos: int, file_size: int, search_bytes: int) -> int:
     # Fallback: just after the next newline, scanning block by block.
     offset = pos - 1
     handle.seek(offset)
-    while offset < file_size:
+    while offset < min(file_size, pos + MAX_LINE_BYTES):
         block = handle.read(_BLOCK)
         if not block:
             break
@@ -80,7 +83,13 @@ def find_cut(handle, pos: int, file_size: int, search_bytes: int) -> int:
         if hit >= 0:
             return offset + hit + 1
         offset += len(block)
-    return file_size
+    if offset >= file_size:
+        return file_size
+    # No newline near: cut before the first byte that starts a UTF-8 character (not 10xxxxxx).
+    handle.seek(pos)
+    head = handle.read(4)
+    skip = next((i for i, byte in enumerate(head) if byte & 0xC0 != 0x80), len(head))
+    return min(pos + skip, file_size)
 
 
 def read_piece(piece: Piece, search_bytes: int) -> str:

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from scratchllm.errors import DataError, MissingFileError
+from scratchllm.utils.json_files import describe_json_error
 
 SPAM_LABELS = ("ham", "spam")  # the book's ids: ham=0, spam=1
 
@@ -106,6 +107,9 @@ def _rows_jsonl(path: Path, text_column: str, label_column: str
                 record = json.loads(raw)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}, row {line}: not valid JSON ({err.msg})") from None
+            except (ValueError, RecursionError) as err:  # huge integers, deep nesting
+                raise DataError(f"{path}, row {line}: not usable JSON "
+                                f"({describe_json_error(err)})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}, row {line}: expected a JSON object with "
                                 f"{text_column!r} and {label_column!r}")
@@ -155,6 +159,9 @@ def load_labelled_file(path: str | os.PathLike, *, file_format: str | None = Non
             raw.append((line, text, str(label).strip()))
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not UTF-8 text ({err}); re-save it as UTF-8") from None
+    except csv.Error as err:  # e.g. an unbalanced quote swallowing the rest of the file
+        raise DataError(f"{path} is not a readable {kind.upper()} file ({err}); check its "
+                        "quotes, or pass quoting=False for TSV") from None
     if not raw:
         raise DataError(f"{path} holds no labelled examples; it is empty")
     names = list(labels) if labels is not None else sorted({label for _, _, label in raw})

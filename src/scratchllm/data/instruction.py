@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from scratchllm.errors import ConfigError, DataError, MissingFileError
+from scratchllm.utils.json_files import describe_json_error
 
 PROMPT_STYLES = ("alpaca", "phi3")
 IGNORE_INDEX = -100  # F.cross_entropy skips targets with this value
@@ -74,8 +75,9 @@ def load_json_entries(path: str | os.PathLike, required: Sequence[str]) -> list[
                                f"entries with keys {', '.join(required)}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path} is not valid UTF-8 JSON ({err}); fix or re-download it") from err
+    except (ValueError, RecursionError) as err:  # bad UTF-8/JSON, huge ints, deep nesting
+        raise DataError(f"{path} is not valid UTF-8 JSON ({describe_json_error(err)}); fix "
+                        "or re-download it") from None
     if not isinstance(data, list):
         raise DataError(f"{path} holds a JSON {type(data).__name__}, expected a list of entries "
                         f"with keys {', '.join(required)}")

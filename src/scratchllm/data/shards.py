@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from scratchllm.data.corpus import FORMAT
 from scratchllm.data.sliding_window import _check_positive, num_windows
 from scratchllm.errors import ConfigError, DataError, MissingFileError
+from scratchllm.utils.json_files import describe_json_error
 
 _RERUN = "re-run `scratchllm prepare`"
 _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
@@ -34,8 +35,9 @@ def _read_sidecar(meta_path: Path) -> dict:
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{meta_path} is not valid JSON ({err}); {_RERUN}") from None
+    except (ValueError, RecursionError) as err:  # bad UTF-8/JSON, huge ints, deep nesting
+        raise DataError(f"{meta_path} is not valid JSON ({describe_json_error(err)}); "
+                        f"{_RERUN}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"{meta_path} is not a scratchllm token sidecar; {_RERUN}")
     if meta.get("dtype") not in _DTYPES or not isinstance(meta.get("num_tokens"), int):

@@ -16,14 +16,24 @@ from scratchllm.errors import DataError, MissingFileError
 PathLike = str | os.PathLike
 
 
+# Bigger files are not read whole into memory: `scratchllm prepare` streams them instead.
+MAX_TEXT_BYTES = 256 << 20
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
 def decode_utf8(data: bytes, path: PathLike, base_offset: int = 0) -> str:
     """Decode UTF-8 bytes read from ``path``; a bad byte becomes a DataError with its offset.
 
     ``base_offset`` is where ``data`` starts inside the file, so chunked readers still report
-    the absolute position of the first bad byte.
+    the absolute position of the first bad byte. A NUL byte is valid UTF-8 but never appears
+    in text: it means a binary file, or UTF-16 text whose ASCII would otherwise slip through
+    as letters interleaved with NULs, so it is refused too.
     """
+    if base_offset == 0 and data.startswith(_UTF16_BOMS):
+        raise DataError(f"{path} is UTF-16 text (it starts with a UTF-16 byte order mark); "
+                        "re-save it as UTF-8 (e.g. `iconv -f utf-16 -t utf-8`)")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         offset = base_offset + err.start
         bad = data[err.start : err.start + 1].hex()
@@ -31,6 +41,14 @@ def decode_utf8(data: bytes, path: PathLike, base_offset: int = 0) -> str:
             f"{path} is not valid UTF-8: byte 0x{bad} at byte offset {offset} ({err.reason}); "
             "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
         ) from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(
+            f"{path} holds a NUL byte at byte offset {base_offset + nul}, so it is a binary file "
+            "or UTF-16/UTF-32 text, not UTF-8 text; convert it (e.g. `iconv -f utf-16 -t "
+            "utf-8`) or leave it out"
+        )
+    return text
 
 
 def check_readable_file(path: PathLike) -> Path:
@@ -43,9 +61,17 @@ def check_readable_file(path: PathLike) -> Path:
     return path
 
 
-def read_text_file(path: PathLike) -> str:
-    """Read a whole UTF-8 text file (book 2.1), refusing missing, empty or non-UTF-8 files."""
+def read_text_file(path: PathLike, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """Read a whole UTF-8 text file (book 2.1), refusing missing, empty, binary or non-UTF-8
+    files, and files over ``max_bytes`` (checked before reading, so a huge file costs nothing)."""
     path = check_readable_file(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise DataError(
+            f"{path} is {size / 2**20:,.0f} MiB, more than the {max_bytes / 2**20:,.0f} MiB read "
+            "into memory at once; tokenize it with `scratchllm prepare` and train on the "
+            "prepared folder instead"
+        )
     data = path.read_bytes()
     if not data:
         raise DataError(f"{path} is empty (0 bytes); give a file that contains text")

@@ -226,6 +226,10 @@ def load_batches(data: str | None, tokenizer: Any, *, context_length: int, strid
     if is_prepared(path):
         return shard_batches(path, context_length=context_length, batch_size=batch_size,
                              seed=seed, **shares)
-    return (*text_batches(read_text_file(path), tokenizer, context_length=context_length,
-                          stride=stride, batch_size=batch_size, train_ratio=train_ratio,
-                          seed=seed, **shares), None)
+    try:
+        batches = text_batches(read_text_file(path), tokenizer, context_length=context_length,
+                               stride=stride, batch_size=batch_size, train_ratio=train_ratio,
+                               seed=seed, **shares)
+    except DataError as err:  # "the training split is too short" must say which file
+        raise DataError(err if str(path) in str(err) else f"{path}: {err}") from None
+    return (*batches, None)

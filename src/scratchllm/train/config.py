@@ -95,6 +95,15 @@ class TrainConfig:
                 kind = "a non-negative" if allow_zero else "a positive"
                 raise ConfigError(f"train config field {name!r} must be {kind} integer, got {value!r}")
 
+        for name, optional in (("data", True), ("tokenizer", False), ("preset", True),
+                               ("sample_prompt", False), ("device", False), ("out_dir", False)):
+            value = getattr(self, name)
+            if not (isinstance(value, str) or (optional and value is None)):
+                raise ConfigError(f"train config field {name!r} must be a string, got {value!r}")
+        for name in ("compile", "decay_all", "resume", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"train config field {name!r} must be true or false, got "
+                                  f"{getattr(self, name)!r}")
         for name in ("context_length", "micro_batch_size", "batch_size", "log_every",
                      "eval_every", "keep_last"):
             positive_int(name)
@@ -185,7 +194,7 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a mapping, refusing unknown keys with the list of valid ones."""
         valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(valid))
+        unknown = sorted(set(values) - set(valid), key=repr)  # YAML keys may be ints or None
         if unknown:
             raise ConfigError(f"unknown train config key(s) {unknown}; valid keys are: {', '.join(valid)}")
         try:
@@ -204,9 +213,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise MissingFileError(f"config file {str(path)!r} not found; check the path "
                                "(examples live in the repository's configs/ folder)")
-    text = path.read_text(encoding="utf-8")
     suffix = path.suffix.lower()
     try:
+        text = path.read_text(encoding="utf-8")
         if suffix in (".yaml", ".yml"):
             import yaml
             values = yaml.safe_load(text)
@@ -222,8 +231,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"config file {str(path)!r} must end in .yaml, .yml, .toml or .json")
     except ConfigError:
         raise
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({err.reason} at byte "
+                          f"{err.start}); save it as UTF-8") from None
     except Exception as err:  # each parser has its own error class
-        raise ConfigError(f"cannot parse config file {str(path)!r}: {err}") from None
+        reason = "nested too deeply" if isinstance(err, RecursionError) else err
+        reason = " ".join(str(reason).split())  # YAML's messages span several lines
+        raise ConfigError(f"cannot parse config file {str(path)!r}: {reason}") from None
     if values is None:
         values = {}
     if not isinstance(values, dict):
