@@ -76,6 +76,13 @@ def auto_chunk_bytes(total_bytes: int) -> int:
     return int(min(max(total_bytes // 256, 1024), 1 << 20))
 
 
+def _name_files(paths: Any) -> str:
+    """The first few distinct file names, for error messages about a whole corpus."""
+    names = list(dict.fromkeys(str(p) for p in paths))
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return ", ".join(names[:3]) + more
+
+
 def choose_val_pieces(pieces: list[Piece], val_fraction: float, seed: int) -> set[int]:
     """Indices of pieces for val: a seeded shuffle, taking pieces while that nears the target."""
     if val_fraction <= 0:
@@ -91,8 +98,9 @@ def choose_val_pieces(pieces: list[Piece], val_fraction: float, seed: int) -> se
             taken += size
     if len(chosen) == len(pieces):
         raise DataError(
-            f"corpus too small to split: {total} bytes make only {len(pieces)} piece(s) and all "
-            "would go to val; give more text, or use val_fraction=0 (--val-fraction 0)"
+            f"corpus too small to split: {total} bytes ({_name_files(p.path for p in pieces)}) "
+            f"make only {len(pieces)} piece(s) and all would go to val; give more text, or use "
+            "val_fraction=0 (--val-fraction 0)"
         )
     return chosen
 
@@ -140,7 +148,8 @@ def _plan(files: list[Path], chunk_bytes: int | None, val_fraction: float, seed:
     sizes = [f.stat().st_size for f in files]
     total = sum(sizes)
     if total == 0:
-        raise DataError(f"all {len(files)} input file(s) are empty; give files that contain text")
+        raise DataError(f"all {len(files)} input file(s) are empty ({_name_files(files)}); "
+                        "give files that contain text")
     chunk = chunk_bytes or auto_chunk_bytes(total)
     pieces = [p for i, (f, size) in enumerate(zip(files, sizes)) if size
               for p in split_file(f, i, size, chunk)]
