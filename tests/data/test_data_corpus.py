@@ -111,11 +111,13 @@ def test_errors_are_clear_and_leave_no_partial_files(tmp_path):
     prepare_corpus([src], out, val_fraction=0.0, workers=1)
     before = (out / "train.bin").read_bytes()
     (src / "doc99.txt").write_bytes(b"ok\n" * 10 + b"caf\xe9\n")
-    with pytest.raises(DataError) as err:
+    with pytest.raises(ConfigError, match="--overwrite"):  # an earlier output needs --overwrite
         prepare_corpus([src], out, val_fraction=0.0, workers=1)
+    with pytest.raises(DataError) as err:
+        prepare_corpus([src], out, val_fraction=0.0, workers=1, overwrite=True)
     assert "doc99.txt" in str(err.value) and "byte offset 33" in str(err.value)
     assert (out / "train.bin").read_bytes() == before  # old output untouched
-    assert sorted(p.name for p in out.iterdir()) == ["train.bin", "train.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".scratchllm", "train.bin", "train.json"]
     with pytest.raises(MissingFileError, match="nope.txt"):
         prepare_corpus([tmp_path / "nope.txt"], out)
     (tmp_path / "empty.txt").write_bytes(b"")
@@ -125,6 +127,8 @@ def test_errors_are_clear_and_leave_no_partial_files(tmp_path):
         prepare_corpus([src / "doc00.txt"], out, val_fraction=0.1)
     with pytest.raises(ConfigError, match="is a file"):
         prepare_corpus([src], src / "doc00.txt")
+    with pytest.raises(ConfigError, match="not written by scratchllm"):  # the user's own folder
+        prepare_corpus([src], src)
     for bad in (dict(val_fraction=1.0), dict(val_fraction=-0.1), dict(workers=0)):
         with pytest.raises(ConfigError):
             prepare_corpus([src], out, **bad)

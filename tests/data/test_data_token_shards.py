@@ -52,7 +52,7 @@ def test_prepare_writes_expected_tokens_and_sidecar(prepared):
     assert meta["tokenizer"] == {"type": "char", "vocab_size": 257} and meta["eot_id"] == 256
     assert [p.rsplit("/", 1)[-1] for p in meta["sources"]] == sorted(TEXTS)
     assert not (out / "val.bin").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["train.bin", "train.json"]  # no temp files
+    assert sorted(p.name for p in out.iterdir()) == [".scratchllm", "train.bin", "train.json"]
 
 
 def test_large_vocab_uses_uint32(tmp_path):

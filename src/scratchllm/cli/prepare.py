@@ -16,7 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "document with a seeded shuffle; an end-of-text token separates documents.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="text file or directory")
-    p.add_argument("--out", required=True, help="output directory (created if missing)")
+    p.add_argument("--out", required=True,
+                   help="output directory: new or empty (created if missing)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier `scratchllm prepare` output at --out")
     p.add_argument("--tokenizer", default="gpt2", help="tokenizer name (default gpt2)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the text for validation, 0 for none (default 0.1)")
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             args.inputs, args.out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
             workers=args.workers, seed=args.seed,
             chunk_bytes=args.chunk_kb * 1024 if args.chunk_kb is not None else None,
-            progress=show,
+            progress=show, overwrite=args.overwrite,
         )
     finally:
         close()

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from scratchllm.utils.outputs import PREPARED, claim_output_dir
 from scratchllm.utils.atomic import AtomicWriter, atomic_write_json
 from scratchllm.data.chunking import Piece, read_piece, split_file
 from scratchllm.data.sliding_window import EOT_TEXT
@@ -190,11 +191,14 @@ def prepare_corpus(
     eot: bool = True,
     chunk_bytes: int | None = None,
     progress: Callable[[PrepareProgress], None] | None = None,
+    overwrite: bool = False,
 ) -> PreparedCorpus:
     """Tokenize text files/directories into ``out_dir/{train,val}.bin`` plus JSON sidecars.
 
     Deterministic for a given (inputs, tokenizer, val_fraction, seed, chunk_bytes): the worker
-    count changes only the speed. ``workers=None`` uses up to 8 CPU cores.
+    count changes only the speed. ``workers=None`` uses up to 8 CPU cores. ``out_dir`` must be
+    new, empty, or an earlier ``prepare`` output replaced with ``overwrite`` (file by file, so a
+    failed rerun keeps the old files; a folder holding anyone else's files is never touched).
     """
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
@@ -211,10 +215,7 @@ def prepare_corpus(
     dtype = token_dtype(int(tokenizer.vocab_size))
     pieces, splits, chunk = _plan(files, chunk_bytes, float(val_fraction), int(seed), eot)
     used = [s for s in SPLITS if s in splits]
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output path {out} is a file; give a directory for the token files")
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(out_dir, PREPARED, overwrite=overwrite)  # files replaced atomically
 
     writers = {s: AtomicWriter(out / f"{s}.bin") for s in used}
     hashers = {s: hashlib.sha256() for s in used}

@@ -51,6 +51,7 @@ FINETUNE_RUN = OutputKind("finetune", ("train_config.json", "finetune_config.jso
                                        "LATEST", "model", "adapter", "lora.safetensors",
                                        "classifier_lora.safetensors", "results.json",
                                        "test_responses.json", "*.jsonl"))
+PREPARED = OutputKind("prepared", ("train.bin", "val.bin", "train.json", "val.json"))
 HF_EXPORT = OutputKind("export-hf", MODEL_FILES + ("model-*-of-*.safetensors",
                                                    "model.safetensors.index.json",
                                                    "added_tokens.json"))
@@ -106,7 +107,7 @@ def owner_kind(directory: Path) -> tuple[str | None, tuple[str, ...]]:
     legacy = _legacy_kind(directory)
     if legacy is None:
         return None, ()
-    known = {k.name: k.entries for k in (MODEL, PRETRAIN_RUN, FINETUNE_RUN, HF_EXPORT)}
+    known = {k.name: k.entries for k in (MODEL, PRETRAIN_RUN, FINETUNE_RUN, HF_EXPORT, PREPARED)}
     return legacy, known[legacy]
 
 
@@ -165,3 +166,15 @@ def prepare_output_dir(path: str | os.PathLike, kind: OutputKind, *, overwrite: 
     if decision != "resume" or read_marker(directory) is None:
         write_marker(directory, kind)
     return directory, decision
+
+
+def claim_output_dir(path: str | os.PathLike, kind: OutputKind, *, overwrite: bool = False,
+                     what: str = "--out") -> Path:
+    """Check and mark ``path`` but clear nothing: for writers that replace each of their files
+    atomically, so a failed rerun leaves the previous output whole."""
+    directory = Path(path).expanduser()
+    check_output_dir(directory, kind, overwrite=overwrite, what=what)
+    directory.mkdir(parents=True, exist_ok=True)
+    if read_marker(directory) is None:
+        write_marker(directory, kind)
+    return directory
