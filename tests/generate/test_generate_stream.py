@@ -127,3 +127,19 @@ def test_stop_strings_with_a_real_model_match_a_brute_force_reference(model, tok
     for row, p in zip(batch, [prompt, prompt[:2]]):
         greedy = generate(model, p, 30)[len(p):]
         assert row == _first_stop(tokenizer, greedy, stop)
+
+
+@pytest.mark.parametrize("pieces, stops, expected", [
+    # The stop string arrives over three pieces: nothing of it is ever emitted.
+    (["Hello wo", "rld. T", "he", " end"], ["d. The"], ["Hello wo", "rl"]),
+    # A partial match that does not complete is released when the next piece settles it.
+    (["ab", "c<", "|e", "x", "yz"], ["<|end|>"], ["ab", "c", "<|ex", "yz"]),
+    # The earliest of several stop strings wins; a stop at the very start leaves nothing.
+    (["one two ", "three"], ["three", "two"], ["one "]),
+    (["STOP here"], ["STOP"], []),
+    (["no stop", " at all"], ["zzz"], ["no stop", " at all"]),
+])
+def test_cut_at_stop_strings_never_emits_any_part_of_a_stop(pieces, stops, expected):
+    from scratchllm.generate import cut_at_stop_strings
+
+    assert list(cut_at_stop_strings(iter(pieces), stops)) == expected

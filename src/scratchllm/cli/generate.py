@@ -7,6 +7,9 @@ import sys
 
 from scratchllm.errors import ConfigError
 
+DTYPES = {"auto": None, "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
+          "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -30,29 +33,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step")
     p.add_argument("--no-eos-stop", action="store_true",
-                   help="keep going after the end-of-text token")
+                   help="keep going after an end token (end of text, or a chat model's end of "
+                   "turn such as <|eot_id|>)")
+    p.add_argument("--stop", action="append", default=None, metavar="STRING",
+                   help="stop when the generated text contains STRING (matched on text, even "
+                   "across tokens; not printed); repeat for several")
+    p.add_argument("--dtype", default="auto", type=str.lower, choices=sorted(DTYPES),
+                   help="weights' dtype: auto (as saved, default), bfloat16/bf16, "
+                   "float16/fp16, float32/fp32; sampling is always done in float32")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from scratchllm.generate import stream
+    from scratchllm.generate import cut_at_stop_strings, stream
     from scratchllm.utils.device import resolve_device
     from scratchllm.weights.auto import open_model
 
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    loaded = open_model(args.model, device=resolve_device(args.device), require_tokenizer=True)
+    if args.stop is not None and not all(args.stop):
+        raise ConfigError("--stop needs a non-empty STRING")
+    loaded = open_model(args.model, device=resolve_device(args.device),
+                        dtype=DTYPES[args.dtype], require_tokenizer=True)
     model, tokenizer = loaded.model, loaded.tokenizer
-    prompt_ids = tokenizer.encode(args.prompt, allowed_special="all")
+    # With the BOS the tokenizer's files ask for (Llama 3), never doubled.
+    prompt_ids = tokenizer.encode_prompt(args.prompt, allowed_special="all")
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    for piece in stream(
+    pieces = stream(
         model, prompt_ids, args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-        eos_id=None if args.no_eos_stop else loaded.eos_id,
+        eos_id=None if args.no_eos_stop else loaded.eos_ids,
         use_cache=not args.no_cache, seed=args.seed, tokenizer=tokenizer,
-    ):
+        stop_strings=args.stop,
+    )
+    for piece in cut_at_stop_strings(pieces, args.stop or ()):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -3,13 +3,13 @@
 The book's ``generate`` stops at ``eos_id`` without keeping it; we do the same. A stop string
 is looked for in the decoded *new* text only (not the prompt), and the token that completes
 it is kept, so the text of the returned tokens ends with (or just after) the stop string.
-Cutting the text exactly at the stop string is left to the caller: a token boundary rarely
-falls exactly there.
+A token boundary rarely falls exactly at the stop string, so cutting the text there is a
+separate step: ``cut_at_stop_strings`` does it on streamed text (the CLI's ``--stop``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from scratchllm.errors import ConfigError
@@ -66,3 +66,36 @@ class StopState:
     def flush(self) -> str:
         """Text of bytes still held back (an unfinished character becomes U+FFFD)."""
         return self.decoder.flush() if self.decoder is not None else ""
+
+
+def cut_at_stop_strings(pieces: Iterable[str], stop_strings: Sequence[str]) -> Iterator[str]:
+    """Pass text pieces through until the first stop string, which is left out with all after it.
+
+    A stop string may arrive split over several pieces (tokens), so text that could be the
+    start of one is held back until the next piece settles it; nothing printed is ever taken
+    back. Meant for ``stream(..., tokenizer=..., stop_strings=...)`` text.
+    """
+    stops = [s for s in stop_strings if s]
+    buffer = ""
+    for piece in pieces:
+        buffer += piece
+        found = [buffer.find(s) for s in stops if s in buffer]
+        if found:
+            if min(found):
+                yield buffer[: min(found)]
+            return
+        held = _longest_stop_prefix(buffer, stops)
+        if len(buffer) > held:
+            yield buffer[: len(buffer) - held]
+            buffer = buffer[len(buffer) - held:]
+    if buffer:
+        yield buffer
+
+
+def _longest_stop_prefix(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of ``text`` that begins some stop string."""
+    for size in range(min(len(text), max((len(s) for s in stops), default=1) - 1), 0, -1):
+        tail = text[-size:]
+        if any(s.startswith(tail) for s in stops):
+            return size
+    return 0
