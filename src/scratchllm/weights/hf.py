@@ -23,6 +23,7 @@ from torch import nn
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 from scratchllm.weights.model_dir import tied_aliases
 from scratchllm.weights.adapter import FamilyAdapter
+from scratchllm.weights.contained import contained_file
 from scratchllm.weights.hf_gpt2 import GPT2_ADAPTER
 from scratchllm.weights.meta import empty_weights, meta_tensor_names, retie
 from scratchllm.utils.json_files import read_json_object
@@ -70,16 +71,19 @@ def weight_files(directory: Path) -> list[Path]:
     """model.safetensors, or the shards listed by model.safetensors.index.json."""
     index = directory / INDEX_FILE
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise CheckpointError(f"{index} is damaged ({err}); download it again") from err
-        missing = [n for n in names if not (directory / n).is_file()]
+        weight_map = read_json_object(index, fix="download it again").get("weight_map")
+        if (not isinstance(weight_map, dict) or not weight_map
+                or not all(isinstance(v, str) for v in weight_map.values())):
+            raise CheckpointError(f"{index} has no 'weight_map' object mapping tensor names to "
+                                  "shard file names; the file is damaged, download it again")
+        # Every name is checked before any shard is opened (see weights.contained).
+        paths = [contained_file(directory, name, index, "shard")
+                 for name in sorted(set(weight_map.values()))]
+        missing = [p.name for p in paths if not p.is_file()]
         if missing:
             raise MissingFileError(f"{index} lists shard(s) {missing} that are not in "
                                    f"{directory}; download all model-*.safetensors files")
-        return [directory / n for n in names]
+        return paths
     if (directory / SINGLE_FILE).is_file():
         return [directory / SINGLE_FILE]
     if any(directory.glob("*.bin")) or any(directory.glob("*.pt*")):
@@ -143,7 +147,9 @@ def _stream_tensors(files: list[Path], adapter: FamilyAdapter, expected: dict[st
                 loaded[ours] = tensor.to(device=device, dtype=dtype)
     missing = sorted(set(expected) - set(loaded))
     if missing:
-        raise CheckpointError(f"checkpoint lacks tensor(s) {missing[:5]} ({len(missing)} "
+        where = ", ".join(map(str, files[:3])) + (f" and {len(files) - 3} more" if len(files) > 3
+                                                  else "")
+        raise CheckpointError(f"{where} lack(s) tensor(s) {missing[:5]} ({len(missing)} "
                               "missing) that config.json's model needs; download all weight files")
     return loaded
 
@@ -192,9 +198,7 @@ def load_hf_dir(path: PathLike, *, device: torch.device | str | None = None,
     adapter = adapter_for_model_type(hf_config.get("model_type"), directory / CONFIG_FILE)
     try:
         config = adapter.config_from_hf(hf_config)
-    except (ConfigError, TypeError, ValueError) as err:
-        if isinstance(err, CheckpointError):
-            raise
+    except (CheckpointError, ConfigError, TypeError, ValueError) as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: invalid model config ({err})") from err
     model = load_hf_weights(directory, adapter, config, device=device, dtype=dtype)
     return model, load_hf_tokenizer(directory, hf_config)

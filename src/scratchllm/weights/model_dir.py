@@ -34,6 +34,7 @@ from torch import nn
 
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 from scratchllm.model.registry import build_model, config_from_dict, family_of, get_family
+from scratchllm.weights.contained import contained_file
 from scratchllm.weights.meta import empty_weights, retie
 from scratchllm.utils.atomic import atomic_directory, fsync_file, write_json
 from scratchllm.utils.json_files import read_json_object
@@ -195,10 +196,14 @@ def check_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path
     if unexpected:
         raise CheckpointError(f"{path} has unexpected tensor(s) {unexpected[:5]} not in this "
                               "model; the config.json does not describe these weights")
+    floating = {name: t.is_floating_point() for name, t in model.state_dict().items()}
     for name, shape in expected.items():
         if tuple(weights[name].shape) != shape:
             raise CheckpointError(f"{path}: tensor {name} has shape {tuple(weights[name].shape)} "
                                   f"in the file but {shape} in the model built from config.json")
+        if weights[name].is_floating_point() != floating[name]:  # else torch fails mid-forward
+            raise CheckpointError(f"{path}: tensor {name} has dtype {weights[name].dtype}, "
+                                  "which this model cannot use; the file holds other weights")
 
 
 def load_weights_into(model: nn.Module, directory: Path) -> None:
@@ -266,6 +271,9 @@ def tokenizer_from_header(header: dict[str, Any], directory: Path) -> Any:
     spec = header.get("tokenizer")
     if spec is None:
         return None
+    if isinstance(spec, dict) and spec.get("type") == "hf":  # its file must be one of ours
+        contained_file(directory, spec.get("tokenizer_file"), directory / CONFIG_FILE,
+                       "tokenizer file")
     try:
         from scratchllm.tokenizers import tokenizer_from_dict
         return tokenizer_from_dict(spec, base_dir=directory)
