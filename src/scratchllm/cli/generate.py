@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True,
                    help="model or run directory (e.g. runs/verdict), a Hugging Face directory, "
                    "or a Hub name such as gpt2 (read from the local cache when offline)")
+    p.add_argument("--adapter", default=None,
+                   help="LoRA adapter directory (PEFT layout, from scratchllm or peft) to merge "
+                   "into --model before generating")
     p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate (default 50)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="0 = greedy (default); higher = more random")
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if args.stop is not None and not all(args.stop):
         raise ConfigError("--stop needs a non-empty STRING")
     loaded = open_model(args.model, device=resolve_device(args.device),
-                        dtype=DTYPES[args.dtype], require_tokenizer=True)
+                        dtype=DTYPES[args.dtype], require_tokenizer=True,
+                        adapter=args.adapter)
     model, tokenizer = loaded.model, loaded.tokenizer
     # With the BOS the tokenizer's files ask for (Llama 3), never doubled.
     prompt_ids = tokenizer.encode_prompt(args.prompt, allowed_special="all")

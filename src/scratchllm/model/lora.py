@@ -135,11 +135,14 @@ def merge_lora(model: nn.Module) -> nn.Module:
     """Fold each adapter into its base weight (W += (A B)^T * alpha / r) and unwrap it.
 
     The merged model runs as fast as the original and saves as a plain model directory.
-    Base weights keep ``requires_grad=False``. Returns ``model`` (changed in place).
+    Base weights keep ``requires_grad=False``. The sum is formed in float32 and rounded
+    once, so a bfloat16 base does not lose the (small) update to rounding twice. Returns
+    ``model`` (changed in place).
     """
     for name, layer in lora_layers(model).items():
         base = layer.base
-        base.weight.add_(layer.delta_weight().to(base.weight.dtype))
+        delta = (layer.lora_A.float() @ layer.lora_B.float()).T * layer.scaling
+        base.weight.copy_((base.weight.float() + delta).to(base.weight.dtype))
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, base)

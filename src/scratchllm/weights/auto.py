@@ -54,6 +54,10 @@ def directory_kind(directory: Path) -> str:
     """'scratchllm' | 'run' | 'hf' for a directory, by what its config.json says."""
     config = directory / "config.json"
     if not config.is_file():
+        if (directory / "adapter_config.json").is_file():
+            raise MissingFileError(f"{directory} is a LoRA adapter, not a model; pass its base "
+                                   f"model as the model and this folder as the adapter "
+                                   f"(--model BASE --adapter {directory})")
         if (directory / "latest").is_dir() or (directory / "checkpoints").is_dir():
             return "run"
         if (directory / "model" / "config.json").is_file():
@@ -157,15 +161,22 @@ def _open_scratchllm(directory: Path, device: Any, dtype: Any) -> LoadedModel:
 
 def open_model(source: str | os.PathLike, *, device: torch.device | str | None = None,
                dtype: torch.dtype | str | None = None,
-               require_tokenizer: bool = False) -> LoadedModel:
+               require_tokenizer: bool = False, adapter: str | os.PathLike | None = None,
+               merge_adapter: bool = True) -> LoadedModel:
     """Open any model scratchllm reads; see the module docstring for what ``source`` may be.
 
     ``require_tokenizer`` turns a model without a tokenizer into a clear error (every
-    command that reads or writes text needs one).
+    command that reads or writes text needs one). ``adapter`` is a LoRA adapter directory
+    (PEFT's layout, written by scratchllm or peft) applied on top: merged into the weights,
+    or kept as LoRA layers with ``merge_adapter=False``.
     """
     directory, kind = resolve_source(source)
     opener = _open_hf if kind == "hf" else _open_scratchllm
     loaded = opener(directory, device, dtype)
+    if adapter is not None:
+        from scratchllm.weights.lora_adapter import open_adapter
+
+        loaded.metadata["adapter"] = str(open_adapter(loaded.model, adapter, merge=merge_adapter))
     if require_tokenizer and loaded.tokenizer is None:
         raise CheckpointError(
             f"{loaded.source} has no tokenizer (no tokenizer.json, vocab.json + merges.txt, or "
@@ -175,9 +186,11 @@ def open_model(source: str | os.PathLike, *, device: torch.device | str | None =
 
 
 def load(path_or_name: str | os.PathLike, *, device: torch.device | str | None = None,
-         dtype: torch.dtype | str | None = None) -> tuple[nn.Module, Any]:
-    """``(model, tokenizer)`` in eval mode from any source ``open_model`` accepts."""
-    loaded = open_model(path_or_name, device=device, dtype=dtype)
+         dtype: torch.dtype | str | None = None,
+         adapter: str | os.PathLike | None = None) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer)`` in eval mode from any source ``open_model`` accepts (with a
+    LoRA ``adapter`` directory merged in, if given)."""
+    loaded = open_model(path_or_name, device=device, dtype=dtype, adapter=adapter)
     return loaded.model, loaded.tokenizer
 
 
