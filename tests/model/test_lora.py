@@ -154,3 +154,16 @@ def test_default_targets_cover_every_block_linear_of_llama_too():
     assert per_block == {"att.W_query", "att.W_key", "att.W_value", "att.out_proj",
                          "ff.fc1", "ff.fc2", "ff.fc3"}
     assert len(lora_layers(model)) == 7 * config.n_layers
+
+
+def test_merge_in_bfloat16_rounds_once(ids):
+    model = tiny_model().to(torch.bfloat16)
+    apply_lora(model, rank=4, alpha=8.0, target_modules=("qkv",))
+    perturb(model)
+    layer = model.trf_blocks[0].att.qkv
+    w, a, b = (t.detach().clone() for t in (layer.base.weight, layer.lora_A, layer.lora_B))
+    once = (w.float() + (a.float() @ b.float()).T * 2.0).to(torch.bfloat16)
+    twice = w + ((a @ b).T * 2.0)  # every step in bfloat16
+    assert not torch.equal(once, twice)
+    merge_lora(model)
+    assert torch.equal(model.trf_blocks[0].att.qkv.weight, once)
