@@ -11,6 +11,7 @@ Several processes: ``torchrun --nproc_per_node=N -m scratchllm pretrain ...`` (D
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any
 
@@ -21,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="pretrain a GPT (default: a small model on the bundled story, about a CPU minute)",
         description="Pretrain a GPT on a text file, a token folder from `scratchllm prepare`, "
         "or (default) the bundled short story The Verdict. Writes OUT/metrics.jsonl, "
-        "OUT/loss.png, OUT/checkpoints/step-N/ and OUT/latest/ (load it with `scratchllm "
-        "generate --model OUT`). Ctrl-C saves a checkpoint; --resume continues it exactly.",
+        "OUT/loss.png, OUT/checkpoints/step-N/, OUT/best/ and OUT/latest/ (load it with "
+        "`scratchllm generate --model OUT`). Ctrl-C or SIGTERM saves a checkpoint and exits "
+        "130 or 143; --resume continues it exactly.",
     )
     p.add_argument("--config", metavar="FILE", help="YAML/TOML/JSON config (see configs/)")
     p.add_argument("--data", help="text file, prepared .bin file or folder (default: the bundled story)")
@@ -122,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     result = train(config)
-    if result.interrupted:
-        return 130
+    if result.interrupted:  # Ctrl-C or SIGTERM: saved; exit like the shell does for a signal
+        return 128 + int(result.stop_signal or signal.SIGINT)
     if not result.is_main:  # rank 0 reports for the whole torchrun job
         return 0
     losses = ""

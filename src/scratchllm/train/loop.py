@@ -2,11 +2,17 @@
 
 The book's ``train_model_simple`` grown into a resumable job: gradient accumulation, clipping,
 a warmup + cosine learning rate (appendix D), mixed precision, periodic evaluation and
-sampling, checkpoints that continue bit-for-bit, and a Ctrl-C that saves before stopping.
+sampling, checkpoints that continue bit-for-bit, and a Ctrl-C or SIGTERM that saves before
+stopping (``scratchllm pretrain`` then exits 128 + the signal: 130 or 143).
+
+Mixed precision is the standard recipe: parameters and AdamW state are always fp32 (a preset
+whose config says bf16 is trained with fp32 master weights, see ``steps.master_weights_config``)
+and ``--precision bf16``/``fp16`` only autocasts the forward pass; ``fp32`` means fp32 compute.
 
 A run directory (``TrainConfig.out_dir``) ends up holding ``train_config.json``,
 ``metrics.jsonl``, ``loss.png``, ``checkpoints/step-N/``, and ``latest/`` + ``best/`` model
-directories. ``scratchllm generate --model RUN_DIR`` loads ``RUN_DIR/latest``.
+directories (best/ = the lowest validation loss measured, whether or not a checkpoint fell on
+that step). ``scratchllm generate --model RUN_DIR`` loads ``RUN_DIR/latest``.
 
 Under ``torchrun`` the same loop trains with DDP or FSDP (``scratchllm.train.distributed``):
 ``batch_size`` stays the global batch, each process accumulates ``batch_size /
@@ -16,7 +22,7 @@ writes the run directory (which must be on a file system every node sees, for re
 
 from __future__ import annotations
 
-import json
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,8 +32,7 @@ from typing import TextIO
 import torch
 from torch import nn
 
-from scratchllm.utils.atomic import atomic_write_text
-from scratchllm.errors import ConfigError, DataError
+from scratchllm.errors import ConfigError, DataError, ScratchLLMError
 from scratchllm.model.registry import model_from_config
 from scratchllm.tokenizers import get_tokenizer, tokenizer_from_dict
 from scratchllm.train import distributed, steps
@@ -37,9 +42,10 @@ from scratchllm.train.metrics import METRICS_FILE, MetricsLog, Progress, read_me
 from scratchllm.train.optim import build_optimizer, build_scheduler
 from scratchllm.train.plots import PLOT_FILE, plot_losses
 from scratchllm.train.run_control import Silent, StopRequest, seed_everything
-from scratchllm.train.state import CHECKPOINTS_DIR, TrainingState, latest_checkpoint, save_checkpoint
+from scratchllm.train.run_dir import disk_full_error, is_disk_full
+from scratchllm.train.run_files import RunFiles
+from scratchllm.train.state import TrainingState, latest_checkpoint
 from scratchllm.utils.device import resolve_device
-from scratchllm.utils.outputs import PRETRAIN_RUN, check_output_dir, prepare_output_dir
 
 
 @dataclass
@@ -54,6 +60,7 @@ class TrainResult:
     val_loss: float | None = None
     checkpoint: Path | None = None
     interrupted: bool = False
+    stop_signal: int | None = None    # the signal that stopped the run (SIGINT, SIGTERM)
     seconds: float = 0.0
     samples: list[str] = field(default_factory=list)
     is_main: bool = True              # False on the ranks > 0 of a multi-process run
@@ -70,12 +77,13 @@ def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int) -
     return tokenizer.decode(generate(model, ids, max_new_tokens, temperature=0.0))
 
 
-class Trainer:
+class Trainer(RunFiles):
     """One run of ``config``; ``run()`` trains until the last step, a stop request or ``stop_at``."""
 
     def __init__(self, config: TrainConfig, *, stream: TextIO | None = None) -> None:
         self.config = config
         self.run_dir = Path(config.out_dir)
+        self.check_run_dir()  # refuse a wrong --out before loading data or building the model
         self.dist, self.device = distributed.setup_distributed(config.distributed,
                                                                resolve_device(config.device))
         try:
@@ -101,7 +109,7 @@ class Trainer:
         # A prepared token file records the tokenizer that wrote it; samples must decode with it.
         self.tokenizer = text_tokenizer or (tokenizer_from_dict(spec) if spec
                                             else get_tokenizer(config.tokenizer))
-        model_config = config.model_config()
+        model_config = steps.master_weights_config(config.model_config())
         if self.tokenizer.vocab_size > model_config.vocab_size:
             raise ConfigError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model's "
                               f"vocab_size is {model_config.vocab_size}; raise model.vocab_size")
@@ -130,55 +138,12 @@ class Trainer:
         self.last_eval: tuple[float, float] | None = None
         self.last_eval_step = -1
         self.checkpoint: Path | None = None
+        self.best_pending = False  # this step's evaluation is the best so far, best/ not written
 
-    # ------------------------------------------------------------------------ setup
-    def prepare_run_dir(self) -> None:
-        """Resume from the newest checkpoint, or claim the run directory for a new run.
-
-        The output rules of ``scratchllm.utils.outputs`` apply: a folder holding anyone else's
-        files is refused, an earlier run is replaced only with ``overwrite``, and ``resume``
-        with nothing to resume from never deletes anything.
-        """
-        self.dist.barrier()  # every rank looks before rank 0 may clear the directory
-        newest = latest_checkpoint(self.run_dir)
-        overwrite = bool(self.config.overwrite)
-        if self.config.resume and newest is not None:
-            check_output_dir(self.run_dir, PRETRAIN_RUN, resume=True)
-            self.resume_from(newest)
-            return
-        decision = check_output_dir(self.run_dir, PRETRAIN_RUN, overwrite=overwrite,
-                                    resume=bool(self.config.resume))
-        if decision == "resume" and not overwrite:  # ours, but no checkpoint left to continue
-            raise ConfigError(f"{self.run_dir} has no checkpoint to resume from (checkpoints/ "
-                              "is empty or gone) but holds an earlier run; nothing was deleted. "
-                              "Pass --overwrite to start over, or choose another --out")
-        if self.config.resume:
-            self.say(f"no checkpoint in {self.run_dir} yet; starting a new run")
-        self.dist.barrier()
-        if self.dist.is_main:
-            prepare_output_dir(self.run_dir, PRETRAIN_RUN, overwrite=overwrite)
-            atomic_write_text(self.run_dir / "train_config.json",
-                              json.dumps(self.config.to_dict(), indent=2) + "\n")
-        self.dist.barrier()
-
-    def resume_from(self, checkpoint: Path) -> None:
-        """Every rank reads the same checkpoint; FSDP then shards the full tensors into place."""
-        self.state = distributed.load_checkpoint_into(
-            checkpoint, self.model, self.optimizer, self.dist, self.model_class,
-            scheduler=self.scheduler, scaler=self.scaler)
-        if self.dist.enabled:  # all ranks now hold rank 0's RNG state; decorrelate the dropout
-            torch.manual_seed(self.config.seed + self.dist.rank + 7919 * self.state.step)
-        self.train_batches.load_state_dict(self.state.data_state)
-        if self.dist.is_main:
-            self.metrics.truncate_after(self.state.step)
-        self.dist.barrier()
-        self.checkpoint = checkpoint
-        self.say(f"resumed from {checkpoint} at step {self.state.step}")
-
+    # ------------------------------------------------------------------------ the loop
     def say(self, text: str) -> None:
         self.progress.message(text)
 
-    # ------------------------------------------------------------------------ the loop
     def train_step(self) -> tuple[float, int]:
         """One optimizer step over ``accum_steps`` micro batches; returns (loss, tokens)."""
         cfg = self.config
@@ -225,17 +190,45 @@ class Trainer:
         """Train to ``total_steps`` (or ``stop_at`` steps, checkpointing as on Ctrl-C)."""
         cfg = self.config
         self.progress = Progress(self.total_steps, every=cfg.log_every, stream=self.stream)
+        start_time = time.perf_counter()
+        try:
+            stop_signal = self.train_loop(stop_at, start_time)
+        except ScratchLLMError:
+            raise
+        except Exception as err:  # metrics, plot or marker on a full disk: one clear line
+            if not is_disk_full(err):
+                raise
+            raise disk_full_error(self.run_dir, "the run's files",
+                                  latest_checkpoint(self.run_dir)) from None
+        finally:
+            self.progress.close()
+        state, stopping = self.state, stop_signal is not None
+        if stopping:
+            self.say(f"{'interrupted' if stop_signal == signal.SIGINT else 'stopped by SIGTERM'} "
+                     f"at step {state.step}; saved {self.checkpoint}; continue with --resume")
+        finished = not stopping and state.step == self.total_steps
+        samples = [self.sample()] if finished and cfg.sample_tokens else []  # FSDP: all ranks
+        train_loss, val_loss = self.last_eval or (None, None)
+        return TrainResult(run_dir=self.run_dir, step=state.step, total_steps=self.total_steps,
+                           tokens_seen=state.tokens_seen, train_loss=train_loss, val_loss=val_loss,
+                           checkpoint=self.checkpoint, interrupted=stopping,
+                           stop_signal=stop_signal, seconds=time.perf_counter() - start_time,
+                           samples=samples if self.dist.is_main else [], is_main=self.dist.is_main)
+
+    def train_loop(self, stop_at: int | None, start_time: float) -> int | None:
+        """Claim or resume the run dir, then step, evaluate and save until the end or a stop
+        signal; return that signal's number (None when the run reached its end)."""
+        cfg = self.config
         self.prepare_run_dir()
         state = self.state
         self.progress.start_step = state.step
         n_params = sum(p.numel() for p in self.model.parameters())
         where = (f"{self.dist.world_size} processes ({self.dist.mode}, {self.device.type})"
                  if self.dist.enabled else str(self.device))
-        self.say(f"training {n_params / 1e6:.1f}M parameters on {where} ({self.precision}) "
-                 f"for {self.total_steps} steps ({self.steps_per_epoch} per epoch, "
+        self.say(f"training {n_params / 1e6:.1f}M parameters on {where} ({self.precision} over "
+                 f"fp32 weights) for {self.total_steps} steps ({self.steps_per_epoch} per epoch, "
                  f"{cfg.batch_size}x{cfg.context_length} tokens each)")
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
-        start_time = time.perf_counter()
         self.model.train()
         stopping = False
         with StopRequest() as stop:
@@ -244,18 +237,9 @@ class Trainer:
                 stopping = self.dist.any(stop.requested, self.device)  # all ranks stop together
                 if stopping or state.step == end or (cfg.save_every and state.step % cfg.save_every == 0):
                     self.save()
-        self.progress.close()
-        if stopping:
-            self.say(f"interrupted at step {state.step}; saved {self.checkpoint}; "
-                     "continue with --resume")
-        finished = not stopping and state.step == self.total_steps
-        samples = [self.sample()] if finished and cfg.sample_tokens else []  # FSDP: all ranks
-        train_loss, val_loss = self.last_eval or (None, None)
-        return TrainResult(run_dir=self.run_dir, step=state.step, total_steps=self.total_steps,
-                           tokens_seen=state.tokens_seen, train_loss=train_loss, val_loss=val_loss,
-                           checkpoint=self.checkpoint, interrupted=stopping,
-                           seconds=time.perf_counter() - start_time,
-                           samples=samples if self.dist.is_main else [], is_main=self.dist.is_main)
+                elif self.best_pending:
+                    self.save_best()
+        return (stop.signum or signal.SIGINT) if stopping else None
 
     def one_step(self, start_time: float) -> None:
         """Train one step, then log, evaluate and sample when their intervals come round."""
@@ -286,6 +270,7 @@ class Trainer:
         if val_loss == val_loss and (self.state.best_val_loss is None
                                      or val_loss < self.state.best_val_loss):
             self.state.best_val_loss = val_loss
+            self.best_pending = True  # best/ is written after this step (linked if a save is due)
         self.say(f"step {self.state.step}: train loss {train_loss:.3f}, val loss {val_loss:.3f}, "
                  f"val perplexity {steps.perplexity(val_loss):.1f}")
         if self.dist.is_main:
@@ -297,24 +282,6 @@ class Trainer:
     def sample(self) -> str:
         return sample_text(self.model, self.tokenizer, self.config.sample_prompt,
                            self.config.sample_tokens)
-
-    def save(self) -> None:
-        """Checkpoint now; the val loss counts for best/ only if it was measured at this step.
-
-        Rank 0 writes while the others wait (FSDP first gathers the full state onto rank 0).
-        """
-        val_loss = self.last_eval[1] if self.last_eval_step == self.state.step else None
-        self.state.data_state = self.train_batches.state_dict()
-        to_save = distributed.savable(self.model, self.optimizer, self.dist, self.model_class)
-        if to_save is not None:
-            model, optimizer = to_save
-            self.checkpoint = save_checkpoint(
-                self.run_dir, model=model, optimizer=optimizer, scheduler=self.scheduler,
-                state=self.state, tokenizer=self.tokenizer, train_config=self.config.to_dict(),
-                val_loss=val_loss, keep_last=self.config.keep_last, scaler=self.scaler)
-        else:
-            self.checkpoint = self.run_dir / CHECKPOINTS_DIR / f"step-{self.state.step:08d}"
-        self.dist.barrier()
 
     def close(self) -> None:
         """Leave the process group (multi-process runs); a no-op for one process."""

@@ -58,28 +58,38 @@ class Silent(io.TextIOBase):
 
 
 class StopRequest:
-    """Turns the first Ctrl-C into a request to stop at the next step boundary.
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request to stop at the next step boundary.
 
     Stopping mid-step could save half-updated weights; a flag checked between steps cannot.
-    A second Ctrl-C raises KeyboardInterrupt at once.
+    SIGTERM is what job schedulers, ``kill`` and ``docker stop`` send before they kill, so it
+    saves exactly like Ctrl-C. ``signum`` records which signal asked (the command exits with
+    128 + signum: 130 for Ctrl-C, 143 for SIGTERM). A second signal raises KeyboardInterrupt
+    at once.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
     def __enter__(self) -> "StopRequest":
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: Ctrl-C is not ours to handle
-            self._previous = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: signals are not ours to handle
+                break
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            if previous is not None:  # None: a handler installed outside Python, can't restore
+                signal.signal(signum, previous)
+        self._previous = {}

@@ -8,7 +8,8 @@ Run directory layout written by ``save_checkpoint``::
 
     RUN_DIR/
       checkpoints/step-00000200/     one complete checkpoint per save (newest ``keep_last`` kept)
-        config.json, model.safetensors   a model directory (scratchllm.weights.model_dir)
+        config.json, model.safetensors, .scratchllm (+ tokenizer.json, tokenizer_config.json
+                          for a Hugging Face tokenizer): a model directory (weights.model_dir)
         trainer_state/
           state.json      TrainingState (step, tokens_seen, epoch, best_val_loss, data_state),
                           val_loss and train_config, as JSON
@@ -17,12 +18,14 @@ Run directory layout written by ``save_checkpoint``::
           rng.pt          python random, numpy, torch CPU (+ CUDA/MPS) generator states
           data_state.pt   only when data_state holds tensors (JSON can't)
       latest/             model directory of the newest checkpoint (hard links, no extra disk)
-      best/               model directory of the checkpoint with the lowest val_loss so far
+      best/               model directory of the lowest val_loss measured so far: linked to
+                          a checkpoint when one falls on that evaluation, else written there
       LATEST              text file naming the newest checkpoint, e.g. "step-00000200"
 
 ``scratchllm generate --model RUN_DIR`` (or ``RUN_DIR/latest``) loads ``latest/``.
 Each directory is written to a hidden temp directory and renamed into place, so a crash
-mid-save leaves the previous checkpoint, ``latest/`` and ``best/`` intact.
+mid-save leaves the previous checkpoint, ``latest/`` and ``best/`` intact; so does a full
+disk, which ends in one ``DiskFullError`` line naming that checkpoint (``train.run_dir``).
 """
 
 from __future__ import annotations
@@ -32,8 +35,6 @@ import io
 import json
 import math
 import os
-import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,16 +44,14 @@ from torch import nn
 
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 from scratchllm.train.run_control import capture_rng_state, restore_rng_state
-from scratchllm.utils.atomic import atomic_directory, fsync_dir, fsync_file, write_json
+from scratchllm.train.run_dir import (BEST_DIR, CHECKPOINTS_DIR, LATEST_POINTER, STATE_FILE,
+                                      TRAINER_DIR, disk_full_error, is_disk_full, latest_checkpoint,
+                                      link_model_dir, recorded_best, remove_stale_temps,
+                                      remove_tree, step_dirs, write_pointer)
+from scratchllm.utils.atomic import atomic_directory, fsync_dir, write_json
 from scratchllm.weights.model_dir import (CONFIG_FILE, LATEST_DIR, WEIGHTS_FILE, PathLike,
                                          load_weights_into, read_header, write_model_files)
 
-CHECKPOINTS_DIR = "checkpoints"
-BEST_DIR = "best"
-LATEST_POINTER = "LATEST"
-TRAINER_DIR = "trainer_state"
-STATE_FILE = "state.json"
-_STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 
 @dataclass
@@ -118,69 +117,6 @@ def _is_json(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------- saving
-def _step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoint dirs, oldest step first (temp/half-deleted dirs are skipped)."""
-    root = run_dir / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and _is_complete(child):
-            found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def _is_complete(ckpt_dir: Path) -> bool:
-    return all((ckpt_dir / name).is_file()
-               for name in (CONFIG_FILE, WEIGHTS_FILE, f"{TRAINER_DIR}/{STATE_FILE}"))
-
-
-def _remove_tree(path: Path) -> None:
-    """Rename to a hidden name first, so a crash mid-delete never leaves a valid-looking dir."""
-    hidden = path.with_name(f".{path.name}.old-{os.getpid()}-{id(path):x}")
-    os.replace(path, hidden)
-    shutil.rmtree(hidden, ignore_errors=True)
-
-
-def _remove_stale_temps(directory: Path) -> None:
-    """Drop temp dirs an earlier, killed save left behind (they never look like checkpoints)."""
-    if directory.is_dir():
-        for child in directory.iterdir():
-            if child.name.startswith(".") and (".tmp-" in child.name or ".old-" in child.name):
-                shutil.rmtree(child, ignore_errors=True)
-
-
-def _link_model_dir(source: Path, target: Path) -> None:
-    """Make ``target`` a model dir with ``source``'s files: hard links (files are never edited
-    in place, so sharing is safe), or copies where the file system has no hard links."""
-    with atomic_directory(target) as tmp:
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            try:
-                os.link(source / name, tmp / name)
-            except OSError:
-                shutil.copy2(source / name, tmp / name)
-                fsync_file(tmp / name)
-
-
-def _recorded_best(run_dir: Path) -> float | None:
-    try:
-        value = json.loads((run_dir / BEST_DIR / CONFIG_FILE).read_text())["metadata"]["val_loss"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def _write_pointer(run_dir: Path, name: str) -> None:
-    tmp = run_dir / f".{LATEST_POINTER}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(name + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, run_dir / LATEST_POINTER)
-    fsync_dir(run_dir)
-
-
 def _write_trainer_state(directory: Path, optimizer, scheduler, scaler, record: dict) -> None:
     directory.mkdir()
     if not _is_json(record["state"]["data_state"]):
@@ -199,14 +135,17 @@ def _write_trainer_state(directory: Path, optimizer, scheduler, scaler, record: 
 def save_checkpoint(run_dir: PathLike, *, model: nn.Module, optimizer, scheduler,
                     state: TrainingState, tokenizer: Any = None,
                     train_config: dict | None = None, val_loss: float | None = None,
-                    keep_last: int | None = 3, scaler=None) -> Path:
+                    keep_last: int | None = 3, scaler=None,
+                    update_best: bool | None = None) -> Path:
     """Write ``RUN_DIR/checkpoints/step-{step:08d}/`` and refresh latest/, best/ and LATEST.
 
     ``keep_last`` newest checkpoints (by step) survive, plus the one just written; None keeps
-    all. ``best/`` moves here when ``val_loss`` is finite and lower than best/'s recorded one.
-    The saved ``best_val_loss`` is the lowest of state.best_val_loss, best/'s and val_loss.
-    ``scaler`` (optional)
-    is an AMP GradScaler. Returns the checkpoint directory.
+    all. ``update_best`` says whether best/ moves here (the Trainer knows: it tracks
+    ``state.best_val_loss``); None decides from the files: best/ moves when ``val_loss`` is
+    finite and lower than best/'s recorded one, and the saved ``best_val_loss`` is the lowest
+    of state.best_val_loss, best/'s and val_loss. ``scaler`` (optional) is an AMP GradScaler.
+    A full disk raises ``DiskFullError`` with the previous checkpoint left as it was.
+    Returns the checkpoint directory.
     """
     if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int)
                                   or keep_last < 1):
@@ -215,10 +154,13 @@ def save_checkpoint(run_dir: PathLike, *, model: nn.Module, optimizer, scheduler
         raise ConfigError(f"TrainingState.step must be a non-negative integer, got {state.step!r}")
     run_dir = Path(run_dir).expanduser()
     valid_loss = val_loss is not None and math.isfinite(val_loss)
-    previous_best = _recorded_best(run_dir)
-    best = [v for v in (state.best_val_loss, previous_best, val_loss if valid_loss else None)
-            if v is not None]
-    saved = dataclasses.replace(state, best_val_loss=min(best) if best else None)
+    saved = state
+    if update_best is None:
+        previous_best = recorded_best(run_dir)
+        update_best = valid_loss and (previous_best is None or val_loss < previous_best)
+        best = [v for v in (state.best_val_loss, previous_best, val_loss if valid_loss else None)
+                if v is not None]
+        saved = dataclasses.replace(state, best_val_loss=min(best) if best else None)
     record = {"state": saved.to_dict(), "val_loss": val_loss, "train_config": train_config}
     if not _is_json({**record, "state": {**record["state"], "data_state": None}}):
         raise ConfigError("train_config and TrainingState fields must be JSON values "
@@ -230,38 +172,44 @@ def save_checkpoint(run_dir: PathLike, *, model: nn.Module, optimizer, scheduler
                 "val_loss": val_loss, "checkpoint": f"{CHECKPOINTS_DIR}/{name}"}
 
     ckpt_root = run_dir / CHECKPOINTS_DIR
-    _remove_stale_temps(ckpt_root)
-    _remove_stale_temps(run_dir)
+    remove_stale_temps(ckpt_root)
+    remove_stale_temps(run_dir)
     ckpt_dir = ckpt_root / name
-    with atomic_directory(ckpt_dir) as tmp:
-        write_model_files(tmp, model, tokenizer, metadata)
-        _write_trainer_state(tmp / TRAINER_DIR, optimizer, scheduler, scaler, record)
-
-    _link_model_dir(ckpt_dir, run_dir / LATEST_DIR)
-    if valid_loss and (previous_best is None or val_loss < previous_best):
-        _link_model_dir(ckpt_dir, run_dir / BEST_DIR)
-    _write_pointer(run_dir, name)
+    previous = latest_checkpoint(run_dir)
+    installed = False
+    try:
+        with atomic_directory(ckpt_dir) as tmp:
+            write_model_files(tmp, model, tokenizer, metadata)
+            _write_trainer_state(tmp / TRAINER_DIR, optimizer, scheduler, scaler, record)
+        installed = True
+        link_model_dir(ckpt_dir, run_dir / LATEST_DIR)
+        if update_best:
+            link_model_dir(ckpt_dir, run_dir / BEST_DIR)
+        write_pointer(run_dir, name)
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        if installed and previous != ckpt_dir:
+            _roll_back(run_dir, ckpt_dir, previous)
+        raise disk_full_error(run_dir, f"checkpoint {name}", previous) from None
     if keep_last is not None:
-        old = [path for _, path in _step_dirs(run_dir) if path != ckpt_dir]
+        old = [path for _, path in step_dirs(run_dir) if path != ckpt_dir]
         for path in old[: max(0, len(old) - (keep_last - 1))]:
-            _remove_tree(path)
+            remove_tree(path)
     return ckpt_dir
 
 
-# ---------------------------------------------------------------------------- loading
-def latest_checkpoint(run_dir: PathLike) -> Path | None:
-    """The checkpoint named by RUN_DIR/LATEST, else the complete one with the highest step."""
-    run_dir = Path(run_dir).expanduser()
+def _roll_back(run_dir: Path, ckpt_dir: Path, previous: Path | None) -> None:
+    """After a full disk stopped the links: drop the new checkpoint, point latest/ back."""
     try:
-        named = (run_dir / LATEST_POINTER).read_text(encoding="utf-8").strip()
+        remove_tree(ckpt_dir)
+        if previous is not None:
+            link_model_dir(previous, run_dir / LATEST_DIR)  # hard links: next to no space needed
     except OSError:
-        named = ""
-    if _STEP_DIR.match(named) and _is_complete(run_dir / CHECKPOINTS_DIR / named):
-        return run_dir / CHECKPOINTS_DIR / named
-    found = _step_dirs(run_dir)
-    return found[-1][1] if found else None
+        pass  # LATEST still names ``previous``: --resume and loading find it regardless
 
 
+# ---------------------------------------------------------------------------- loading
 def _resolve_checkpoint(ckpt_dir: PathLike) -> Path:
     path = Path(ckpt_dir).expanduser()
     if (path / TRAINER_DIR).is_dir():
@@ -274,10 +222,13 @@ def _resolve_checkpoint(ckpt_dir: PathLike) -> Path:
 
 
 def _check_config(ckpt_dir: Path, model: nn.Module) -> None:
+    """The architecture must match; ``dtype`` may not (weights are cast on load: a run saved
+    with bf16 weights resumes with the fp32 master weights training now keeps)."""
     saved = read_header(ckpt_dir)["config"]
     current = model.config.to_dict()
     diffs = [f"{key}: checkpoint {saved.get(key)!r} vs model {current.get(key)!r}"
-             for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+             for key in sorted(set(saved) | set(current))
+             if key != "dtype" and saved.get(key) != current.get(key)]
     if diffs:
         raise CheckpointError(f"{ckpt_dir / CONFIG_FILE} does not match the model's config "
                               f"({'; '.join(diffs)}); build the model with the checkpoint's "

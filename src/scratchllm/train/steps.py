@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +87,20 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
     return name
+
+
+def master_weights_config(model_config: Any) -> Any:
+    """The model config training builds: the same architecture with fp32 parameters.
+
+    Published Llama 3 / Qwen3 presets say ``dtype: bfloat16``, but AdamW on bf16 weights
+    loses every update smaller than the weight's bf16 spacing (1.0 + 1e-4 is 1.0 in bf16), so
+    training keeps fp32 master weights and optimizer state and lets autocast run the matmuls in
+    bf16/fp16 (``--precision``). Checkpoints, latest/ and best/ then hold the fp32 weights and
+    say ``dtype: float32``; load them with ``dtype="bfloat16"`` to run in the preset's dtype.
+    """
+    if getattr(model_config, "dtype", "float32") != "float32":
+        return dataclasses.replace(model_config, dtype="float32")
+    return model_config
 
 
 def autocast_for(precision: str, device: torch.device):

@@ -1,0 +1,176 @@
+"""The run directory's shared pieces: latest/, best/, the LATEST pointer, and a full disk.
+
+``state.save_checkpoint`` writes ``checkpoints/step-N/`` and then, through this module,
+points ``latest/`` (and ``best/`` when the run improved) at it with hard links. ``best/`` is
+also written on its own (``save_best``) whenever an evaluation beats every earlier one, so it
+holds the lowest validation loss measured even when no checkpoint falls on that step.
+
+A save that runs out of disk space ends in ``DiskFullError``: one line that says so and names
+the previous checkpoint, which the atomic writes left intact (``--resume`` continues from it).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from scratchllm.errors import CheckpointError
+from scratchllm.utils.atomic import atomic_directory, fsync_dir, fsync_file
+from scratchllm.weights.model_dir import CONFIG_FILE, WEIGHTS_FILE, PathLike, write_model_files
+
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
+LATEST_POINTER = "LATEST"
+TRAINER_DIR = "trainer_state"
+STATE_FILE = "state.json"
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+# errno values of a full disk or an exhausted quota, and how Rust-backed writers (safetensors)
+# spell them in their messages, since they raise their own exception types.
+_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e)
+_FULL_TEXTS = ("no space left on device", "disk quota exceeded",
+               *(f"os error {e})" for e in _FULL_ERRNOS))
+
+
+class DiskFullError(CheckpointError):
+    """The disk (or quota) filled up while the run was writing; earlier files are intact."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT, raised directly or wrapped by a library (safetensors, torch)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
+            return True
+        if any(text in str(current).lower() for text in _FULL_TEXTS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def disk_full_error(run_dir: Path, what: str, previous: Path | None) -> DiskFullError:
+    """The one line a full disk deserves: what failed, what is intact, what to do."""
+    if previous is None:
+        kept = "no checkpoint had been saved yet"
+    else:
+        kept = (f"the previous checkpoint {previous.relative_to(run_dir)} is intact (and latest/, "
+                "best/ with it); free some space and continue with --resume")
+    return DiskFullError(f"the disk is full (no space left on device) while writing {what} in "
+                         f"{run_dir}; nothing half-written was kept and {kept}")
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoint dirs, oldest step first (temp/half-deleted dirs are skipped)."""
+    root = run_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and _is_complete(child):
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def _is_complete(ckpt_dir: Path) -> bool:
+    return all((ckpt_dir / name).is_file()
+               for name in (CONFIG_FILE, WEIGHTS_FILE, f"{TRAINER_DIR}/{STATE_FILE}"))
+
+
+def latest_checkpoint(run_dir: PathLike) -> Path | None:
+    """The checkpoint named by RUN_DIR/LATEST, else the complete one with the highest step."""
+    run_dir = Path(run_dir).expanduser()
+    try:
+        named = (run_dir / LATEST_POINTER).read_text(encoding="utf-8").strip()
+    except OSError:
+        named = ""
+    if _STEP_DIR.match(named) and _is_complete(run_dir / CHECKPOINTS_DIR / named):
+        return run_dir / CHECKPOINTS_DIR / named
+    found = step_dirs(run_dir)
+    return found[-1][1] if found else None
+
+
+# ---------------------------------------------------------------------------- small helpers
+def remove_tree(path: Path) -> None:
+    """Rename to a hidden name first, so a crash mid-delete never leaves a valid-looking dir."""
+    hidden = path.with_name(f".{path.name}.old-{os.getpid()}-{id(path):x}")
+    os.replace(path, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def remove_stale_temps(directory: Path) -> None:
+    """Drop temp dirs/files an earlier, killed save left behind (they never look like outputs)."""
+    if directory.is_dir():
+        for child in directory.iterdir():
+            if child.name.startswith(".") and (".tmp-" in child.name or ".old-" in child.name):
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+
+
+def link_model_dir(source: Path, target: Path) -> None:
+    """Make ``target`` a model dir with every file of ``source`` (config, weights, tokenizer
+    files, marker; not ``trainer_state/``): hard links, as files are never edited in place,
+    or copies where the file system has no hard links."""
+    with atomic_directory(target) as tmp:
+        for path in sorted(source.iterdir()):
+            if not path.is_file():
+                continue
+            try:
+                os.link(path, tmp / path.name)
+            except OSError as err:
+                if is_disk_full(err):
+                    raise
+                shutil.copy2(path, tmp / path.name)
+                fsync_file(tmp / path.name)
+
+
+def recorded_best(run_dir: Path) -> float | None:
+    """The val loss best/ says it was measured at (None if there is no readable best/)."""
+    try:
+        value = json.loads((run_dir / BEST_DIR / CONFIG_FILE).read_text())["metadata"]["val_loss"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def write_pointer(run_dir: Path, name: str) -> None:
+    """Point RUN/LATEST at checkpoint ``name`` atomically (the temp file never outlives a failure)."""
+    tmp = run_dir / f".{LATEST_POINTER}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(name + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, run_dir / LATEST_POINTER)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(run_dir)
+
+
+def save_best(run_dir: Path, model: nn.Module, tokenizer: Any, metadata: dict[str, Any]) -> Path:
+    """Write RUN/best/ as a model directory of ``model`` now (atomically, replacing the old).
+
+    ``metadata`` carries at least ``step`` and ``val_loss``. A full disk leaves the old best/.
+    """
+    target = run_dir / BEST_DIR
+    try:
+        with atomic_directory(target) as tmp:
+            write_model_files(tmp, model, tokenizer, metadata)
+    except Exception as err:
+        if is_disk_full(err):
+            raise disk_full_error(run_dir, f"{BEST_DIR}/ (step {metadata.get('step')})",
+                                  latest_checkpoint(run_dir)) from None
+        raise
+    return target

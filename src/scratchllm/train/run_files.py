@@ -1,0 +1,108 @@
+"""The Trainer's side of the run directory: claim it or resume it, checkpoint it, keep best/.
+
+A mixin of ``scratchllm.train.loop.Trainer``, which provides the attributes used here
+(config, run_dir, dist, model, optimizer, scheduler, scaler, state, ...). The file layout
+itself belongs to ``scratchllm.train.state`` and ``scratchllm.train.run_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from scratchllm.errors import ConfigError
+from scratchllm.train import distributed
+from scratchllm.train.run_dir import save_best
+from scratchllm.train.state import CHECKPOINTS_DIR, latest_checkpoint, save_checkpoint
+from scratchllm.utils.atomic import atomic_write_text
+from scratchllm.utils.outputs import PRETRAIN_RUN, check_output_dir, prepare_output_dir
+
+
+class RunFiles:
+    """Resume, claim, checkpoint and best/ for a Trainer (see the module docstring)."""
+
+    def check_run_dir(self) -> Path | None:
+        """Apply the output rules without touching anything; return the checkpoint to resume.
+
+        A folder holding anyone else's files is refused, an earlier run is replaced only with
+        ``overwrite``, and ``resume`` with nothing to resume from never deletes anything.
+        Called before data and model are built, so a refusal costs nothing.
+        """
+        newest = latest_checkpoint(self.run_dir)
+        resume, overwrite = bool(self.config.resume), bool(self.config.overwrite)
+        if resume and newest is not None:
+            check_output_dir(self.run_dir, PRETRAIN_RUN, resume=True)
+            return newest
+        decision = check_output_dir(self.run_dir, PRETRAIN_RUN, overwrite=overwrite, resume=resume)
+        if decision == "resume" and not overwrite:  # ours, but no checkpoint left to continue
+            raise ConfigError(f"{self.run_dir} has no checkpoint to resume from (checkpoints/ "
+                              "is empty or gone) but holds an earlier run; nothing was deleted. "
+                              "Pass --overwrite to start over, or choose another --out")
+        return None
+
+    def prepare_run_dir(self) -> None:
+        """Resume from the newest checkpoint, or claim the run directory for a new run."""
+        self.dist.barrier()  # every rank looks before rank 0 may clear the directory
+        newest = self.check_run_dir()
+        overwrite = bool(self.config.overwrite)
+        if newest is not None:
+            if self.dist.is_main:  # marks a run written before markers existed; deletes nothing
+                prepare_output_dir(self.run_dir, PRETRAIN_RUN, resume=True)
+            self.resume_from(newest)
+            return
+        if self.config.resume:
+            self.say(f"no checkpoint in {self.run_dir} yet; starting a new run")
+        self.dist.barrier()
+        if self.dist.is_main:
+            prepare_output_dir(self.run_dir, PRETRAIN_RUN, overwrite=overwrite)
+            atomic_write_text(self.run_dir / "train_config.json",
+                              json.dumps(self.config.to_dict(), indent=2) + "\n")
+        self.dist.barrier()
+
+    def resume_from(self, checkpoint: Path) -> None:
+        """Every rank reads the same checkpoint; FSDP then shards the full tensors into place."""
+        self.state = distributed.load_checkpoint_into(
+            checkpoint, self.model, self.optimizer, self.dist, self.model_class,
+            scheduler=self.scheduler, scaler=self.scaler)
+        if self.dist.enabled:  # all ranks now hold rank 0's RNG state; decorrelate the dropout
+            torch.manual_seed(self.config.seed + self.dist.rank + 7919 * self.state.step)
+        self.train_batches.load_state_dict(self.state.data_state)
+        if self.dist.is_main:
+            self.metrics.truncate_after(self.state.step)
+        self.dist.barrier()
+        self.checkpoint = checkpoint
+        self.say(f"resumed from {checkpoint} at step {self.state.step}")
+
+    def save(self) -> None:
+        """Checkpoint now; best/ moves here if this step's evaluation was the best so far.
+
+        Rank 0 writes while the others wait (FSDP first gathers the full state onto rank 0).
+        """
+        val_loss = self.last_eval[1] if self.last_eval_step == self.state.step else None
+        self.state.data_state = self.train_batches.state_dict()
+        to_save = distributed.savable(self.model, self.optimizer, self.dist, self.model_class)
+        if to_save is not None:
+            model, optimizer = to_save
+            self.checkpoint = save_checkpoint(
+                self.run_dir, model=model, optimizer=optimizer, scheduler=self.scheduler,
+                state=self.state, tokenizer=self.tokenizer, train_config=self.config.to_dict(),
+                val_loss=val_loss, keep_last=self.config.keep_last, scaler=self.scaler,
+                update_best=self.best_pending)
+        else:
+            self.checkpoint = self.run_dir / CHECKPOINTS_DIR / f"step-{self.state.step:08d}"
+        self.best_pending = False
+        self.dist.barrier()
+
+    def save_best(self) -> None:
+        """Write best/ from the current weights: this step's evaluation beat every earlier one
+        and no checkpoint falls on it (a collective under FSDP, like ``save``)."""
+        to_save = distributed.savable(self.model, None, self.dist, self.model_class)
+        if to_save is not None:
+            state = self.state
+            save_best(self.run_dir, to_save[0], self.tokenizer,
+                      {"step": state.step, "tokens_seen": state.tokens_seen, "epoch": state.epoch,
+                       "val_loss": state.best_val_loss})
+        self.best_pending = False
+        self.dist.barrier()
