@@ -1,0 +1,62 @@
+"""Helpers shared by the end-to-end tests (the fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+ASSET = Path(__file__).resolve().parents[2] / "src" / "scratchllm" / "assets" / "the-verdict.txt"
+BPE_VOCAB = 300                # byte alphabet (256) + specials + a few dozen merges
+WIDTH, LAYERS, CONTEXT = 32, 2, 256
+PROMPT = "Every effort moves you"
+LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                  "<|end_header_id|>", "<|eot_id|>"]
+LLAMA_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
+    "\n\n{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+HUB_REPO = "e2e-owner/tiny-gpt2"
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def corpus_text() -> str:
+    """A page of the bundled story: training text for the BPEs and the pretraining run."""
+    return ASSET.read_text(encoding="utf-8")[:6000]
+
+
+def generated(proc: subprocess.CompletedProcess) -> str:
+    """What ``scratchllm generate`` printed: the prompt and its continuation (no newline)."""
+    assert proc.stdout.endswith("\n"), proc.stdout
+    return proc.stdout[:-1]
+
+
+def hf_greedy(directory: Path, prompt: str, max_new_tokens: int) -> str:
+    """``transformers``' greedy continuation of ``prompt``, decoded, prompt in front."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    ids = tok(prompt, return_tensors="pt").input_ids
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=min(eos, default=0))
+    new = out[0, ids.shape[1]:].tolist()
+    if new and new[-1] in eos:
+        new = new[:-1]  # scratchllm stops at an end id without printing it
+    return prompt + tok.decode(new, skip_special_tokens=False)
+
+
+def copy_run(run: Path, where: Path) -> Path:
+    """A private copy of the session's run for a test that changes it."""
+    return Path(shutil.copytree(run, where, symlinks=True))
+
+
+def tree_bytes(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` by relative path: proof nothing changed."""
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
