@@ -99,3 +99,23 @@ def test_outputs_of_older_versions_are_recognised(tmp_path):
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     assert owner_kind(hf) == (None, ())
+
+
+def test_a_failed_commit_leaves_no_temp_file_and_the_old_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from scratchllm.utils import atomic
+
+    target = tmp_path / "results.json"
+    target.write_text("old")
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        atomic.atomic_write_text(target, "new")
+    monkeypatch.setattr(atomic.os, "fsync", os.fsync)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]

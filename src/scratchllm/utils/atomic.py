@@ -39,11 +39,16 @@ class AtomicWriter:
         self.file.write(data)
 
     def commit(self) -> None:
-        """Flush to disk and move the temporary file over the target."""
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp_path, self.path)
+        """Flush to disk and move the temporary file over the target (a failure, e.g. a full
+        disk, removes the temporary file and leaves the target as it was)."""
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Drop the temporary file (after an error); the target is left untouched."""
