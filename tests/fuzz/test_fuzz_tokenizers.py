@@ -104,6 +104,19 @@ def test_byte_level_round_trip(tok, text):
     assert not set(ids) & set(tok.special_tokens.values())
 
 
+@settings(max_examples=50)
+@given(corpus=any_text, vocab_extra=st.integers(1, 60), text=plain_text)
+@example(corpus="aaaa" * 10 + EOT + "aaaa", vocab_extra=20, text="aaaaaaa")
+@example(corpus="e\u0301" * 30, vocab_extra=5, text="e\u0301e")
+def test_bpe_trained_on_any_text_round_trips_any_text(corpus, vocab_extra, text):
+    """Training on arbitrary text (special token strings inside, merges that rebuild an
+    existing token) still gives a tokenizer that round-trips arbitrary text."""
+    tok = BPETokenizer.train(corpus, vocab_size=256 + 1 + vocab_extra)
+    assert tok.vocab_size <= 256 + 1 + vocab_extra
+    assert tok.decode(tok.encode(text)) == text
+    assert BPETokenizer.from_dict(tok.to_dict()).encode(text) == tok.encode(text)
+
+
 @given(text=any_text)
 @example(text=EOT + EOT)
 def test_encode_ordinary_reads_special_strings_as_text(tok, text):
