@@ -111,11 +111,14 @@ def tiny_gpt(tie: bool = False) -> GPTModel:
                               tie_weights=tie)).eval()
 
 
-def tiny_llama() -> LlamaModel:
+def tiny_llama(qwen3: bool = False) -> LlamaModel:
     torch.manual_seed(1)
     return LlamaModel(LlamaConfig(vocab_size=VOCAB, context_length=64, emb_dim=32, n_heads=4,
                                   n_kv_groups=2, n_layers=2, hidden_dim=64, head_dim=8,
-                                  dtype="float32")).eval()
+                                  qk_norm=qwen3, dtype="float32")).eval()
+
+
+SCRATCHLLM_MODELS = {"gpt": tiny_gpt, "llama": tiny_llama, "qwen3": lambda: tiny_llama(True)}
 
 
 def fine_tune(model, steps: int = 4) -> None:
@@ -140,9 +143,9 @@ def peft_lora_modules(peft_model) -> set[str]:
             if isinstance(m, peft.tuners.lora.LoraLayer)}
 
 
-@pytest.mark.parametrize("family", ["gpt", "llama"])
+@pytest.mark.parametrize("family", sorted(SCRATCHLLM_MODELS))
 def test_scratchllm_adapter_loads_in_peft_with_the_same_logits(tmp_path, family):
-    model = tiny_gpt() if family == "gpt" else tiny_llama()
+    model = SCRATCHLLM_MODELS[family]()
     export_hf_dir(model, tmp_path / "base")
     apply_lora(model, rank=4, alpha=8.0)
     fine_tune(model)

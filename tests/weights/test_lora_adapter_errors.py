@@ -144,7 +144,8 @@ def test_run_dir_and_older_lora_file_work_as_adapter(tmp_path):
     base = save_model_dir(tmp_path / "base", tiny_gpt())
     save_lora_adapter(model, tmp_path / "run" / "adapter")
     old_file = save_lora(model, tmp_path / "old" / "lora.safetensors")
-    for adapter in (tmp_path / "run", old_file):
+    peft_file = tmp_path / "run" / "adapter" / "adapter_model.safetensors"
+    for adapter in (tmp_path / "run", old_file, peft_file):
         loaded = open_model(base, adapter=adapter)
         assert not lora_layers(loaded.model)
         with torch.no_grad():

@@ -258,6 +258,8 @@ def open_adapter(model: nn.Module, adapter: str | os.PathLike, *, merge: bool = 
     older scratchllm ``lora.safetensors`` file (with its ``lora.json`` sidecar).
     """
     path = Path(adapter).expanduser()
+    if path.is_file() and path.name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+        path = path.parent  # one of a PEFT directory's files: the directory is meant
     if path.is_file() and path.suffix == ".safetensors":
         from scratchllm.model.lora import load_lora, merge_lora
 
