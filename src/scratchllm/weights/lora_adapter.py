@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import nn
 
@@ -32,6 +31,7 @@ from scratchllm.weights.peft_format import (
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_A, LORA_B, PEFT_PREFIX, build_peft_config,
     module_alpha, read_lora_adapter,
 )
+from scratchllm.weights.safetensors_io import write_safetensors
 
 LORA_ADAPTER = OutputKind("lora-adapter", (ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md"))
 
@@ -88,8 +88,8 @@ def adapter_tensors(model: nn.Module, family: FamilyAdapter
     extra = [n for n, p in model.named_parameters()
              if p.requires_grad and id(p) not in lora_params]
     if extra:
-        raise ConfigError(f"parameters outside the LoRA layers are trainable ({', '.join(extra[:3])}"
-                          "); a PEFT adapter holds only LoRA matrices, so save the whole model "
+        raise ConfigError(f"parameters outside the LoRA layers are trainable "
+                          f"({', '.join(extra[:3])}); a PEFT adapter holds only LoRA matrices, so save the whole model "
                           "directory instead (save_model_dir)")
     shared = _shared_weights(model)
     tensors, modules = {}, {}
@@ -135,10 +135,13 @@ def save_lora_adapter(model: nn.Module, out_dir: str | os.PathLike, *,
     check_output_dir(out_dir, LORA_ADAPTER, overwrite=overwrite)
     with atomic_directory(out_dir) as tmp:
         write_marker(tmp, LORA_ADAPTER)
-        (tmp / ADAPTER_WEIGHTS).write_bytes(
-            safetensors.torch.save(tensors, metadata={"format": "pt"}))
+        write_safetensors(tmp / ADAPTER_WEIGHTS,
+                          {name: (t, lambda t=t: t) for name, t in tensors.items()})
         write_json(tmp / ADAPTER_CONFIG, config)
-        (tmp / "README.md").write_text(_readme(config), encoding="utf-8")
+        with open(tmp / "README.md", "w", encoding="utf-8") as handle:
+            handle.write(_readme(config))
+            handle.flush()
+            os.fsync(handle.fileno())
     return out_dir
 
 
