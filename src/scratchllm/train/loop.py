@@ -225,8 +225,9 @@ class Trainer(RunFiles):
         n_params = sum(p.numel() for p in self.model.parameters())
         where = (f"{self.dist.world_size} processes ({self.dist.mode}, {self.device.type})"
                  if self.dist.enabled else str(self.device))
-        self.say(f"training {n_params / 1e6:.1f}M parameters on {where} ({self.precision} over "
-                 f"fp32 weights) for {self.total_steps} steps ({self.steps_per_epoch} per epoch, "
+        mixed = "fp32" if self.precision == "fp32" else f"{self.precision} autocast, fp32 weights"
+        self.say(f"training {n_params / 1e6:.1f}M parameters on {where} ({mixed}) for "
+                 f"{self.total_steps} steps ({self.steps_per_epoch} per epoch, "
                  f"{cfg.batch_size}x{cfg.context_length} tokens each)")
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
         self.model.train()
