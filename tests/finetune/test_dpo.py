@@ -91,7 +91,9 @@ def test_cli_dpo_end_to_end(tmp_path, tok, pairs, capsys):
     assert "val reward margin" in capsys.readouterr().out
     evals = [json.loads(line) for line in (tmp_path / "dpo" / "metrics.jsonl").open()
              if '"eval"' in line]
-    assert len(evals) == 1 and {"train_loss", "val_loss", "val_reward_accuracy"} <= set(evals[0])
+    # evaluated after the first step and after the last (pretraining's and the book's schedule)
+    assert [e["step"] for e in evals] == [1, 2]
+    assert {"train_loss", "val_loss", "val_reward_accuracy"} <= set(evals[-1])
     tuned, _ = load_model_dir(tmp_path / "dpo")
     assert json.loads((tmp_path / "dpo" / "latest" / "config.json").read_text())["metadata"]["beta"] == 0.5
     assert tuned.config.to_dict() == GPTConfig.preset("tiny").to_dict()

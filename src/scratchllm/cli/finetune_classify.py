@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from scratchllm.cli.finetune_instruct import add_loop_args, loop_options, report_stop
 from scratchllm.finetune.classifier_model import TRAINABLE_CHOICES
 
 
@@ -13,8 +14,8 @@ def register(methods: argparse._SubParsersAction) -> None:
         help="fine-tune for text classification (book ch. 6, e.g. spam)",
         description="Replace the model's output head with a class head and fine-tune it on "
         "labelled texts: TSV without header (label<TAB>text), CSV with text,label columns, or "
-        "JSONL. Writes OUT/model (for `scratchllm classify`), metrics.jsonl, loss.png, "
-        "accuracy.png and results.json.",
+        "JSONL. Writes OUT/model (for `scratchllm classify`), best/ (the best validation "
+        "epoch), metrics.jsonl, loss.png, accuracy.png and results.json.",
     )
     p.add_argument("--model", required=True,
                    help="pretrained model: scratchllm model/run dir, Hugging Face dir or Hub name")
@@ -44,6 +45,9 @@ def register(methods: argparse._SubParsersAction) -> None:
     p.add_argument("--label-column", default="label", help="CSV/JSONL label field (label)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.add_argument("--precision", default="auto", help="auto (default), fp32, bf16, fp16")
+    p.add_argument("--keep-best", action="store_true",
+                   help="save the epoch with the best validation accuracy, not the last")
+    add_loop_args(p)
     p.set_defaults(func=run)
 
 
@@ -58,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
         truncate=args.truncate, eval_every=args.eval_every, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, labels=labels, text_column=args.text_column,
         label_column=args.label_column, device=args.device, precision=args.precision,
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, keep_best=args.keep_best, **loop_options(args))
+    if report_stop(result):
+        return 130
     accuracies = ", ".join(f"{split} {report['accuracy'] * 100:.2f}%"
                            for split, report in result.metrics.items())
     print(f"accuracy: {accuracies}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from scratchllm.cli.finetune_instruct import add_common_args, lora_settings
+from scratchllm.cli.finetune_instruct import add_common_args, lora_settings, loop_options, report_stop
 
 
 def register(methods: argparse._SubParsersAction) -> None:
@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
         average_logprobs=not args.sum_logprobs, lora=lora_settings(args), seed=args.seed,
         device=args.device, precision=args.precision, eval_every=args.eval_every,
         shuffle_split=args.shuffle_split, progress=not args.quiet,
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, **loop_options(args))
+    if report_stop(result):
+        return 130
     print(f"train loss {result.train_loss:.4f} | val loss {result.val_loss:.4f} | "
           f"val reward margin {result.val_reward_margin:.4f} | "
           f"val reward accuracy {result.val_reward_accuracy:.2f}")

@@ -12,8 +12,8 @@ def add_common_args(p: argparse.ArgumentParser, *, epochs: int, lr: float,
                    help="model to start from: scratchllm model/run dir, Hugging Face dir or Hub name")
     p.add_argument("--data", required=True, metavar="FILE", help="JSON list of entries")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="run directory: metrics.jsonl, loss.png, latest/ (the tuned model); "
-                   "must be new or empty")
+                   help="run directory: metrics.jsonl, loss.png, latest/ (the tuned model), "
+                   "best/ (best validation loss), checkpoints/; must be new or empty")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier scratchllm output at --out (never other files)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the data (default {epochs})")
@@ -33,6 +33,42 @@ def add_common_args(p: argparse.ArgumentParser, *, epochs: int, lr: float,
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_loop_args(p)
+
+
+def add_loop_args(p: argparse.ArgumentParser) -> None:
+    """The training-loop options every `finetune` method shares (scratchllm.finetune.loop)."""
+    p.add_argument("--resume", action="store_true",
+                   help="continue the newest checkpoint in --out (same settings as before)")
+    p.add_argument("--save-every", type=int, default=0, metavar="N",
+                   help="checkpoint every N steps into OUT/checkpoints (default: only on Ctrl-C)")
+    p.add_argument("--keep-last", type=int, default=3, metavar="N",
+                   help="checkpoints to keep (default 3)")
+    p.add_argument("--micro-batch-size", type=int, metavar="N",
+                   help="examples per forward pass; --batch-size / N steps are accumulated "
+                   "(default: the whole batch)")
+    p.add_argument("--warmup-steps", type=int, default=0, metavar="N",
+                   help="linear learning-rate warmup steps (default 0)")
+    p.add_argument("--min-lr", type=float, metavar="LR",
+                   help="cosine-decay the learning rate to LR (default: constant, the book's)")
+    p.add_argument("--grad-clip", type=float, metavar="NORM",
+                   help="clip the gradient norm to NORM (default: no clipping, the book's)")
+
+
+def loop_options(args: argparse.Namespace) -> dict:
+    """The add_loop_args values as keyword arguments of the finetune functions."""
+    return {"resume": args.resume, "save_every": args.save_every, "keep_last": args.keep_last,
+            "micro_batch_size": args.micro_batch_size, "warmup_steps": args.warmup_steps,
+            "min_lr": args.min_lr, "grad_clip": args.grad_clip}
+
+
+def report_stop(result) -> bool:
+    """Print how to continue an interrupted run; True if it was interrupted."""
+    if getattr(result, "interrupted", False):
+        print(f"stopped at step {result.steps}; checkpoint in {result.out_dir}; "
+              "continue with --resume")
+        return True
+    return False
 
 
 def lora_settings(args: argparse.Namespace) -> dict | None:
@@ -69,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device, precision=args.precision,
         eval_every=args.eval_every, max_new_tokens=args.max_new_tokens,
         shuffle_split=args.shuffle_split, generate_test=not args.no_test_responses,
-        progress=not args.quiet, overwrite=args.overwrite)
+        progress=not args.quiet, overwrite=args.overwrite, **loop_options(args))
+    if report_stop(result):
+        return 130
     print(f"examples: {result.n_train} train, {result.n_val} val, {result.n_test} test")
     print(f"train loss {result.train_loss:.3f} | val loss {result.val_loss:.3f}")
     print(f"model: {result.model_dir}")

@@ -32,13 +32,13 @@ from scratchllm.finetune.classifier_model import (
     save_classifier, set_trainable,
 )
 from scratchllm.finetune.classify_plots import plot_classifier_run
+from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
+from scratchllm.finetune.runs import RunSetup, check_out, claim_out
 from scratchllm.model.lora import lora_layers, merge_lora, save_lora, trainable_parameters
-from scratchllm.utils.outputs import FINETUNE_RUN, check_output_dir, prepare_output_dir
-from scratchllm.weights.auto import open_model
-from scratchllm.train.metrics import METRICS_FILE, MetricsLog, Progress
-from scratchllm.train.optim import build_optimizer
-from scratchllm.train.steps import autocast_for, grad_scaler_for, resolve_precision
+from scratchllm.train.metrics import METRICS_FILE, MetricsLog
+from scratchllm.train.steps import autocast_for, resolve_precision
 from scratchllm.utils.device import resolve_device
+from scratchllm.weights.auto import open_model
 
 RESULTS_FILE = "results.json"
 ADAPTER_FILE = "adapter.safetensors"
@@ -60,6 +60,7 @@ class ClassifierResult:
     examples_seen: int
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False         # stopped early (Ctrl-C, stop_at): resume with resume=True
 
     def accuracy(self, split: str = "test") -> float:
         return self.metrics[split]["accuracy"]
@@ -117,6 +118,61 @@ def build_datasets(splits: Sequence[LabelledData], tokenizer: Any, context_lengt
     return datasets
 
 
+class ClassifyTask:
+    """Cross-entropy of the class scores at each text's last real token (book 6.7)."""
+
+    dropout = True
+
+    def __init__(self, model: nn.Module, datasets: list, labels: list[str], *, batch_size: int,
+                 eval_batches: int, device: torch.device, save, out_dir: Path) -> None:
+        self.model, self.labels, self.batch_size = model, labels, batch_size
+        self.train_ds, self.val_ds, _ = datasets
+        self.eval_batches, self.device, self.save_model, self.out_dir = eval_batches, device, save, out_dir
+        self.size = len(self.train_ds)
+        self.val_loss = float("nan")  # of the whole validation split, at the last epoch end
+
+    def collate(self, indices: list[int]):
+        return self.train_ds.collate(indices)
+
+    def measure(self, batch) -> tuple[int, int]:
+        return len(batch.labels), batch.input_ids.numel()
+
+    def loss_sum(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = last_token_logits(self.model, batch.input_ids.to(self.device), batch.lengths)
+        return F.cross_entropy(logits.float(), batch.labels.to(self.device), reduction="sum"), {}
+
+    def splits(self):
+        return [(n, ds) for n, ds in (("train", self.train_ds), ("val", self.val_ds)) if ds is not None]
+
+    def evaluate(self) -> dict[str, float]:
+        """Loss on the first ``eval_batches`` batches of each split (book 6.7)."""
+        return {f"{name}_loss": evaluate_split(self.model, ds, batch_size=self.batch_size,
+                                               device=self.device, max_batches=self.eval_batches)[2]
+                for name, ds in self.splits()}
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        """Accuracy on ``eval_batches`` training batches and the whole validation split."""
+        record = {}
+        for name, ds in self.splits():
+            y_true, y_pred, loss = evaluate_split(
+                self.model, ds, batch_size=self.batch_size, device=self.device,
+                max_batches=self.eval_batches if name == "train" else None)
+            record[f"{name}_accuracy"] = classification_report(y_true, y_pred,
+                                                               self.labels)["accuracy"]
+            if name == "val":
+                self.val_loss = loss
+        return record
+
+    def score(self, event: str, record: dict) -> tuple[float, ...] | None:
+        """Best epoch: highest validation accuracy, ties to the lower validation loss."""
+        if event != "epoch" or "val_accuracy" not in record:
+            return None
+        return (record["val_accuracy"], -self.val_loss)
+
+    def plot(self) -> None:
+        plot_classifier_run(self.out_dir)
+
+
 def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLike,
                         out_dir: str | os.PathLike, *, epochs: int = 5, batch_size: int = 8,
                         lr: float = 5e-5, weight_decay: float = 0.1,
@@ -130,47 +186,50 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
                         grad_clip: float | None = None, keep_best: bool = False,
                         split_seed: int | None = None, device: str = "auto",
                         precision: str = "auto", progress: bool = True,
-                        stream: TextIO | None = None, overwrite: bool = False) -> ClassifierResult:
+                        stream: TextIO | None = None, overwrite: bool = False,
+                        resume: bool = False, micro_batch_size: int | None = None,
+                        warmup_steps: int = 0, min_lr: float | None = None,
+                        save_every: int = 0, keep_last: int = 3,
+                        stop_at: int | None = None) -> ClassifierResult:
     """Fine-tune ``model_dir`` on ``data_file`` and save the classifier under ``out_dir`` (book 6.7).
 
-    ``keep_best`` restores, after the last epoch, the weights of the epoch with the highest
-    validation accuracy (early stopping without stopping: later epochs can only overfit).
-    ``split_seed`` (default: ``seed``) fixes balancing and the split on its own, so training
-    can be re-seeded while the test texts stay the same.
+    ``OUT/best/`` keeps the weights of the epoch with the highest validation accuracy;
+    ``keep_best`` makes them the saved classifier too (early stopping without stopping: later
+    epochs can only overfit). ``split_seed`` (default: ``seed``) fixes balancing and the split
+    on its own, so training can be re-seeded while the test texts stay the same. The loop
+    options are those of ``finetune.loop.LoopSettings``.
     """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size),
-                        ("eval_every", eval_every), ("eval_batches", eval_batches)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    if not lr > 0 or weight_decay < 0:
-        raise ConfigError(f"lr must be > 0 and weight_decay >= 0, got {lr!r} and {weight_decay!r}")
+    if isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1:
+        raise ConfigError(f"eval_batches must be a positive integer, got {eval_batches!r}")
+    loop_settings = LoopSettings(epochs=epochs, batch_size=batch_size, lr=lr,
+                                 weight_decay=weight_decay, seed=seed, eval_every=eval_every,
+                                 micro_batch_size=micro_batch_size, warmup_steps=warmup_steps,
+                                 min_lr=min_lr, grad_clip=grad_clip, save_every=save_every,
+                                 keep_last=keep_last, progress=progress, log_every=10,
+                                 stop_at=stop_at)
+    loop_settings.check()
     settings = dict(model_dir=str(model_dir), data_file=str(data_file), epochs=epochs,
                     batch_size=batch_size, lr=lr, weight_decay=weight_decay, trainable=trainable,
                     balance=balance, seed=seed, max_length=max_length, truncate=truncate,
                     lora_rank=lora_rank, lora_alpha=lora_alpha, precision=precision,
                     keep_best=keep_best)
     start = time.perf_counter()
-    out_dir = Path(out_dir).expanduser()
-    check_output_dir(out_dir, FINETUNE_RUN, overwrite=overwrite)  # before any slow work
+    out_dir, checkpoint = check_out(model_dir, out_dir, overwrite=overwrite, resume=resume)
     device_ = resolve_device(device)
     precision = resolve_precision(precision, device_)
-    autocast, scaler = autocast_for(precision, device_), grad_scaler_for(precision, device_)
-    bar: Progress | None = None  # the step bar once training starts; messages go above it
-
-    def say(text: str) -> None:
-        if progress:
-            (bar if bar is not None else Progress(1, stream=stream)).message(text)
-
     data = load_labelled_file(data_file, file_format=file_format, labels=labels,
                               text_column=text_column, label_column=label_column)
     if balance:
         data = balance_classes(data, seed if split_seed is None else split_seed)
     splits = shuffle_split(data, train_frac, val_frac, seed if split_seed is None else split_seed)
-    model, tokenizer = open_model(model_dir, device=device_, require_tokenizer=True)
-    train_ds, val_ds, test_ds = build_datasets(splits, tokenizer, model.config.context_length,
-                                               max_length=max_length, truncate=truncate)
-    steps_per_epoch = train_ds.num_batches(batch_size, drop_last=True)
-    if steps_per_epoch == 0:
+    if keep_best and not splits[1].examples:
+        raise ConfigError("keep_best needs a validation split; set val_frac > 0")
+    loaded = open_model(model_dir, device=device_, require_tokenizer=True)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    datasets = build_datasets(splits, tokenizer, model.config.context_length,
+                              max_length=max_length, truncate=truncate)
+    train_ds, val_ds, test_ds = datasets
+    if len(train_ds) < batch_size:
         raise DataError(f"{data.source}: the training split has {len(train_ds)} examples, fewer "
                         f"than one batch of {batch_size}; lower --batch-size or add data")
 
@@ -180,99 +239,60 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
                   lora_dropout=lora_dropout)
     model.to(device_)
     n_trainable, n_total = trainable_parameters(model)
-    # The book's optimizer: AdamW with default betas, decaying every trainable tensor.
-    optimizer = build_optimizer(model, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999),
-                                decay_all=True)
-    params = [p for p in model.parameters() if p.requires_grad]
+    out_dir = claim_out(out_dir, overwrite=overwrite, checkpoint=checkpoint)
+    setup = RunSetup(model, tokenizer, device_, precision, out_dir,
+                     MetricsLog(out_dir / METRICS_FILE), loaded.eos_ids, checkpoint)
 
-    out_dir, _ = prepare_output_dir(out_dir, FINETUNE_RUN, overwrite=overwrite)
-    metrics = MetricsLog(out_dir / METRICS_FILE)
-    total = epochs * steps_per_epoch
-    bar = Progress(total, every=10, stream=stream) if progress else None
-    say(f"fine-tuning {n_trainable:,} of {n_total:,} parameters ({trainable}) on {device_} "
-        f"({precision}): {len(train_ds)}/{len(val_ds) if val_ds else 0}/"
-        f"{len(test_ds) if test_ds else 0} examples, labels {data.labels}, {total} steps")
+    def save(directory: Path, model_: nn.Module, metadata: dict) -> Path:
+        return save_classifier(directory, model_, tokenizer, {**metadata, **classifier_metadata(
+            data.labels, tokenizer.eot_id, train_ds.max_length, trainable=trainable,
+            truncate=truncate)})
 
-    if keep_best and val_ds is None:
-        raise ConfigError("keep_best needs a validation split; set val_frac > 0")
-    step, seen = 0, 0
-    best: tuple[tuple[float, float], int, dict] | None = None  # (val acc, -loss), epoch, weights
-    model.train()
-    for epoch in range(1, epochs + 1):
-        for batch in train_ds.batches(batch_size, shuffle=True, seed=seed + epoch, drop_last=True):
-            tic = time.perf_counter()
-            labels_ = batch.labels.to(device_)
-            with autocast():
-                logits = last_token_logits(model, batch.input_ids.to(device_), batch.lengths)
-            loss = F.cross_entropy(logits.float(), labels_)
-            optimizer.zero_grad(set_to_none=True)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            step, seen = step + 1, seen + len(batch.labels)
-            if bar is not None:
-                bar.update(step, loss=loss.item(), lr=lr, tokens_per_sec=batch.input_ids.numel()
-                           / max(time.perf_counter() - tic, 1e-9))
-            if step % 10 == 0:
-                metrics.write({"event": "train", "step": step, "epoch": epoch,
-                               "examples_seen": seen, "loss": loss.item()})
-            if (step - 1) % eval_every == 0:  # like the book: after step 1, then every N
-                record = {"event": "eval", "step": step, "epoch": epoch, "examples_seen": seen}
-                for name, ds in (("train", train_ds), ("val", val_ds)):
-                    if ds is not None:
-                        record[f"{name}_loss"] = evaluate_split(
-                            model, ds, batch_size=batch_size, device=device_, autocast=autocast,
-                            max_batches=eval_batches)[2]
-                metrics.write(record)
-        record = {"event": "epoch", "step": step, "epoch": epoch, "examples_seen": seen}
-        for name, ds, limit in (("train", train_ds, eval_batches), ("val", val_ds, None)):
-            if ds is not None:
-                y_true, y_pred, loss_ = evaluate_split(model, ds, batch_size=batch_size,
-                                                       device=device_, autocast=autocast,
-                                                       max_batches=limit)
-                record[f"{name}_accuracy"] = classification_report(y_true, y_pred,
-                                                                   data.labels)["accuracy"]
-                val_score = (record[f"{name}_accuracy"], -loss_)  # ties: lower loss wins
-        metrics.write(record)
-        say(f"epoch {epoch}: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in record.items()
-                                          if k.endswith("accuracy")))
-        if keep_best and (best is None or val_score > best[0]):
-            best = (val_score, epoch, {k: v.detach().clone()
-                                       for k, v in model.state_dict().items()})
-    if bar is not None:
-        bar.close()
-    if best is not None:
-        model.load_state_dict(best[2])
-        settings["best_epoch"] = best[1]
-        say(f"kept epoch {best[1]}'s weights (best validation accuracy {best[0][0] * 100:.2f}%)")
+    task = ClassifyTask(model, datasets, list(data.labels), batch_size=batch_size,
+                        eval_batches=eval_batches, device=device_, save=save, out_dir=out_dir)
+    recipe = {"method": "classify", "data_file": str(data_file), "trainable": trainable,
+              "balance": balance, "max_length": max_length, "truncate": truncate,
+              "lora": [lora_rank, lora_alpha, lora_dropout] if trainable == "lora" else None,
+              "labels": list(data.labels), "split_seed": split_seed,
+              "fractions": [train_frac, val_frac], "eval_batches": eval_batches}
+    loop = FinetuneLoop(setup, task, loop_settings, recipe, stream=stream)
+    steps_total = loop.total_steps
+    sizes = f"{len(train_ds)}/{len(val_ds) if val_ds else 0}/{len(test_ds) if test_ds else 0}"
+    run = loop.run(intro=f"fine-tuning {n_trainable:,} of {n_total:,} parameters ({trainable}) "
+                   f"on {device_} ({precision}): {sizes} examples, labels {data.labels}, "
+                   f"{steps_total} steps")
+    say = loop.say
+    result = ClassifierResult(
+        out_dir=out_dir, model_dir=out_dir / MODEL_SUBDIR, labels=list(data.labels), metrics={},
+        split_sizes={n: len(s.examples) for n, s in zip(("train", "val", "test"), splits)},
+        max_length=train_ds.max_length, trainable_params=n_trainable, total_params=n_total,
+        steps=run.step, examples_seen=run.examples_seen, seconds=time.perf_counter() - start,
+        settings=settings, interrupted=run.interrupted)
+    if run.interrupted:
+        return result
 
-    reports = {}
+    run.best.write(model)  # OUT/best/, in the layout the weights are in now
+    if keep_best and run.best.restore_into(model):
+        result.settings["best_epoch"] = run.best.info.get("epoch")
+        say(f"kept epoch {run.best.info.get('epoch')}'s weights (best validation accuracy "
+            f"{run.best.score[0] * 100:.2f}%)")
+    autocast = autocast_for(precision, device_)
     for name, ds in (("train", train_ds), ("val", val_ds), ("test", test_ds)):
         if ds is not None:
             y_true, y_pred, loss_ = evaluate_split(model, ds, batch_size=batch_size,
                                                    device=device_, autocast=autocast)
-            reports[name] = {**classification_report(y_true, y_pred, data.labels), "loss": loss_}
-            say(f"{name}:\n{format_report(reports[name])}")
+            result.metrics[name] = {**classification_report(y_true, y_pred, data.labels),
+                                    "loss": loss_}
+            say(f"{name}:\n{format_report(result.metrics[name])}")
 
     if lora_layers(model):
         save_lora(model, out_dir / ADAPTER_FILE)
         merge_lora(model)
-    model_path = save_classifier(out_dir / MODEL_SUBDIR, model, tokenizer, classifier_metadata(
+    result.model_dir = save_classifier(out_dir / MODEL_SUBDIR, model, tokenizer, classifier_metadata(
         data.labels, tokenizer.eot_id, train_ds.max_length, trainable=trainable,
-        truncate=truncate, test_accuracy=reports.get("test", {}).get("accuracy")))
+        truncate=truncate, test_accuracy=result.metrics.get("test", {}).get("accuracy")))
     plot_classifier_run(out_dir)
-    result = ClassifierResult(
-        out_dir=out_dir, model_dir=model_path, labels=list(data.labels), metrics=reports,
-        split_sizes={n: len(s.examples) for n, s in zip(("train", "val", "test"), splits)},
-        max_length=train_ds.max_length, trainable_params=n_trainable, total_params=n_total,
-        steps=step, examples_seen=seen, seconds=time.perf_counter() - start, settings=settings)
+    result.seconds = time.perf_counter() - start
     atomic_write_json(out_dir / RESULTS_FILE, result.to_dict())
     return result
 

@@ -6,6 +6,14 @@ of the rejected one. With r = beta * (log pi(y|x) - log pi_ref(y|x)) as the impl
 the loss is -log sigmoid(r_chosen - r_rejected): zero gradient pressure once chosen answers
 are clearly preferred, ln 2 while policy and reference still agree.
 
+Policy and reference are both run without dropout (eval mode) whenever their log-probabilities
+are compared, in training steps too. Dropout in the policy alone would make its log-probs a
+noisy, biased estimate of the model's own, so the implicit rewards would be nonzero (and the
+loss not ln 2) while the two models are still equal; running the reference with dropout instead
+would add noise to a quantity that should stay fixed. Switching dropout off for both is the
+usual choice for DPO; it gives up dropout's regularisation, which the short runs DPO needs do
+not miss. (LoRA's own dropout is switched off with it.)
+
 Sequence log-probabilities are *averaged* over the response tokens by default, as the book's
 ``compute_logprobs`` does (long and short answers weigh the same); ``average=False`` sums
 them, as the DPO paper defines it.
@@ -26,13 +34,14 @@ from torch import nn
 from scratchllm.data.instruction import IGNORE_INDEX, check_style, split_entries
 from scratchllm.data.preference import PreferenceDataset, load_preference_data, preference_collate
 from scratchllm.errors import ConfigError
+from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
 from scratchllm.finetune.runs import (
     eval_loader,
     finish_run,
     maybe_apply_lora,
+    model_saver,
+    plot_run,
     start_run,
-    train_epochs,
-    train_loader,
 )
 
 
@@ -46,14 +55,23 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, *,
     return total / mask.sum(dim=-1).clamp(min=1) if average else total
 
 
+def dpo_losses(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+               ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
+               beta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss per pair, chosen rewards, rejected rewards); rewards are detached."""
+    chosen = policy_chosen_logps - ref_chosen_logps
+    rejected = policy_rejected_logps - ref_rejected_logps
+    losses = -F.logsigmoid(beta * (chosen - rejected))
+    return losses, (beta * chosen).detach(), (beta * rejected).detach()
+
+
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
              ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
              beta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean loss, chosen rewards, rejected rewards); rewards are detached, per example."""
-    chosen = policy_chosen_logps - ref_chosen_logps
-    rejected = policy_rejected_logps - ref_rejected_logps
-    loss = -F.logsigmoid(beta * (chosen - rejected)).mean()
-    return loss, (beta * chosen).detach(), (beta * rejected).detach()
+    losses, chosen, rejected = dpo_losses(policy_chosen_logps, policy_rejected_logps,
+                                          ref_chosen_logps, ref_rejected_logps, beta)
+    return losses.mean(), chosen, rejected
 
 
 def pair_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], *,
@@ -73,17 +91,72 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return reference
 
 
-def dpo_batch(policy: nn.Module, reference: nn.Module, batch: dict[str, torch.Tensor], *,
-              beta: float, average: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
-    """The DPO loss of one batch and its reward statistics (margin and accuracy)."""
+def dpo_terms(policy: nn.Module, reference: nn.Module, batch: dict[str, torch.Tensor], *,
+              beta: float, average: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair (losses, chosen rewards, rejected rewards) of one batch."""
     policy_chosen, policy_rejected = pair_logprobs(policy, batch, average=average)
     with torch.no_grad():
         ref_chosen, ref_rejected = pair_logprobs(reference, batch, average=average)
-    loss, chosen_r, rejected_r = dpo_loss(policy_chosen, policy_rejected, ref_chosen,
-                                          ref_rejected, beta)
+    return dpo_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+
+
+def dpo_batch(policy: nn.Module, reference: nn.Module, batch: dict[str, torch.Tensor], *,
+              beta: float, average: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    """The DPO loss of one batch and its reward statistics (margin and accuracy)."""
+    losses, chosen_r, rejected_r = dpo_terms(policy, reference, batch, beta=beta, average=average)
     stats = {"reward_margin": float((chosen_r - rejected_r).mean()),
              "reward_accuracy": float((chosen_r > rejected_r).float().mean())}
-    return loss, stats
+    return losses.mean(), stats
+
+
+class DPOTask:
+    """The DPO loss summed over pairs; reward margin and accuracy logged with every step."""
+
+    dropout = False  # policy and reference compared without dropout (module docstring)
+
+    def __init__(self, policy: nn.Module, reference: nn.Module, train_set: PreferenceDataset,
+                 collate, evals: dict, *, beta: float, average: bool, device: torch.device,
+                 eval_batches: int, save, plot) -> None:
+        self.policy, self.reference, self.train_set, self.collate_fn = policy, reference, train_set, collate
+        self.evals, self.beta, self.average, self.device = evals, beta, average, device
+        self.eval_batches, self.save_model, self.plot = eval_batches, save, plot
+        self.size = len(train_set)
+
+    def on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return self.collate_fn([self.train_set[i] for i in indices])
+
+    def measure(self, batch) -> tuple[int, int]:
+        return len(batch["chosen_inputs"]), int(batch["chosen_mask"].sum() + batch["rejected_mask"].sum())
+
+    def loss_sum(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        losses, chosen_r, rejected_r = dpo_terms(self.policy, self.reference, self.on_device(batch),
+                                                 beta=self.beta, average=self.average)
+        return losses.sum(), {"reward_margin": float((chosen_r - rejected_r).sum()),
+                              "reward_accuracy": float((chosen_r > rejected_r).sum())}
+
+    def evaluate(self) -> dict[str, float]:
+        """Loss, reward margin and accuracy over the first ``eval_batches`` of each split."""
+        out = {}
+        for name, data in self.evals.items():
+            rows = [dpo_batch(self.policy, self.reference, self.on_device(b), beta=self.beta,
+                              average=self.average)
+                    for b in itertools.islice(iter(data), self.eval_batches)]
+            if not rows:
+                continue
+            out[f"{name}_loss"] = sum(float(loss) for loss, _ in rows) / len(rows)
+            for key in ("reward_margin", "reward_accuracy"):
+                out[f"{name}_{key}"] = sum(s[key] for _, s in rows) / len(rows)
+        return out
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def score(self, event: str, record: dict) -> tuple[float, ...] | None:
+        val = record.get("val_loss")
+        return (-val,) if event == "eval" and val is not None else None
 
 
 @dataclass
@@ -94,6 +167,8 @@ class DPOResult:
     val_loss: float
     val_reward_margin: float
     val_reward_accuracy: float
+    steps: int = 0
+    interrupted: bool = False         # stopped early (Ctrl-C, stop_at): resume with resume=True
 
 
 def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
@@ -103,62 +178,55 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
                  lora: dict | None = None, seed: int = 123, device: str | None = "auto",
                  precision: str = "auto", eval_every: int = 5, eval_batches: int = 5,
                  shuffle_split: bool = False, progress: bool = True,
-                 overwrite: bool = False) -> DPOResult:
+                 overwrite: bool = False, resume: bool = False,
+                 micro_batch_size: int | None = None, warmup_steps: int = 0,
+                 min_lr: float | None = None, grad_clip: float | None = None,
+                 save_every: int = 0, keep_last: int = 3,
+                 stop_at: int | None = None) -> DPOResult:
     """Preference-tune an (instruction-tuned) model directory with DPO; save ``out_dir/latest``.
 
     Defaults follow the book's DPO notebook (beta 0.1, 1 epoch, AdamW lr 5e-6, weight decay
     0.01, batch 8, 85/5/10 split). The metrics log gets the loss and the reward margin /
-    accuracy (how often the chosen answer earns the higher implicit reward).
+    accuracy (how often the chosen answer earns the higher implicit reward). The loop options
+    are those of ``finetune.loop.LoopSettings``.
     """
     check_style(prompt_style)
     if beta <= 0:
         raise ConfigError(f"beta must be positive, got {beta}; the book uses 0.1")
+    settings = LoopSettings(epochs=epochs, batch_size=batch_size, lr=lr,
+                            weight_decay=weight_decay, seed=seed, eval_every=eval_every,
+                            micro_batch_size=micro_batch_size, warmup_steps=warmup_steps,
+                            min_lr=min_lr, grad_clip=grad_clip, save_every=save_every,
+                            keep_last=keep_last, progress=progress, stop_at=stop_at)
+    settings.check()
     entries = load_preference_data(data_file)
     train_entries, val_entries, _ = split_entries(entries, shuffle=shuffle_split, seed=seed)
     setup = start_run(model_dir, out_dir, device=device, precision=precision, seed=seed,
-                      overwrite=overwrite)
+                      overwrite=overwrite, resume=resume)
     policy, tokenizer = setup.model, setup.tokenizer
     context = policy.config.context_length
-    collate = partial(preference_collate, pad_id=tokenizer.eot_id,
-                      max_length=min(max_length or context, context))
+    max_length = min(max_length or context, context)
+    collate = partial(preference_collate, pad_id=tokenizer.eot_id, max_length=max_length)
     train_set = PreferenceDataset(train_entries, tokenizer, prompt_style)
     val_set = PreferenceDataset(val_entries, tokenizer, prompt_style)
-    loader = train_loader(train_set, batch_size, collate, seed)
     evals = {"train": eval_loader(train_set, batch_size, collate),
              "val": eval_loader(val_set, batch_size, collate)}
-    reference = frozen_copy(policy)
+    reference = frozen_copy(policy)  # the source model, also when resuming
     maybe_apply_lora(policy, lora)
-    policy.train()
-
-    def on_device(batch):
-        return {k: v.to(setup.device) for k, v in batch.items()}
-
-    def step_fn(batch):
-        batch = on_device(batch)
-        loss, stats = dpo_batch(policy, reference, batch, beta=beta, average=average_logprobs)
-        tokens = int(batch["chosen_mask"].sum() + batch["rejected_mask"].sum())
-        return loss, stats, tokens
-
-    @torch.no_grad()
-    def eval_fn() -> dict[str, float]:
-        out = {}
-        for name, data in evals.items():
-            rows = [dpo_batch(policy, reference, on_device(b), beta=beta, average=average_logprobs)
-                    for b in itertools.islice(iter(data), eval_batches)]
-            if not rows:
-                continue
-            out[f"{name}_loss"] = sum(float(loss) for loss, _ in rows) / len(rows)
-            for key in ("reward_margin", "reward_accuracy"):
-                out[f"{name}_{key}"] = sum(s[key] for _, s in rows) / len(rows)
-        return out
-
-    last = train_epochs(setup, loader, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                        step_fn=step_fn, eval_fn=eval_fn, eval_every=eval_every,
-                        progress=progress)
-    settings = {"method": "dpo", "beta": beta, "prompt_style": prompt_style, "epochs": epochs,
-                "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-                "average_logprobs": average_logprobs, "lora": lora, **last}
-    saved = finish_run(setup, lora=lora, metadata=settings)
-    nan = float("nan")
+    task = DPOTask(policy, reference, train_set, collate, evals, beta=beta,
+                   average=average_logprobs, device=setup.device, eval_batches=eval_batches,
+                   save=model_saver(setup), plot=partial(plot_run, setup))
+    recipe = {"method": "dpo", "data_file": str(data_file), "beta": beta,
+              "prompt_style": prompt_style, "max_length": max_length,
+              "average_logprobs": average_logprobs, "lora": lora,
+              "shuffle_split": shuffle_split, "eval_batches": eval_batches}
+    result = FinetuneLoop(setup, task, settings, recipe).run()
+    last, nan = result.last_eval, float("nan")
+    saved = setup.out_dir / "latest"
+    if not result.interrupted:
+        metadata = {**recipe, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                    "weight_decay": weight_decay, "seed": seed, "steps": result.step, **last}
+        saved = finish_run(setup, result, lora=lora, metadata=metadata)
     return DPOResult(setup.out_dir, saved, last.get("train_loss", nan), last.get("val_loss", nan),
-                     last.get("val_reward_margin", nan), last.get("val_reward_accuracy", nan))
+                     last.get("val_reward_margin", nan), last.get("val_reward_accuracy", nan),
+                     result.step, result.interrupted)

@@ -9,15 +9,19 @@ scoring with ``scratchllm evaluate judge`` (7.8).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.utils.atomic import atomic_write_json
 from scratchllm.data.instruction import (
+    IGNORE_INDEX,
     InstructionDataset,
     check_style,
     encode_example,
@@ -26,16 +30,17 @@ from scratchllm.data.instruction import (
     split_entries,
 )
 from scratchllm.errors import ConfigError
+from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
 from scratchllm.finetune.runs import (
     eval_loader,
     finish_run,
     maybe_apply_lora,
+    model_saver,
+    plot_run,
     start_run,
-    train_epochs,
-    train_loader,
 )
 from scratchllm.generate import generate_batch
-from scratchllm.train.steps import batch_loss, estimate_loss
+from scratchllm.train.steps import estimate_loss
 from scratchllm.utils.progress import Progress
 
 RESPONSES_FILE = "test_responses.json"
@@ -51,6 +56,8 @@ class InstructResult:
     n_train: int
     n_val: int
     n_test: int
+    steps: int = 0
+    interrupted: bool = False         # stopped early (Ctrl-C, stop_at): resume with resume=True
 
 
 def generate_responses(model: nn.Module, tokenizer: Any, entries: list[dict[str, Any]], *,
@@ -84,6 +91,47 @@ def generate_responses(model: nn.Module, tokenizer: Any, entries: list[dict[str,
     return results
 
 
+class InstructTask:
+    """Next-token cross-entropy on the response (and, unless masked, the prompt) tokens."""
+
+    dropout = True
+
+    def __init__(self, model: nn.Module, train_set: InstructionDataset, collate: Callable,
+                 evals: dict[str, torch.utils.data.DataLoader], *, device: torch.device,
+                 eval_batches: int, save: Callable, plot: Callable[[], None]) -> None:
+        self.model, self.train_set, self.collate_fn, self.evals = model, train_set, collate, evals
+        self.device, self.eval_batches, self.save_model, self.plot = device, eval_batches, save, plot
+        self.size = len(train_set)
+
+    def collate(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.collate_fn([self.train_set[i] for i in indices])
+
+    def measure(self, batch) -> tuple[int, int]:
+        trained = int((batch[1] != IGNORE_INDEX).sum())  # targets that count
+        return trained, trained
+
+    def loss_sum(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs, targets = (t.to(self.device) for t in batch)
+        logits = self.model(inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+        return loss, {}
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss of the first ``eval_batches`` batches of each split (book 7.6)."""
+        return {f"{name}_loss": estimate_loss(self.model, itertools.islice(iter(data),
+                                                                           self.eval_batches),
+                                              device=self.device)
+                for name, data in self.evals.items()}
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def score(self, event: str, record: dict) -> tuple[float, ...] | None:
+        val = record.get("val_loss")
+        return (-val,) if event == "eval" and val is not None else None
+
+
 def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
                       epochs: int = 2, batch_size: int = 8, lr: float = 5e-5,
                       weight_decay: float = 0.1, prompt_style: str = "alpaca",
@@ -92,21 +140,34 @@ def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str
                       precision: str = "auto", eval_every: int = 5, eval_batches: int = 5,
                       max_new_tokens: int = 256, shuffle_split: bool = False,
                       generate_test: bool = True, progress: bool = True,
-                      overwrite: bool = False) -> InstructResult:
+                      overwrite: bool = False, resume: bool = False,
+                      micro_batch_size: int | None = None, warmup_steps: int = 0,
+                      min_lr: float | None = None, grad_clip: float | None = None,
+                      save_every: int = 0, keep_last: int = 3,
+                      stop_at: int | None = None) -> InstructResult:
     """Fine-tune ``model_dir`` on instruction data; write ``out_dir`` (see ``finetune.runs``).
 
-    Defaults are the book's recipe (7.6): 2 epochs, batch 8, AdamW lr 5e-5, weight decay 0.1,
-    seed 123, evaluation on 5 batches every 5 steps. ``max_length`` defaults to the model's
-    context length (the book's ``allowed_max_length=1024``). ``lora`` is a dict of
-    ``apply_lora`` settings such as ``{"rank": 8, "alpha": 16}``; the saved model has the
-    adapters merged. ``out_dir/test_responses.json`` gets the test answers.
+    Defaults are the book's recipe (7.6): 2 epochs, batch 8, AdamW lr 5e-5 (constant),
+    weight decay 0.1, seed 123, evaluation on 5 batches after the first step and every 5.
+    ``max_length`` defaults to the model's context length (the book's
+    ``allowed_max_length=1024``). ``lora`` is a dict of ``apply_lora`` settings such as
+    ``{"rank": 8, "alpha": 16}``; the saved model has the adapters merged.
+    ``out_dir/test_responses.json`` gets the test answers. The loop options
+    (``micro_batch_size``, ``warmup_steps``, ``min_lr``, ``grad_clip``, ``save_every``,
+    ``resume``, ``stop_at``) are those of ``finetune.loop.LoopSettings``.
     """
     check_style(prompt_style)
+    settings = LoopSettings(epochs=epochs, batch_size=batch_size, lr=lr,
+                            weight_decay=weight_decay, seed=seed, eval_every=eval_every,
+                            micro_batch_size=micro_batch_size, warmup_steps=warmup_steps,
+                            min_lr=min_lr, grad_clip=grad_clip, save_every=save_every,
+                            keep_last=keep_last, progress=progress, stop_at=stop_at)
+    settings.check()
     entries = load_instruction_data(data_file)
     train_entries, val_entries, test_entries = split_entries(entries, shuffle=shuffle_split,
                                                              seed=seed)
     setup = start_run(model_dir, out_dir, device=device, precision=precision, seed=seed,
-                      overwrite=overwrite)
+                      overwrite=overwrite, resume=resume)
     model, tokenizer = setup.model, setup.tokenizer
     context = model.config.context_length
     max_length = min(max_length or context, context)
@@ -114,35 +175,33 @@ def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str
                       mask_prompt=mask_prompt)
     train_set = InstructionDataset(train_entries, tokenizer, prompt_style)
     val_set = InstructionDataset(val_entries, tokenizer, prompt_style)
-    loader = train_loader(train_set, batch_size, collate, seed)
-    train_eval = eval_loader(train_set, batch_size, collate)
-    val_eval = eval_loader(val_set, batch_size, collate)
+    evals = {"train": eval_loader(train_set, batch_size, collate),
+             "val": eval_loader(val_set, batch_size, collate)}
     maybe_apply_lora(model, lora)
-
-    def step_fn(batch):
-        inputs, targets = (t.to(setup.device) for t in batch)
-        return batch_loss(model, inputs, targets), {}, int((targets != -100).sum())
-
-    def eval_fn() -> dict[str, float]:
-        return {name: estimate_loss(model, itertools.islice(iter(data), eval_batches),
-                                    device=setup.device)
-                for name, data in (("train_loss", train_eval), ("val_loss", val_eval))}
-
-    last = train_epochs(setup, loader, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                        step_fn=step_fn, eval_fn=eval_fn, eval_every=eval_every,
-                        progress=progress)
-    settings = {"method": "instruct", "prompt_style": prompt_style, "mask_prompt": mask_prompt,
-                "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                "weight_decay": weight_decay, "seed": seed, "lora": lora,
+    task = InstructTask(model, train_set, collate, evals, device=setup.device,
+                        eval_batches=eval_batches, save=model_saver(setup),
+                        plot=partial(plot_run, setup))
+    recipe = {"method": "instruct", "data_file": str(data_file), "prompt_style": prompt_style,
+              "mask_prompt": mask_prompt, "max_length": max_length, "lora": lora,
+              "shuffle_split": shuffle_split, "eval_batches": eval_batches}
+    result = FinetuneLoop(setup, task, settings, recipe).run()
+    last = result.last_eval
+    nan = float("nan")
+    if result.interrupted:
+        return InstructResult(setup.out_dir, setup.out_dir / "latest", None,
+                              last.get("train_loss", nan), last.get("val_loss", nan),
+                              len(train_entries), len(val_entries), len(test_entries),
+                              result.step, True)
+    metadata = {**recipe, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                "weight_decay": weight_decay, "seed": seed, "steps": result.step,
                 "train_loss": last.get("train_loss"), "val_loss": last.get("val_loss")}
-    saved = finish_run(setup, lora=lora, metadata=settings)
+    saved = finish_run(setup, result, lora=lora, metadata=metadata)
     responses_path = None
     if generate_test and test_entries:
         answers = generate_responses(model, tokenizer, test_entries, style=prompt_style,
                                      max_new_tokens=max_new_tokens, batch_size=batch_size,
                                      progress=progress)
         responses_path = atomic_write_json(setup.out_dir / RESPONSES_FILE, answers)
-    return InstructResult(setup.out_dir, saved, responses_path, last.get("train_loss", float("nan")),
-                          last.get("val_loss", float("nan")), len(train_entries),
-                          len(val_entries), len(test_entries))
-
+    return InstructResult(setup.out_dir, saved, responses_path, last.get("train_loss", nan),
+                          last.get("val_loss", nan), len(train_entries), len(val_entries),
+                          len(test_entries), result.step)
