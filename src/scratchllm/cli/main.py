@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "scratchllm.cli.pretrain",
     "scratchllm.cli.plot",
     "scratchllm.cli.generate",
+    "scratchllm.cli.chat",
     "scratchllm.cli.finetune",
     "scratchllm.cli.classify",
     "scratchllm.cli.evaluate",

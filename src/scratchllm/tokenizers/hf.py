@@ -232,9 +232,16 @@ class HFTokenizer(Tokenizer):
             raise TokenizerError("this tokenizer has no chat template (no 'chat_template' in "
                                  "tokenizer_config.json, no chat_template.jinja); use an "
                                  "instruction-tuned model's tokenizer or format prompts yourself")
+        # What transformers passes: the named special tokens the tokenizer has (absent ones
+        # stay undefined), tools/documents as None unless given.
+        context: dict[str, Any] = {"tools": None, "documents": None}
+        for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+            text = _token_text(self.config.get(key))
+            if text is not None:
+                context[key] = text
+        context.update(extra)
         return _render(template, messages=messages, add_generation_prompt=add_generation_prompt,
-                       bos_token=_token_text(self.config.get("bos_token")) or "",
-                       eos_token=_token_text(self.config.get("eos_token")) or "", **extra)
+                       **context)
 
 
 def _render(template: str, **context: Any) -> str:
@@ -247,9 +254,11 @@ def _render(template: str, **context: Any) -> str:
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = lambda value, indent=None, **_: json.dumps(
-        value, ensure_ascii=False, indent=indent)
+    env.filters["tojson"] = lambda value, ensure_ascii=False, indent=None, separators=None, \
+        sort_keys=False: json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
+                                    separators=separators, sort_keys=sort_keys)
     env.globals["raise_exception"] = raise_exception
+    env.globals["dict"] = lambda *args, **kwargs: dict(*args, **kwargs)
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:
         return env.from_string(template).render(**context)
