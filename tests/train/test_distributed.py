@@ -8,6 +8,7 @@ float rounding. Resume, rank-0-only files and FSDP are checked on real jobs too.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import shutil
@@ -132,6 +133,10 @@ def test_fsdp_job_saves_full_weights_equal_to_one_process(tmp_path, single_run):
     assert evals and all(math.isfinite(r["val_loss"]) for r in evals)
     # The saved model directory holds full, unsharded tensors: the 1-process run's shapes and values.
     _assert_close(_weights(tmp_path / "run"), _weights(single_run), atol=1e-5)
+    # best/ is the lowest eval, gathered from the shards even where no checkpoint was due.
+    lowest = min(evals, key=lambda r: r["val_loss"])
+    best = json.loads((tmp_path / "run" / "best" / "config.json").read_text())["metadata"]
+    assert best["step"] == lowest["step"] and best["val_loss"] == lowest["val_loss"]
 
 
 def test_fsdp_resumes_a_ddp_checkpoint_and_writes_the_same_files(ddp_run, tmp_path):
