@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "scratchllm.cli.evaluate",
     "scratchllm.cli.download",
     "scratchllm.cli.export",
+    "scratchllm.cli.serve",
 ]
 
 

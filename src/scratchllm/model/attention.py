@@ -53,7 +53,14 @@ def cached_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Te
     single new token sees everything cached, and several new tokens after a cached prefix get
     an offset causal mask. Keys/values may have fewer heads than queries (grouped-query
     attention): each key/value head then serves ``H_q / H_kv`` query heads.
+
+    A cache with an ``attend`` method takes the whole step over: the server's batched
+    decode (``scratchllm.serve.slots``) attends each row over its own sequence, so a row's
+    result never depends on the lengths of the rows beside it.
     """
+    attend = getattr(cache, "attend", None)
+    if attend is not None:
+        return attend(queries, keys, values, mask=mask, layer=layer)
     n_tokens = queries.shape[2]
     past = 0
     if cache is not None:

@@ -1,0 +1,75 @@
+"""``scratchllm serve``: an OpenAI-compatible HTTP server with continuous batching."""
+
+from __future__ import annotations
+
+import argparse
+
+from scratchllm.cli.generate import DTYPES
+from scratchllm.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API",
+        description="Serve any model scratchllm opens at /v1/completions, "
+        "/v1/chat/completions and /v1/models (OpenAI's API: the openai client, curl, "
+        "`scratchllm evaluate judge --api openai`). Concurrent requests are decoded together "
+        "in one batch; SIGTERM or Ctrl-C lets running requests finish, then exits.",
+    )
+    p.add_argument("--model", required=True,
+                   help="model or run directory, a Hugging Face directory, or a Hub name")
+    p.add_argument("--model-name", default=None, metavar="NAME",
+                   help="the id clients send as 'model' (default: the directory's name)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; "
+                   "0.0.0.0 opens it to the network, so set --api-key)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every route but /health")
+    p.add_argument("--max-batch", type=int, default=8, metavar="N",
+                   help="sequences decoded together (default 8); each step computes all N "
+                   "rows, so a request's output never depends on the others")
+    p.add_argument("--max-queue", type=int, default=64, metavar="N",
+                   help="requests that may wait for a free slot before new ones get HTTP 429 "
+                   "(default 64)")
+    p.add_argument("--max-request-bytes", type=int, default=4 << 20, metavar="N",
+                   help="largest request body accepted, else HTTP 413 (default 4 MiB)")
+    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM, how long running requests may take to finish (default 30)")
+    p.add_argument("--prompt-style", default=None,
+                   choices=["template", "alpaca", "phi3", "plain"],
+                   help="chat prompt format (default: what the model was fine-tuned with, "
+                   "else its chat template, else plain User:/Assistant: lines)")
+    p.add_argument("--dtype", default="auto", type=str.lower, choices=sorted(DTYPES),
+                   help="weights' dtype (default: as saved); sampling is always float32")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from scratchllm.serve import ServerConfig, build_engine
+    from scratchllm.serve import run as serve
+    from scratchllm.utils.device import resolve_device
+
+    for name in ("max_batch", "max_request_bytes"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, "
+                              f"got {getattr(args, name)}")
+    if args.max_queue < 0:
+        raise ConfigError(f"--max-queue must be 0 or more, got {args.max_queue}")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, got {args.port}")
+    if args.drain_timeout < 0:
+        raise ConfigError(f"--drain-timeout must be 0 or more, got {args.drain_timeout}")
+    if args.api_key is not None and not args.api_key.strip():
+        raise ConfigError("--api-key must not be empty")
+    engine, model_id, metadata = build_engine(
+        args.model, device=resolve_device(args.device), dtype=DTYPES[args.dtype],
+        max_batch=args.max_batch, max_queue=args.max_queue)
+    config = ServerConfig(args.model_name or model_id, args.api_key, args.max_request_bytes,
+                          metadata, args.prompt_style)
+    print(f"scratchllm serve: {config.model_id} on http://{args.host}:{args.port}/v1 "
+          f"(batch {args.max_batch}, queue {args.max_queue})", flush=True)
+    serve(engine, config, host=args.host, port=args.port, drain_timeout=args.drain_timeout)
+    return 0
