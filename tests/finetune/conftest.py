@@ -13,6 +13,16 @@ from scratchllm.tokenizers import GPT2Tokenizer
 from scratchllm.weights.model_dir import save_model_dir
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: tiny models gain nothing from more, and on a shared CPU threads that
+    wait on each other slow every step down (tests/train does the same)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def gpt2_tok(shared_data):
     return GPT2Tokenizer(shared_data / "gpt2")

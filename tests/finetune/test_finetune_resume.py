@@ -65,15 +65,15 @@ def test_instruct_resume_is_bitwise_equal(dropout_model_dir, instruct_file, tmp_
 
 def test_classify_resume_with_keep_best_is_bitwise_equal(dropout_model_dir, toy_labels_file,
                                                          tmp_path):
-    """28 training texts, batch 4: 7 steps per epoch, 21 in all; stop after 10, resume."""
-    common = dict(epochs=3, lr=2e-3, trainable="all", keep_best=True, eval_every=4, **LOOP)
+    """28 training texts, batch 4: 7 steps per epoch, 14 in all; stop after 5, resume."""
+    common = dict(epochs=2, lr=2e-3, trainable="all", keep_best=True, eval_every=4, **LOOP)
     straight = finetune_classifier(dropout_model_dir, toy_labels_file, tmp_path / "a", **common)
     stopped = finetune_classifier(dropout_model_dir, toy_labels_file, tmp_path / "b",
-                                  stop_at=10, **common)
-    assert stopped.interrupted and stopped.steps == 10 and not stopped.metrics
+                                  stop_at=5, **common)
+    assert stopped.interrupted and stopped.steps == 5 and not stopped.metrics
     resumed = finetune_classifier(dropout_model_dir, toy_labels_file, tmp_path / "b",
                                   resume=True, **common)
-    assert resumed.steps == straight.steps == 21
+    assert resumed.steps == straight.steps == 14
     assert_same_weights(tmp_path / "a" / "model", tmp_path / "b" / "model")
     assert_same_weights(tmp_path / "a" / "best", tmp_path / "b" / "best")
     assert resumed.metrics == straight.metrics
@@ -82,10 +82,10 @@ def test_classify_resume_with_keep_best_is_bitwise_equal(dropout_model_dir, toy_
 
 
 def test_dpo_with_lora_resume_is_bitwise_equal(dropout_model_dir, preference_file, tmp_path):
-    common = dict(epochs=2, lr=5e-3, beta=0.5, eval_every=2, eval_batches=1,
+    common = dict(epochs=1, lr=5e-3, beta=0.5, eval_every=2, eval_batches=1,
                   lora={"rank": 2, "alpha": 4.0, "dropout": 0.1}, **LOOP)
     finetune_dpo(dropout_model_dir, preference_file, tmp_path / "a", **common)
-    finetune_dpo(dropout_model_dir, preference_file, tmp_path / "b", stop_at=5, **common)
+    finetune_dpo(dropout_model_dir, preference_file, tmp_path / "b", stop_at=2, **common)
     finetune_dpo(dropout_model_dir, preference_file, tmp_path / "b", resume=True, **common)
     assert_same_weights(tmp_path / "a" / "latest", tmp_path / "b" / "latest")
     assert train_losses(tmp_path / "a") == train_losses(tmp_path / "b")

@@ -47,10 +47,14 @@ from scratchllm.finetune.runs import (
 
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, *,
                       average: bool = True) -> torch.Tensor:
-    """(B,) log-probability of each row's target tokens, skipping ``IGNORE_INDEX`` targets."""
+    """(B,) log-probability of each row's target tokens, skipping ``IGNORE_INDEX`` targets.
+
+    Token log-probs are minus the per-token cross-entropy: PyTorch's fused kernel, which keeps
+    no second vocabulary-sized tensor of log-probabilities around as log_softmax + gather would.
+    """
     mask = targets != IGNORE_INDEX
-    logps = torch.log_softmax(logits.float(), dim=-1)
-    picked = logps.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    picked = -F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(),
+                              ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)
     total = (picked * mask).sum(dim=-1)
     return total / mask.sum(dim=-1).clamp(min=1) if average else total
 
