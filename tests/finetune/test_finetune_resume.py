@@ -148,3 +148,29 @@ def test_cli_flags_save_every_and_resume(dropout_model_dir, toy_labels_file, ins
                  str(instruct_file), "--out", str(out), "--resume", "--device", "cpu"])
     assert code == 2 and "method: saved 'classify', now 'instruct'" in capsys.readouterr().err
     assert classify_module.RESULTS_FILE in {p.name for p in out.iterdir()}
+
+
+def test_sigterm_saves_and_the_command_exits_143(dropout_model_dir, toy_labels_file, tmp_path,
+                                                  monkeypatch, capsys):
+    """Job schedulers send SIGTERM before killing: it checkpoints like Ctrl-C (exit 128 + 15)."""
+    from scratchllm.finetune.classify_task import ClassifyTask
+
+    original = ClassifyTask.loss_sum
+    calls = []
+
+    def terminating(self, batch):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch)
+
+    monkeypatch.setattr(ClassifyTask, "loss_sum", terminating)
+    args = ["finetune", "classify", "--model", str(dropout_model_dir), "--data",
+            str(toy_labels_file), "--out", str(tmp_path / "run"), "--epochs", "1",
+            "--batch-size", "4", "--device", "cpu"]
+    assert main(args) == 143
+    captured = capsys.readouterr()
+    assert "stopped by SIGTERM at step 2" in captured.err and "--resume" in captured.out
+    monkeypatch.setattr(ClassifyTask, "loss_sum", original)
+    assert main(args + ["--resume"]) == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 7

@@ -63,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
         lora_alpha=args.lora_alpha, labels=labels, text_column=args.text_column,
         label_column=args.label_column, device=args.device, precision=args.precision,
         overwrite=args.overwrite, keep_best=args.keep_best, **loop_options(args))
-    if report_stop(result):
-        return 130
+    stopped = report_stop(result)
+    if stopped is not None:
+        return stopped
     accuracies = ", ".join(f"{split} {report['accuracy'] * 100:.2f}%"
                            for split, report in result.metrics.items())
     print(f"accuracy: {accuracies}")

@@ -33,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, precision=args.precision, eval_every=args.eval_every,
         shuffle_split=args.shuffle_split, progress=not args.quiet,
         overwrite=args.overwrite, **loop_options(args))
-    if report_stop(result):
-        return 130
+    stopped = report_stop(result)
+    if stopped is not None:
+        return stopped
     print(f"train loss {result.train_loss:.4f} | val loss {result.val_loss:.4f} | "
           f"val reward margin {result.val_reward_margin:.4f} | "
           f"val reward accuracy {result.val_reward_accuracy:.2f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 
 def add_common_args(p: argparse.ArgumentParser, *, epochs: int, lr: float,
@@ -62,13 +63,14 @@ def loop_options(args: argparse.Namespace) -> dict:
             "min_lr": args.min_lr, "grad_clip": args.grad_clip}
 
 
-def report_stop(result) -> bool:
-    """Print how to continue an interrupted run; True if it was interrupted."""
-    if getattr(result, "interrupted", False):
-        print(f"stopped at step {result.steps}; checkpoint in {result.out_dir}; "
-              "continue with --resume")
-        return True
-    return False
+def report_stop(result) -> int | None:
+    """For a run stopped by Ctrl-C or SIGTERM (checkpoint saved): say how to continue and
+    return the shell's exit status for that signal (130 / 143); None for a finished run."""
+    if not getattr(result, "interrupted", False):
+        return None
+    print(f"stopped at step {result.steps}; checkpoint in {result.out_dir}; continue with "
+          "--resume")
+    return 128 + int(result.stop_signal or signal.SIGINT)
 
 
 def lora_settings(args: argparse.Namespace) -> dict | None:
@@ -106,8 +108,9 @@ def run(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, max_new_tokens=args.max_new_tokens,
         shuffle_split=args.shuffle_split, generate_test=not args.no_test_responses,
         progress=not args.quiet, overwrite=args.overwrite, **loop_options(args))
-    if report_stop(result):
-        return 130
+    stopped = report_stop(result)
+    if stopped is not None:
+        return stopped
     print(f"examples: {result.n_train} train, {result.n_val} val, {result.n_test} test")
     print(f"train loss {result.train_loss:.3f} | val loss {result.val_loss:.3f}")
     print(f"model: {result.model_dir}")

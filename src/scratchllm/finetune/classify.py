@@ -61,7 +61,8 @@ class ClassifierResult:
     examples_seen: int
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
-    interrupted: bool = False         # stopped early (Ctrl-C, stop_at): resume with resume=True
+    interrupted: bool = False         # stopped early (Ctrl-C, SIGTERM, stop_at): resume=True
+    stop_signal: int | None = None    # the signal that stopped it, if one did
 
     def accuracy(self, split: str = "test") -> float:
         return self.metrics[split]["accuracy"]
@@ -188,7 +189,7 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
         split_sizes={n: len(s.examples) for n, s in zip(("train", "val", "test"), splits)},
         max_length=train_ds.max_length, trainable_params=n_trainable, total_params=n_total,
         steps=run.step, examples_seen=run.examples_seen, seconds=time.perf_counter() - start,
-        settings=settings, interrupted=run.interrupted)
+        settings=settings, interrupted=run.interrupted, stop_signal=run.stop_signal)
     if run.interrupted:
         return result
 

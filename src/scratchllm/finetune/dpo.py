@@ -172,7 +172,8 @@ class DPOResult:
     val_reward_margin: float
     val_reward_accuracy: float
     steps: int = 0
-    interrupted: bool = False         # stopped early (Ctrl-C, stop_at): resume with resume=True
+    interrupted: bool = False         # stopped early (Ctrl-C, SIGTERM, stop_at): resume=True
+    stop_signal: int | None = None    # the signal that stopped it, if one did
 
 
 def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
@@ -233,4 +234,4 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
         saved = finish_run(setup, result, lora=lora, metadata=metadata)
     return DPOResult(setup.out_dir, saved, last.get("train_loss", nan), last.get("val_loss", nan),
                      last.get("val_reward_margin", nan), last.get("val_reward_accuracy", nan),
-                     result.step, result.interrupted)
+                     result.step, result.interrupted, result.stop_signal)

@@ -57,7 +57,8 @@ class InstructResult:
     n_val: int
     n_test: int
     steps: int = 0
-    interrupted: bool = False         # stopped early (Ctrl-C, stop_at): resume with resume=True
+    interrupted: bool = False         # stopped early (Ctrl-C, SIGTERM, stop_at): resume=True
+    stop_signal: int | None = None    # the signal that stopped it, if one did
 
 
 def generate_responses(model: nn.Module, tokenizer: Any, entries: list[dict[str, Any]], *,
@@ -191,7 +192,7 @@ def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str
         return InstructResult(setup.out_dir, setup.out_dir / "latest", None,
                               last.get("train_loss", nan), last.get("val_loss", nan),
                               len(train_entries), len(val_entries), len(test_entries),
-                              result.step, True)
+                              result.step, True, result.stop_signal)
     metadata = {**recipe, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                 "weight_decay": weight_decay, "seed": seed, "steps": result.step,
                 "train_loss": last.get("train_loss"), "val_loss": last.get("val_loss")}

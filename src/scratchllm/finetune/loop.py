@@ -3,7 +3,7 @@
 It is pretraining's engine (``scratchllm.train``) around a method-specific loss: AdamW with a
 warmup + cosine learning rate (constant by default, the book's recipe), gradient clipping,
 gradient accumulation, mixed precision, the same progress line, ``metrics.jsonl`` and loss
-plot, ``OUT/best/`` on validation, and checkpoints (``--save-every``, Ctrl-C) that a
+plot, ``OUT/best/`` on validation, and checkpoints (``--save-every``, Ctrl-C, SIGTERM) that a
 ``--resume`` continues bitwise equal on the CPU (weights, optimizer, schedule, every random
 generator and the data position come back; see ``finetune.batching``).
 
@@ -14,6 +14,7 @@ split into micro batches computes the gradient of exactly the one big batch.
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,7 @@ class LoopResult:
     examples_seen: int
     last_eval: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
+    stop_signal: int | None = None        # SIGINT / SIGTERM that stopped it (None: stop_at)
     checkpoint: Path | None = None
     best: BestModel | None = None
     seconds: float = 0.0
@@ -274,7 +276,7 @@ class FinetuneLoop:
                  + (f" = {accum} x {self.micro}" if accum > 1 else "") + ")")
         end = self.total_steps if settings.stop_at is None else min(settings.stop_at, self.total_steps)
         start_time = time.perf_counter()
-        stopped = False
+        stopped, stop_signal = False, None
         with StopRequest() as stop:
             while state.step < end:
                 self.one_step(start_time)
@@ -282,16 +284,20 @@ class FinetuneLoop:
                 if stopped or (settings.save_every and state.step % settings.save_every == 0):
                     self.save()
                 if stopped:
+                    stop_signal = stop.signum if stop.requested else None
                     break
         if self.progress is not None:
             self.progress.close()
         if stopped:
-            self.say(f"stopped at step {state.step}; saved {self.checkpoint}; continue with --resume")
+            why = {signal.SIGINT: "interrupted", signal.SIGTERM: "stopped by SIGTERM"}.get(
+                stop_signal, "stopped")
+            self.say(f"{why} at step {state.step}; saved {self.checkpoint}; continue with --resume")
         elif not self.last_eval:  # resumed at the very end: nothing evaluated in this session
             self.last_eval = self.measured(self.task.evaluate)
         self.model.eval()
         return LoopResult(step=state.step, total_steps=self.total_steps,
                           tokens_seen=state.tokens_seen, examples_seen=self.examples_seen,
                           last_eval=dict(self.last_eval), interrupted=stopped,
+                          stop_signal=stop_signal,
                           checkpoint=self.checkpoint, best=self.best,
                           seconds=time.perf_counter() - start_time)
