@@ -141,3 +141,56 @@ def test_real_full_disk_mid_checkpoint(tmp_path, small_disk, llama_args, capsys)
     resize(64 * 1024 * 1024)
     assert cli_main.main([*llama_args(run, *extra), "--resume"]) == 0
     _assert_same(_final_weights(run), _final_weights(straight))
+
+
+@pytest.mark.parametrize("fails", ["pointer", "latest", "best"])
+def test_disk_full_after_the_checkpoint_dir_is_in_place(tmp_path, monkeypatch, fails):
+    """Full while pointing LATEST/latest/ at the new checkpoint: it is dropped again and they
+    point back at the previous one. Full while linking best/: the new checkpoint stands and
+    best/ keeps the previous best. Either way the message names what --resume will use."""
+    from scratchllm.model import GPTConfig, GPTModel
+    from scratchllm.train import state as state_module
+    from scratchllm.train.state import TrainingState, latest_checkpoint, save_checkpoint
+
+    model = GPTModel(GPTConfig.from_dict(dict(vocab_size=50, context_length=8, emb_dim=16,
+                                              n_heads=2, n_layers=1)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    run = tmp_path / "run"
+
+    def save(step: int) -> Path:
+        state = TrainingState(step=step, tokens_seen=step, epoch=0)
+        return save_checkpoint(run, model=model, optimizer=optimizer, scheduler=None,
+                               state=state, val_loss=5.0 - step)
+
+    first = save(1)
+    weights = {1: {k: v.clone() for k, v in model.state_dict().items()}}
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(1.0)
+    weights[2] = {k: v.clone() for k, v in model.state_dict().items()}
+    no_space = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if fails == "pointer":
+        def write_pointer(run_dir, name):
+            raise no_space
+        monkeypatch.setattr(state_module, "write_pointer", write_pointer)
+    else:
+        real_link = state_module.link_model_dir
+
+        def link_model_dir(source, target):
+            if target.name == fails:
+                raise no_space
+            real_link(source, target)
+        monkeypatch.setattr(state_module, "link_model_dir", link_model_dir)
+    kept = "step-00000002" if fails == "best" else "step-00000001"
+    with pytest.raises(DiskFullError, match=f"checkpoints/{kept} is intact"):
+        save(2)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == \
+        ["step-00000001", "step-00000002"][: 2 if fails == "best" else 1]
+    assert latest_checkpoint(run) == run / "checkpoints" / kept
+    assert [p for p in run.rglob("*") if ".tmp-" in p.name or ".old-" in p.name] == []
+    expected = {"latest": 2 if fails == "best" else 1, "best": 1}
+    for name, step in expected.items():
+        loaded = scratchllm.load(run / name)[0].state_dict()
+        assert all(torch.equal(loaded[k], weights[step][k]) for k in loaded), name
+    assert first.is_dir()

@@ -57,12 +57,12 @@ def is_disk_full(err: BaseException) -> bool:
 
 
 def disk_full_error(run_dir: Path, what: str, previous: Path | None) -> DiskFullError:
-    """The one line a full disk deserves: what failed, what is intact, what to do."""
+    """The one line a full disk deserves: what failed, which checkpoint is intact, what to do."""
     if previous is None:
         kept = "no checkpoint had been saved yet"
     else:
-        kept = (f"the previous checkpoint {previous.relative_to(run_dir)} is intact (and latest/, "
-                "best/ with it); free some space and continue with --resume")
+        kept = (f"the last complete checkpoint {previous.relative_to(run_dir)} is intact (so are "
+                "latest/ and best/); free some space and continue with --resume")
     return DiskFullError(f"the disk is full (no space left on device) while writing {what} in "
                          f"{run_dir}; nothing half-written was kept and {kept}")
 

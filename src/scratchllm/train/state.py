@@ -44,7 +44,7 @@ from torch import nn
 
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 from scratchllm.train.run_control import capture_rng_state, restore_rng_state
-from scratchllm.train.run_dir import (BEST_DIR, CHECKPOINTS_DIR, STATE_FILE,
+from scratchllm.train.run_dir import (BEST_DIR, CHECKPOINTS_DIR, LATEST_POINTER, STATE_FILE,
                                       TRAINER_DIR, disk_full_error, is_disk_full, latest_checkpoint,
                                       link_model_dir, recorded_best, remove_stale_temps,
                                       remove_tree, step_dirs, write_pointer)
@@ -175,20 +175,23 @@ def save_checkpoint(run_dir: PathLike, *, model: nn.Module, optimizer, scheduler
     remove_stale_temps(run_dir)
     ckpt_dir = ckpt_root / name
     previous = latest_checkpoint(run_dir)
-    installed = False
+    stage = "write"
     try:
         with atomic_directory(ckpt_dir) as tmp:
             write_model_files(tmp, model, tokenizer, metadata)
             _write_trainer_state(tmp / TRAINER_DIR, optimizer, scheduler, scaler, record)
-        installed = True
+        stage = "point"
+        write_pointer(run_dir, name)
         link_model_dir(ckpt_dir, run_dir / LATEST_DIR)
+        stage = "best"
         if update_best:
             link_model_dir(ckpt_dir, run_dir / BEST_DIR)
-        write_pointer(run_dir, name)
     except Exception as err:
         if not is_disk_full(err):
             raise
-        if installed and previous != ckpt_dir:
+        if stage == "best":  # the checkpoint is complete and current; best/ is the old one
+            raise disk_full_error(run_dir, f"{BEST_DIR}/ (step {state.step})", ckpt_dir) from None
+        if stage == "point" and previous != ckpt_dir:
             _roll_back(run_dir, ckpt_dir, previous)
         raise disk_full_error(run_dir, f"checkpoint {name}", previous) from None
     if keep_last is not None:
@@ -199,13 +202,19 @@ def save_checkpoint(run_dir: PathLike, *, model: nn.Module, optimizer, scheduler
 
 
 def _roll_back(run_dir: Path, ckpt_dir: Path, previous: Path | None) -> None:
-    """After a full disk stopped the links: drop the new checkpoint, point latest/ back."""
+    """After a full disk stopped LATEST or latest/ from moving: drop the new checkpoint (which
+    frees its space), then point LATEST and latest/ back at ``previous``."""
     try:
         remove_tree(ckpt_dir)
         if previous is not None:
+            write_pointer(run_dir, previous.name)
             link_model_dir(previous, run_dir / LATEST_DIR)  # hard links: next to no space needed
+        else:
+            (run_dir / LATEST_POINTER).unlink(missing_ok=True)
+            if (run_dir / LATEST_DIR).is_dir():
+                remove_tree(run_dir / LATEST_DIR)
     except OSError:
-        pass  # LATEST still names ``previous``: --resume and loading find it regardless
+        pass  # latest_checkpoint() skips what is gone; loading and --resume still work
 
 
 # ---------------------------------------------------------------------------- loading
