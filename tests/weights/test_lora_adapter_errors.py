@@ -88,6 +88,8 @@ def test_save_respects_output_folders(tmp_path, adapter_dir):
     ({"task_type": "SEQ_CLS"}, "task_type"),
     ({"r": 8}, "rank 4 but adapter_config.json says 8"),
     ({"lora_dropout": 2}, "lora_dropout"),
+    ({"rank_pattern": {"c_attn(": 2}}, "not a valid regular expression"),
+    ({"alpha_pattern": {"c_attn": "big"}}, "alpha_pattern must be"),
 ])
 def test_unsupported_peft_settings_are_refused_by_name(adapter_dir, change, words):
     edit_config(adapter_dir, **change)

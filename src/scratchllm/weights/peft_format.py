@@ -75,9 +75,18 @@ def check_peft_config(config: dict[str, Any], path: Path) -> None:
         raise CheckpointError(f"{path}: lora_dropout must be a number in [0, 1), got "
                               f"{dropout!r}")
     for name in ("rank_pattern", "alpha_pattern"):
-        if not isinstance(config.get(name) or {}, dict):
+        patterns = config.get(name) or {}
+        if not isinstance(patterns, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                for v in patterns.values()):
             raise CheckpointError(f"{path}: {name} must be an object of module pattern -> "
-                                  "number")
+                                  "positive number")
+        for key in patterns:
+            try:
+                re.compile(key)
+            except re.error as err:
+                raise CheckpointError(f"{path}: {name} key {key!r} is not a valid regular "
+                                      f"expression ({err})") from err
 
 
 def module_alpha(config: dict[str, Any], module: str, rank: int) -> float:
