@@ -53,3 +53,24 @@ def test_spam_classifier_on_llama(llama_dir, shared_data, tmp_path):
     model, _, info = load_classifier(result.out_dir)
     assert isinstance(model, LlamaModel) and info["labels"] == ["ham", "spam"]
     assert model.out_head.out_features == 2
+
+
+def test_bf16_models_are_fine_tuned_with_fp32_master_weights(shared_data, tmp_path):
+    """A bf16 config (as Llama 3 / Qwen3 publish) trains fp32 weights: a 1e-6 AdamW update is
+    far below bf16's spacing near the weights (about 1e-4) and would vanish in bf16."""
+    torch.manual_seed(1)
+    config = LlamaConfig.preset("tiny-llama", vocab_size=50257, context_length=96, n_layers=1,
+                                dtype="bfloat16")
+    base_dir = save_model_dir(tmp_path / "bf16", LlamaModel(config),
+                              GPT2Tokenizer(shared_data / "gpt2"))
+    entries = json.loads((shared_data / "instruction" / "instruction-data.json").read_text())[:10]
+    data = tmp_path / "instructions.json"
+    data.write_text(json.dumps(entries))
+    result = finetune_instruct(base_dir, data, tmp_path / "sft", epochs=1, batch_size=8, lr=1e-6,
+                               eval_every=10, eval_batches=1, generate_test=False,
+                               device="cpu", progress=False)
+    tuned, _ = load_model_dir(result.model_dir)
+    base, _ = load_model_dir(base_dir)
+    assert tuned.config.dtype == "float32" and tuned.tok_emb.weight.dtype == torch.float32
+    moved = tuned.trf_blocks[0].ff.fc1.weight != base.trf_blocks[0].ff.fc1.weight.float()
+    assert moved.float().mean() > 0.9  # nearly every weight took its tiny step

@@ -34,7 +34,7 @@ from scratchllm.finetune.classifier_model import (
 from scratchllm.finetune.classify_plots import plot_classifier_run
 from scratchllm.finetune.classify_task import ClassifyTask, evaluate_split
 from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
-from scratchllm.finetune.runs import RunSetup, check_out, claim_out
+from scratchllm.finetune.runs import RunSetup, check_out, claim_out, master_weights
 from scratchllm.model.lora import lora_layers, merge_lora, save_lora, trainable_parameters
 from scratchllm.train.metrics import METRICS_FILE, MetricsLog
 from scratchllm.train.steps import autocast_for, resolve_precision
@@ -147,7 +147,7 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
     if keep_best and not splits[1].examples:
         raise ConfigError("keep_best needs a validation split; set val_frac > 0")
     loaded = open_model(model_dir, device=device_, require_tokenizer=True)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model, tokenizer = master_weights(loaded.model), loaded.tokenizer
     datasets = build_datasets(splits, tokenizer, model.config.context_length,
                               max_length=max_length, truncate=truncate)
     train_ds, val_ds, test_ds = datasets

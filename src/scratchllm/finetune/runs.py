@@ -23,7 +23,7 @@ from scratchllm.train.metrics import METRICS_FILE, MetricsLog, read_metrics
 from scratchllm.train.plots import PLOT_FILE, plot_losses
 from scratchllm.train.run_control import seed_everything
 from scratchllm.train.state import latest_checkpoint
-from scratchllm.train.steps import resolve_precision
+from scratchllm.train.steps import master_weights_config, resolve_precision
 from scratchllm.utils.device import resolve_device
 from scratchllm.utils.outputs import FINETUNE_RUN, check_output_dir, prepare_output_dir
 from scratchllm.weights.auto import generation_header, open_model
@@ -79,6 +79,21 @@ def claim_out(out: Path, *, overwrite: bool, checkpoint: Path | None) -> Path:
     return prepare_output_dir(out, FINETUNE_RUN, overwrite=overwrite)[0]
 
 
+def master_weights(model: nn.Module) -> nn.Module:
+    """Train in fp32 what a config stores in bf16/fp16 (Llama 3 / Qwen3 checkpoints).
+
+    AdamW on bf16 weights loses every update below the weights' bf16 spacing, which is most
+    fine-tuning updates at fine-tuning learning rates; as in pretraining
+    (``train.steps.master_weights_config``) the weights and optimizer state stay fp32 and
+    ``--precision`` autocasts the matmuls. The saved fine-tuned model says ``float32``.
+    """
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "dtype", "float32") != "float32":
+        model.config = master_weights_config(config)
+        model.float()
+    return model
+
+
 def start_run(model_dir: str | Path, out_dir: str | Path, *, device: str | None = "auto",
               precision: str = "auto", seed: int = 123, overwrite: bool = False,
               resume: bool = False) -> RunSetup:
@@ -91,7 +106,7 @@ def start_run(model_dir: str | Path, out_dir: str | Path, *, device: str | None 
     loaded = open_model(model_dir, device=torch_device, require_tokenizer=True)
     out = claim_out(out, overwrite=overwrite, checkpoint=checkpoint)
     seed_everything(seed)
-    loaded.model.train()
+    master_weights(loaded.model).train()
     return RunSetup(loaded.model, loaded.tokenizer, torch_device,
                     resolve_precision(precision, torch_device), out, MetricsLog(out / METRICS_FILE),
                     loaded.eos_ids, checkpoint)
