@@ -127,7 +127,7 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
                                  weight_decay=weight_decay, seed=seed, eval_every=eval_every,
                                  micro_batch_size=micro_batch_size, warmup_steps=warmup_steps,
                                  min_lr=min_lr, grad_clip=grad_clip, save_every=save_every,
-                                 keep_last=keep_last, progress=progress, log_every=10,
+                                 keep_last=keep_last, progress=progress,
                                  stop_at=stop_at)
     loop_settings.check()
     settings = dict(model_dir=str(model_dir), data_file=str(data_file), epochs=epochs,

@@ -67,7 +67,7 @@ class LoopSettings:
     save_every: int = 0                   # 0: checkpoints only on Ctrl-C / stop_at
     keep_last: int = 3
     progress: bool = True
-    log_every: int = 1                    # plain-text progress lines every N steps
+    log_every: int = 10                   # plain-text progress lines every N steps
     stop_at: int | None = None            # stop (and checkpoint) after this many steps
 
     def check(self) -> None:
