@@ -99,9 +99,11 @@ def hf_model(llama_dir):
 
 def hf_answer(hf_tokenizer, hf_model, messages: list[dict], max_new_tokens: int) -> str:
     """transformers' greedy answer to ``messages`` (its chat template, its generate), decoded
-    without the end token that stopped it (scratchllm does not print it)."""
+    without the end token that stopped it (scratchllm does not print it). Special token
+    strings in messages (this random model writes some) are text, as in scratchllm chat."""
     ids = hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                           tokenize=True, return_dict=False)
+                                           tokenize=True, return_dict=False,
+                                           sanitize_control_tokens=True)
     ids = torch.tensor([ids])
     eos = set(hf_model.generation_config.eos_token_id)
     with torch.no_grad():

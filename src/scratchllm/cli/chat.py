@@ -139,19 +139,24 @@ def run(args: argparse.Namespace) -> int:
             pass
     _note(f"chatting with {loaded.source} in {prompt_format.description}; "
           f"{session.context_length}-token context. {HELP}.")
+    try:
+        _loop(session, interactive)
+    except KeyboardInterrupt:  # Ctrl-C at the prompt (or between answers): leave quietly
+        print(file=sys.stderr)
+    return 0
+
+
+def _loop(session, interactive: bool) -> None:
+    """Read messages until /quit or the end of input; answer each."""
     while True:
-        try:
-            line = _read_line(interactive)
-        except KeyboardInterrupt:  # Ctrl-C at the prompt: leave quietly
-            print(file=sys.stderr)
-            return 0
+        line = _read_line(interactive)
         if line is None:
-            return 0
+            return
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
         if line.startswith("/") and not line.startswith("//"):
             if not _command(session, line):
-                return 0
+                return
             continue
         _answer(session, line[1:] if line.startswith("//") else line)
