@@ -177,9 +177,8 @@ def savable(model: nn.Module, optimizer, ctx: DistributedContext,
 
     DDP ranks hold identical full copies, so rank 0 saves its own. FSDP first gathers the full
     weights and optimizer state onto rank 0's CPU (a collective: every rank must call this),
-    so the checkpoint has the same files and tensors as a single-process one. ``optimizer``
-    None gathers the weights only (for best/) and gives (model, None).
-    """
+    so the checkpoint has the same files and tensors as a single-process one. ``optimizer=None``
+    gathers the weights only (for best/)."""
     if ctx.mode != "fsdp":
         return (model, optimizer) if ctx.is_main else None
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -187,15 +186,12 @@ def savable(model: nn.Module, optimizer, ctx: DistributedContext,
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
-    optimizer_state = (None if optimizer is None
-                       else get_optimizer_state_dict(model, optimizer, options=options))
+    gathered = optimizer and get_optimizer_state_dict(model, optimizer, options=options)
     if not ctx.is_main:
         return None
-    copy = cpu_copy(model_class, model.config, weights)
-    if optimizer_state is None:
-        return copy, None
-    plain = renumber_optimizer_state(optimizer_state, parameter_names(model, optimizer))
-    return copy, StateHolder(plain)
+    holder = None if gathered is None else StateHolder(
+        renumber_optimizer_state(gathered, parameter_names(model, optimizer)))
+    return cpu_copy(model_class, model.config, weights), holder
 
 
 def load_checkpoint_into(checkpoint: Path, model: nn.Module, optimizer, ctx: DistributedContext,
