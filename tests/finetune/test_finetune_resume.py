@@ -17,6 +17,7 @@ import torch
 from scratchllm.cli.main import main
 from scratchllm.errors import ConfigError
 from scratchllm.finetune import classify as classify_module
+from scratchllm.finetune.classifier_model import load_classifier
 from scratchllm.finetune.classify import finetune_classifier
 from scratchllm.finetune.dpo import finetune_dpo
 from scratchllm.finetune.instruct import InstructTask, finetune_instruct
@@ -141,7 +142,9 @@ def test_cli_flags_save_every_and_resume(dropout_model_dir, toy_labels_file, ins
             "--grad-clip", "0.5", "--save-every", "3", "--keep-last", "1", "--device", "cpu"]
     assert main(args) == 0
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000006"]
-    assert (out / "latest").is_dir() and (out / "best" / "config.json").is_file()
+    assert (out / "best" / "config.json").is_file()
+    _, _, info = load_classifier(out / "latest")  # the final classifier, not a training state
+    assert info["labels"] == ["neg", "pos"]
     assert main(args + ["--resume"]) == 0  # continues step 6 to the end (step 7)
     assert "resumed from" in capsys.readouterr().err
     code = main(["finetune", "instruct", "--model", str(dropout_model_dir), "--data",

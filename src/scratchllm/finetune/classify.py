@@ -37,6 +37,7 @@ from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
 from scratchllm.finetune.runs import RunSetup, check_out, claim_out, master_weights
 from scratchllm.model.lora import lora_layers, merge_lora, save_lora, trainable_parameters
 from scratchllm.train.metrics import METRICS_FILE, MetricsLog
+from scratchllm.train.run_dir import link_model_dir
 from scratchllm.train.steps import autocast_for, resolve_precision
 from scratchllm.utils.device import resolve_device
 from scratchllm.weights.auto import open_model
@@ -213,6 +214,8 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
     result.model_dir = save_classifier(out_dir / MODEL_SUBDIR, model, tokenizer, classifier_metadata(
         data.labels, tokenizer.eot_id, train_ds.max_length, trainable=trainable,
         truncate=truncate, test_accuracy=result.metrics.get("test", {}).get("accuracy")))
+    if (out_dir / "latest").is_dir():  # checkpoints pointed it at a training state
+        link_model_dir(result.model_dir, out_dir / "latest")  # now: the final classifier
     plot_classifier_run(out_dir)
     result.seconds = time.perf_counter() - start
     atomic_write_json(out_dir / RESULTS_FILE, result.to_dict())
