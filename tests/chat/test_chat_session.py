@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import threading
 
+import torch
+
 import pytest
 
 from scratchllm.chat import ChatSession, InstructionFormat, PlainFormat, Sampling, choose_format
@@ -109,3 +111,42 @@ def test_cli_bad_values_are_one_line(alpaca_dir, endless_dir, monkeypatch, capsy
         _, err = capsys.readouterr()
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert err.startswith("scratchllm chat: error: ") and needle in err, err
+
+
+def test_cli_chat_with_a_lora_adapter(alpaca_dir, plain_tokenizer, endless_model, tmp_path,
+                                      monkeypatch, capsys):
+    """--adapter merges a PEFT-layout adapter into the model: the answer is the merged
+    model's greedy text, not the base model's."""
+    import copy
+
+    from scratchllm.model.lora import apply_lora, lora_layers, merge_lora
+    from scratchllm.weights.lora_adapter import save_lora_adapter
+
+    tuned = apply_lora(copy.deepcopy(endless_model), rank=4, alpha=8.0)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for layer in lora_layers(tuned).values():
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen))
+    adapter = save_lora_adapter(tuned, tmp_path / "adapter", base_source=alpaca_dir)
+    merged = merge_lora(tuned).eval()
+    ids = InstructionFormat(plain_tokenizer, "alpaca").encode(None, [], "Hello there")
+    expected = plain_tokenizer.decode(generate(merged, ids, 9)[len(ids):])
+    assert expected != plain_tokenizer.decode(generate(endless_model, ids, 9)[len(ids):])
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\n"))
+    code = cli_main.main(["chat", "--model", str(alpaca_dir), "--adapter", str(adapter),
+                          "--max-new-tokens", "9"])
+    out, err = capsys.readouterr()
+    assert code == 0 and out == expected + "\n", err
+
+
+def test_cli_seed_makes_sampled_chats_repeatable(alpaca_dir, monkeypatch, capsys):
+    def chat(seed: str) -> str:
+        monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\nHello there\n"))
+        code = cli_main.main(["chat", "--model", str(alpaca_dir), "--max-new-tokens", "12",
+                              "--temperature", "1.5", "--seed", seed])
+        out, _ = capsys.readouterr()
+        assert code == 0
+        return out
+
+    first = chat("1")
+    assert first == chat("1") and first != chat("2")
