@@ -133,10 +133,11 @@ class ChatSession:
         self.sampling = sampling
         self.context_length = context_length or model.config.context_length
         check_sampling_args(sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p)
-        if isinstance(sampling.max_new_tokens, bool) or not isinstance(sampling.max_new_tokens, int) \
-                or not 1 <= sampling.max_new_tokens < self.context_length:
+        count = sampling.max_new_tokens
+        if isinstance(count, bool) or not isinstance(count, int) \
+                or not 1 <= count < self.context_length:
             raise ConfigError(f"max_new_tokens must be at least 1 and below the model's "
-                              f"{self.context_length}-token context, got {sampling.max_new_tokens}")
+                              f"{self.context_length}-token context, got {count}")
         self.conversation = Conversation(system or None)
         self._generator: torch.Generator | None = None
         if sampling.seed is not None:  # one stream of random numbers for the whole chat

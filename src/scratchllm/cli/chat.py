@@ -9,6 +9,7 @@ Ctrl-C or Ctrl-D at the prompt, or /quit, ends it (exit 0).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from scratchllm.cli.generate import DTYPES
@@ -42,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="longest answer in tokens (default 256)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="0 = greedy (default); higher = more random")
-    p.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest tokens")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="sample only from the k likeliest tokens")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--min-p", type=float, default=None,
                    help="drop tokens below min_p x the top token's probability")
@@ -132,9 +134,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdin.reconfigure(errors="replace")
     except (AttributeError, ValueError):
         pass
-    if interactive:
+    if interactive:  # line editing and history for input()
         try:
-            import readline  # noqa: F401  (line editing and history for input())
+            importlib.import_module("readline")
         except ImportError:
             pass
     _note(f"chatting with {loaded.source} in {prompt_format.description}; "
