@@ -107,5 +107,14 @@ class Reply:
             offset += len(t.token)
         return {"tokens": [t.token for t in tokens],
                 "token_logprobs": [t.logprob for t in tokens],
-                "top_logprobs": [{s: lp for s, _, lp in t.top} for t in tokens],
+                "top_logprobs": [_by_text(t.top) for t in tokens],
                 "text_offset": offsets}
+
+
+def _by_text(top: list[tuple[str, list[int], float]]) -> dict[str, float]:
+    """The legacy format keys alternatives by text: tokens with the same text (bytes of
+    unfinished characters all show as U+FFFD) keep the likeliest one's logprob."""
+    out: dict[str, float] = {}
+    for text, _, logprob in top:
+        out.setdefault(text, logprob)
+    return out

@@ -1,0 +1,74 @@
+"""A tiny GPT model directory and a real server (uvicorn in a thread) for the serve tests."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchllm.model.config import GPTConfig
+from scratchllm.model.gpt import GPTModel
+from scratchllm.serve import ServerConfig, build_engine, start_in_thread
+from scratchllm.tokenizers.bpe import BPETokenizer
+from scratchllm.train.batches import embedded_verdict_text
+from scratchllm.weights.model_dir import save_model_dir
+
+MAX_BATCH = 32
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One torch thread: on a shared 2-core machine two threads that wait on each other turn
+    a millisecond step into tens of milliseconds (see tests/train/conftest.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=1)
+def small_tokenizer() -> BPETokenizer:
+    """A 400-token byte-level BPE: the output layer of GPT-2's 50,257 tokens would be most of
+    every step's time."""
+    return BPETokenizer.train(embedded_verdict_text()[:6000], vocab_size=400)
+
+
+def tiny_model_dir(path: Path, seed: int = 0, context_length: int = 256) -> Path:
+    torch.manual_seed(seed)
+    tokenizer = small_tokenizer()
+    config = GPTConfig.preset("tiny", context_length=context_length,
+                              vocab_size=tokenizer.vocab_size)
+    save_model_dir(path, GPTModel(config), tokenizer)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    return tiny_model_dir(tmp_path_factory.mktemp("serve") / "tiny-gpt")
+
+
+@pytest.fixture(scope="session")
+def server(model_dir):
+    """One server for the whole session: 32 slots, like the concurrency test needs."""
+    engine, model_id, metadata = build_engine(model_dir, device="cpu", max_batch=MAX_BATCH)
+    running = start_in_thread(engine, ServerConfig(model_id, metadata=metadata,
+                                                   max_body_bytes=64 << 10))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0,
+                         timeout=60)
+
+
+@pytest.fixture(scope="session")
+def loaded(model_dir):
+    """The same model opened directly: the reference the server's answers are checked against."""
+    from scratchllm.weights.auto import open_model
+
+    return open_model(model_dir, device="cpu", require_tokenizer=True)
