@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import threading
+from pathlib import Path
 
 import torch
 
@@ -150,3 +151,28 @@ def test_cli_seed_makes_sampled_chats_repeatable(alpaca_dir, monkeypatch, capsys
 
     first = chat("1")
     assert first == chat("1") and first != chat("2")
+
+
+def test_a_message_the_template_refuses_is_not_sent_and_the_chat_goes_on(
+        llama_dir, tmp_path, monkeypatch, capsys):
+    """Gemma-style templates refuse a system role: that message is refused in one line,
+    and without the system message the chat works."""
+    import json
+    import shutil
+
+    directory = Path(shutil.copytree(llama_dir, tmp_path / "gemma-like"))
+    template = directory / "chat_template.jinja"  # where transformers saves it
+    assert "chat_template" not in json.loads((directory / "tokenizer_config.json").read_text())
+    template.write_text("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System "
+                        "role not supported') }}{% endif %}" + template.read_text())
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n/system\nHello\n"))
+    code = cli_main.main(["chat", "--model", str(directory), "--system", "Be brief.",
+                          "--max-new-tokens", "5"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    refused = [line for line in err.splitlines() if line.startswith("not sent:")]
+    assert len(refused) == 1 and "System role not supported" in refused[0]
+    loaded = open_model(directory)
+    ids = choose_format(loaded.tokenizer).encode(None, [], "Hello")
+    new = generate(loaded.model, ids, 5, eos_id=loaded.eos_ids)[len(ids):]
+    assert out == loaded.tokenizer.decode(new) + "\n"

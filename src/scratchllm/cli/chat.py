@@ -13,7 +13,7 @@ import importlib
 import sys
 
 from scratchllm.cli.generate import DTYPES
-from scratchllm.errors import ConfigError, ContextLengthError
+from scratchllm.errors import ConfigError, ScratchLLMError
 
 HELP = "Commands: /reset clears the history, /system TEXT sets the system message, /quit exits"
 
@@ -81,8 +81,8 @@ def _answer(session, text: str) -> None:
         for piece in reply:
             sys.stdout.write(piece)
             sys.stdout.flush()
-    except ContextLengthError as err:
-        _note(f"not sent: {err}")
+    except ScratchLLMError as err:  # too long for the context, refused by the template, ...
+        _note(f"not sent: {' '.join(str(err).split())}")
         return
     except KeyboardInterrupt:
         if reply is not None:
