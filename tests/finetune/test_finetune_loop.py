@@ -64,9 +64,11 @@ def test_accumulated_micro_batches_equal_one_big_batch(method, gpt2_tok, instruc
     entries = json.loads((instruct_file if method == "instruct" else preference_file).read_text())
     big_model = tiny_model()
     small_model = copy.deepcopy(big_model)
-    big = make_loop(tmp_path, "big", big_model, gpt2_tok, build(big_model, gpt2_tok, entries))
+    size = 8 if method == "instruct" else 4  # DPO rows are long: keep the test quick
+    big = make_loop(tmp_path, "big", big_model, gpt2_tok, build(big_model, gpt2_tok, entries),
+                    batch_size=size)
     small = make_loop(tmp_path, "small", small_model, gpt2_tok,
-                      build(small_model, gpt2_tok, entries), micro_batch_size=2)
+                      build(small_model, gpt2_tok, entries), batch_size=size, micro_batch_size=2)
     big_loss, big_stats, big_tokens = big.train_step()
     small_loss, small_stats, small_tokens = small.train_step()
     assert small_loss == pytest.approx(big_loss, abs=1e-6) and small_tokens == big_tokens
@@ -140,18 +142,18 @@ def test_dpo_policy_and_reference_agree_on_dropout(gpt2_tok, preference_file, tm
     entries = json.loads(preference_file.read_text())
     policy = tiny_model(drop_rate=0.2)
     task = dpo_task(policy, gpt2_tok, entries)
-    loss, stats, _ = make_loop(tmp_path, "dpo", policy, gpt2_tok, task).train_step()
+    loss, stats, _ = make_loop(tmp_path, "dpo", policy, gpt2_tok, task, batch_size=4).train_step()
     assert stats == {"reward_margin": 0.0, "reward_accuracy": 0.0}
     assert loss == pytest.approx(math.log(2), abs=1e-6)
 
     fresh = tiny_model(drop_rate=0.2)
     reference = frozen_copy(fresh)
-    batch = task.collate(list(range(8)))
+    batch = task.collate(list(range(4)))
     fresh.eval()  # what DPOTask does (dropout = False)
     losses, chosen, rejected = dpo_terms(fresh, reference, batch, beta=0.1)
-    assert torch.equal(chosen - rejected, torch.zeros(8))
-    assert torch.equal(losses, -F.logsigmoid(torch.zeros(8)))
+    assert torch.equal(chosen - rejected, torch.zeros(4))
+    assert torch.equal(losses, -F.logsigmoid(torch.zeros(4)))
     fresh.train()  # guard: dropout in the policy alone breaks the agreement
     losses, chosen, rejected = dpo_terms(fresh, reference, batch, beta=0.1)
     assert (chosen - rejected).abs().max() > 0
-    assert not torch.equal(losses, -F.logsigmoid(torch.zeros(8)))
+    assert not torch.equal(losses, -F.logsigmoid(torch.zeros(4)))

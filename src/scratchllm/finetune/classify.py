@@ -34,7 +34,7 @@ from scratchllm.finetune.classifier_model import (
 from scratchllm.finetune.classify_plots import plot_classifier_run
 from scratchllm.finetune.classify_task import ClassifyTask, evaluate_split
 from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
-from scratchllm.finetune.runs import RunSetup, check_out, claim_out, master_weights
+from scratchllm.finetune.runs import RunSetup, check_out, claim_out, master_weights, source_name
 from scratchllm.model.lora import lora_layers, merge_lora, save_lora, trainable_parameters
 from scratchllm.train.metrics import METRICS_FILE, MetricsLog
 from scratchllm.train.run_dir import link_model_dir
@@ -173,7 +173,8 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
 
     task = ClassifyTask(model, datasets, list(data.labels), batch_size=batch_size,
                         eval_batches=eval_batches, device=device_, save=save, out_dir=out_dir)
-    recipe = {"method": "classify", "data_file": str(data_file), "trainable": trainable,
+    recipe = {"method": "classify", "model": source_name(model_dir),
+              "data_file": source_name(data_file), "trainable": trainable,
               "balance": balance, "max_length": max_length, "truncate": truncate,
               "lora": [lora_rank, lora_alpha, lora_dropout] if trainable == "lora" else None,
               "labels": list(data.labels), "split_seed": split_seed,

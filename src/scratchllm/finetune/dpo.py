@@ -36,6 +36,7 @@ from scratchllm.data.preference import PreferenceDataset, load_preference_data, 
 from scratchllm.errors import ConfigError
 from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
 from scratchllm.finetune.runs import (
+    source_name,
     eval_loader,
     finish_run,
     maybe_apply_lora,
@@ -221,7 +222,8 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
     task = DPOTask(policy, reference, train_set, collate, evals, beta=beta,
                    average=average_logprobs, device=setup.device, eval_batches=eval_batches,
                    save=model_saver(setup), plot=partial(plot_run, setup))
-    recipe = {"method": "dpo", "data_file": str(data_file), "beta": beta,
+    recipe = {"method": "dpo", "model": source_name(model_dir),
+              "data_file": source_name(data_file), "beta": beta,
               "prompt_style": prompt_style, "max_length": max_length,
               "average_logprobs": average_logprobs, "lora": lora,
               "shuffle_split": shuffle_split, "eval_batches": eval_batches}

@@ -32,6 +32,7 @@ from scratchllm.data.instruction import (
 from scratchllm.errors import ConfigError
 from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
 from scratchllm.finetune.runs import (
+    source_name,
     eval_loader,
     finish_run,
     maybe_apply_lora,
@@ -182,7 +183,8 @@ def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str
     task = InstructTask(model, train_set, collate, evals, device=setup.device,
                         eval_batches=eval_batches, save=model_saver(setup),
                         plot=partial(plot_run, setup))
-    recipe = {"method": "instruct", "data_file": str(data_file), "prompt_style": prompt_style,
+    recipe = {"method": "instruct", "model": source_name(model_dir),
+              "data_file": source_name(data_file), "prompt_style": prompt_style,
               "mask_prompt": mask_prompt, "max_length": max_length, "lora": lora,
               "shuffle_split": shuffle_split, "eval_batches": eval_batches}
     result = FinetuneLoop(setup, task, settings, recipe).run()

@@ -50,6 +50,13 @@ class RunSetup:
     checkpoint: Path | None = None  # the checkpoint a --resume continues from
 
 
+def source_name(path: str | Path) -> str:
+    """How a run's recipe names its model or data: the absolute path of an existing file or
+    folder (so a resume may spell it differently), else as given (a Hub name)."""
+    candidate = Path(path).expanduser()
+    return str(candidate.resolve()) if candidate.exists() else str(path)
+
+
 def check_out(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False,
               resume: bool = False) -> tuple[Path, Path | None]:
     """(out folder, checkpoint to resume or None): the output rules, before any slow work.
