@@ -19,3 +19,8 @@ from scratchllm.finetune.instruct import (  # noqa: E402
 
 __all__ += ["DPOResult", "InstructResult", "dpo_loss", "finetune_dpo", "finetune_instruct",
             "generate_responses"]
+
+# The loop all three methods share (checkpoints, --resume, schedule, accumulation).
+from scratchllm.finetune.loop import FinetuneLoop, LoopResult, LoopSettings  # noqa: E402
+
+__all__ += ["FinetuneLoop", "LoopResult", "LoopSettings"]
