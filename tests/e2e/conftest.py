@@ -14,12 +14,16 @@ README test reads those lists to check every command the README shows is exercis
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,16 +38,89 @@ tokenizers = pytest.importorskip("tokenizers")
 # --------------------------------------------------------------------------- the command line
 
 class CLI:
-    """Runs ``python -m scratchllm ARGV`` in a clean, offline environment."""
+    """Runs ``python -m scratchllm ARGV`` in a clean, offline environment.
 
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.env, self.cwd = env, cwd
+    By default each command is a child forked from ``e2e_zygote`` (a process started with
+    the same environment that has already imported torch), which saves seconds per command;
+    ``spawn=True``, or ``SCRATCHLLM_E2E_SPAWN=1`` for every command, starts the interpreter
+    from scratch instead.
+    """
 
-    def run(self, argv: list[str], *, env: dict[str, str] | None = None,
+    def __init__(self, env: dict[str, str], cwd: Path, scratch: Path) -> None:
+        self.env, self.cwd, self.scratch = env, cwd, scratch
+        self.spawn_all = os.environ.get("SCRATCHLLM_E2E_SPAWN", "") not in ("", "0")
+        self._zygote: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._count = itertools.count()
+
+    def close(self) -> None:
+        if self._zygote is not None:
+            self._zygote.stdin.close()
+            self._zygote.wait(timeout=30)
+
+    def start(self, argv: list[str], *, stdin: str | None = None,
+              spawn: bool = False) -> tuple:
+        """Start a command (``stdin``: text for its standard input); ``finish`` waits for it."""
+        argv = [str(a) for a in argv]
+        n = next(self._count)
+        files = {k: str(self.scratch / f"{n}.{k}") for k in ("stdout", "stderr", "rc", "stdin")}
+        Path(files["stdin"]).write_text(stdin or "", encoding="utf-8")
+        if spawn or self.spawn_all:
+            with open(files["stdin"], "rb") as given, open(files["stdout"], "wb") as out, \
+                    open(files["stderr"], "wb") as err:
+                proc = subprocess.Popen([sys.executable, "-m", "scratchllm", *argv],
+                                        env=self.env, cwd=self.cwd, stdin=given, stdout=out,
+                                        stderr=err)
+            return argv, proc, files
+        with self._lock:
+            if self._zygote is None:
+                self._zygote = subprocess.Popen(
+                    [sys.executable, str(Path(__file__).with_name("e2e_zygote.py"))],
+                    env=self.env, cwd=self.cwd, text=True, stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE)
+            self._zygote.stdin.write(json.dumps({"argv": argv, "cwd": str(self.cwd),
+                                                 **files}) + "\n")
+            self._zygote.stdin.flush()
+            reply = self._zygote.stdout.readline()
+        assert reply, "the e2e zygote died; rerun with SCRATCHLLM_E2E_SPAWN=1 to see why"
+        return argv, json.loads(reply)["pid"], files
+
+    def finish(self, started: tuple, timeout: float = 300) -> subprocess.CompletedProcess:
+        argv, proc, files = started
+        if isinstance(proc, subprocess.Popen):
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+        else:
+            rc, deadline = Path(files["rc"]), time.monotonic() + timeout
+            while not rc.exists():
+                try:
+                    os.kill(proc, 0)
+                except ProcessLookupError:  # gone without an exit code: killed by a signal
+                    if not rc.exists():
+                        rc.write_text("-9")
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(proc, signal.SIGKILL)
+                    raise subprocess.TimeoutExpired(argv, timeout)
+                time.sleep(0.02)
+            code = int(rc.read_text())
+        read = lambda key: Path(files[key]).read_text(encoding="utf-8")  # noqa: E731
+        return subprocess.CompletedProcess(argv, code, read("stdout"), read("stderr"))
+
+    @staticmethod
+    def signal(started: tuple, signum: int) -> None:
+        proc = started[1]
+        if isinstance(proc, subprocess.Popen):
+            proc.send_signal(signum)
+        else:
+            os.kill(proc, signum)
+
+    def run(self, argv: list[str], *, stdin: str | None = None, spawn: bool = False,
             timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "scratchllm", *map(str, argv)],
-                              env={**self.env, **(env or {})}, cwd=self.cwd, text=True,
-                              capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return self.finish(self.start(argv, stdin=stdin, spawn=spawn), timeout)
 
     def ok(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
         proc = self.run(argv, **kwargs)
@@ -52,6 +129,13 @@ class CLI:
                                       f"stderr:\n{proc.stderr}")
         assert "Traceback" not in proc.stderr
         return proc
+
+    def many(self, argvs: list[list[str]]) -> list[subprocess.CompletedProcess]:
+        """Independent commands that must all succeed, two at a time (this is a 2-core box)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            return list(pool.map(self.ok, argvs))
 
     def error(self, argv: list[str], command: str, **kwargs) -> str:
         """Exit 2 with exactly one stderr line ``scratchllm COMMAND: error: ...``; returns it."""
@@ -79,21 +163,30 @@ def hf_cache(e2e_root) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cli_runner(e2e_root, hf_cache) -> CLI:
+def cli_runner(e2e_root, hf_cache) -> Iterator[CLI]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("HF_", "HUGGINGFACE_", "OPENAI_", "SCRATCHLLM_"))}
     env.update(HF_HUB_OFFLINE="1", CI="true", HF_HOME=str(hf_cache.parent),
                HF_HUB_CACHE=str(hf_cache), MPLBACKEND="Agg", OMP_NUM_THREADS="1",
                PYTHONIOENCODING="utf-8", TOKENIZERS_PARALLELISM="false")
-    cwd = e2e_root / "cwd"
+    cwd, scratch = e2e_root / "cwd", e2e_root / "cli-output"
     cwd.mkdir()
-    return CLI(env, cwd)
+    scratch.mkdir()
+    runner = CLI(env, cwd, scratch)
+    yield runner
+    runner.close()
 
 
 @pytest.fixture(scope="session")
 def cli(cli_runner) -> Callable[..., subprocess.CompletedProcess]:
     """``cli([...])``: run a command that must succeed; returns the CompletedProcess."""
     return cli_runner.ok
+
+
+@pytest.fixture(scope="session")
+def cli_many(cli_runner) -> Callable[..., list[subprocess.CompletedProcess]]:
+    """``cli_many([[...], [...]])``: independent commands that must all succeed, in parallel."""
+    return cli_runner.many
 
 
 @pytest.fixture(scope="session")
@@ -225,15 +318,22 @@ def hub_snapshot(hf_cache, gpt2_hf_dir) -> Path:
 # --------------------------------------------------------------------------- reference & data
 
 @pytest.fixture(scope="session")
-def corpus_file(e2e_root) -> Path:
-    path = e2e_root / "data" / "story.txt"
-    path.parent.mkdir()
+def data_dir(e2e_root) -> Path:
+    """The user's data files (written by the fixtures below)."""
+    path = e2e_root / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus_file(data_dir) -> Path:
+    path = data_dir / "story.txt"
     path.write_text(corpus_text(), encoding="utf-8")
     return path
 
 
 @pytest.fixture(scope="session")
-def spam_file(e2e_root) -> Path:
+def spam_file(data_dir) -> Path:
     """A labelled TSV (label<TAB>text): 20 ham, 20 spam, two obvious styles."""
     ham = ["see you at lunch", "call me when you get home", "the meeting moved to noon",
            "thanks for dinner", "running late, be there soon"]
@@ -242,29 +342,29 @@ def spam_file(e2e_root) -> Path:
             "claim your FREE ringtone now"]
     rows = [f"ham\t{ham[i % 5]} {i}" for i in range(20)] + \
         [f"spam\t{spam[i % 5]} {i}" for i in range(20)]
-    path = e2e_root / "data" / "spam.tsv"
+    path = data_dir / "spam.tsv"
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
 
 
 @pytest.fixture(scope="session")
-def instruct_file(e2e_root) -> Path:
+def instruct_file(data_dir) -> Path:
     entries = [{"instruction": f"Add {i} and {i + 1}.", "input": "",
                 "output": f"The sum is {2 * i + 1}."} for i in range(14)]
     entries += [{"instruction": "Rewrite the sentence in passive voice.",
                  "input": f"The cat chased mouse number {i}.",
                  "output": f"Mouse number {i} was chased by the cat."} for i in range(6)]
-    path = e2e_root / "data" / "instructions.json"
+    path = data_dir / "instructions.json"
     path.write_text(json.dumps(entries, indent=1), encoding="utf-8")
     return path
 
 
 @pytest.fixture(scope="session")
-def preference_file(e2e_root) -> Path:
+def preference_file(data_dir) -> Path:
     entries = [{"instruction": f"Name a colour, politely ({i}).", "input": "",
                 "output": "Blue.", "chosen": "Blue, if I may suggest it.",
                 "rejected": "Blue. Obviously."} for i in range(20)]
-    path = e2e_root / "data" / "preferences.json"
+    path = data_dir / "preferences.json"
     path.write_text(json.dumps(entries, indent=1), encoding="utf-8")
     return path
 

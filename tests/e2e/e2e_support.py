@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,6 +34,7 @@ def generated(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout[:-1]
 
 
+@functools.lru_cache(maxsize=None)
 def hf_greedy(directory: Path, prompt: str, max_new_tokens: int) -> str:
     """``transformers``' greedy continuation of ``prompt``, decoded, prompt in front."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
