@@ -45,6 +45,30 @@ def prompt(i: int) -> str:
     return " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(14))
 
 
+def cpu_flags() -> str:
+    """The SIMD features that decide CPU matmul speed (from /proc/cpuinfo)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next(line for line in handle if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "n/a"
+    return " ".join(f for f in wanted if f in flags) or "none of " + " ".join(wanted)
+
+
+def lone_generate_tok_s(model_dir: Path, max_tokens: int) -> float:
+    """``scratchllm.generate`` on one prompt, no server: what a lone request could get."""
+    from scratchllm.generate import generate
+    from scratchllm.weights.auto import open_model
+
+    loaded = open_model(model_dir, device="cpu")
+    ids = loaded.tokenizer.encode(prompt(0))
+    generate(loaded.model, ids, 2)  # warm-up
+    start_time = time.perf_counter()
+    generate(loaded.model, ids, max_tokens)
+    return max_tokens / (time.perf_counter() - start_time)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -135,7 +159,7 @@ def main() -> int:
     torch.manual_seed(123)
     model_dir = work / "gpt2-124m"
     save_model_dir(model_dir, GPTModel(GPTConfig.preset("gpt2-small")), GPT2Tokenizer())
-    print(f"machine: {machine_summary()}")
+    print(f"machine: {machine_summary()}; CPU flags: {cpu_flags()}")
     print(f"workload: gpt2-small 124M random weights fp32; prompts ~16 tokens; "
           f"{args.max_tokens} new tokens each, greedy, streamed; --max-batch {args.max_batch}")
 
@@ -151,6 +175,9 @@ def main() -> int:
     finally:
         stop(ours)
 
+    lone = lone_generate_tok_s(model_dir, args.max_tokens)
+    print(f"  ... scratchllm generate, one prompt, no server: {lone:.1f} tok/s",
+          file=sys.stderr, flush=True)
     peer_note = "not run (--no-peer)"
     if not args.no_peer:
         peer_note = run_peer(work, model_dir, levels, args.max_tokens, results)
@@ -160,6 +187,8 @@ def main() -> int:
         for clients, (tok_s, ttft, _) in by_level.items():
             print(f"{name:<22} {clients:>7} {tok_s:>8.1f} {statistics.median(ttft):>8.2f}s "
                   f"{max(ttft):>8.2f}s")
+    print(f"reference: scratchllm generate on one prompt, no server: {lone:.1f} tok/s "
+          f"(a lone request in the server pays for all --max-batch {args.max_batch} rows)")
     print(f"peer: {peer_note}")
     ours_r = results["scratchllm serve"]
     if 1 in ours_r and 8 in ours_r:

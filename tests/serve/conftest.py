@@ -35,7 +35,7 @@ def small_tokenizer() -> BPETokenizer:
     return BPETokenizer.train(embedded_verdict_text()[:6000], vocab_size=400)
 
 
-def tiny_model_dir(path: Path, seed: int = 0, context_length: int = 256) -> Path:
+def tiny_model_dir(path: Path, seed: int = 0, context_length: int = 512) -> Path:
     torch.manual_seed(seed)
     tokenizer = small_tokenizer()
     config = GPTConfig.preset("tiny", context_length=context_length,

@@ -1,5 +1,5 @@
-"""``scratchllm serve`` as a real process: LLM-as-judge against it, and SIGTERM drains a
-running stream before a clean exit."""
+"""``scratchllm serve`` on the command line: options, LLM-as-judge against a server, and a
+real SIGTERM that drains the running stream before a clean exit (code 0)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
+import threading
 import time
 
 import httpx
@@ -19,8 +18,6 @@ from scratchllm.data.instruction import format_prompt
 from scratchllm.generate import generate
 from scratchllm.weights.auto import open_model
 
-ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
 
 def test_defaults_and_bad_options(capsys):
     args = build_parser().parse_args(["serve", "--model", "m"])
@@ -30,81 +27,94 @@ def test_defaults_and_bad_options(capsys):
     assert err == "scratchllm serve: error: --max-batch must be at least 1, got 0"
 
 
+def test_judge_runs_against_the_server(server, model_dir, tmp_path):
+    """One tiny model (the server's) judges another tiny model's answers."""
+    from conftest import tiny_model_dir
+
+    answerer = open_model(tiny_model_dir(tmp_path / "answerer", seed=5), device="cpu",
+                          require_tokenizer=True)
+    entries = []
+    for instruction in ["Name a colour.", "Add 2 and 3.", "Say hello."]:
+        entry = {"instruction": instruction, "input": "", "output": "An answer."}
+        ids = answerer.tokenizer.encode(format_prompt(entry))
+        new = generate(answerer.model, ids, 8)[len(ids):]
+        entries.append({**entry, "model_response": answerer.tokenizer.decode(new)})
+    responses = tmp_path / "test_responses.json"
+    responses.write_text(json.dumps(entries))
+    out = tmp_path / "scores.json"
+    rc = main(["evaluate", "judge", "--responses", str(responses), "--endpoint", server.url,
+               "--api", "openai", "--model-name", model_dir.name, "--out", str(out),
+               "--workers", "3", "--retries", "0"])
+    assert rc == 0
+    scores = json.loads(out.read_text())
+    assert len(scores["items"]) == 3 and scores["n_scored"] + scores["n_unparsed"] == 3
+    assert len(out.with_suffix(".jsonl").read_text().splitlines()) == 3
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """The tiny model (1024-token context, so a stream can outlast a signal) in a real
-    ``scratchllm serve`` process with an API key."""
-    from conftest import tiny_model_dir
+def test_sigterm_drains_the_running_stream_then_exits_cleanly(tmp_path):
+    """The command runs here, in the main thread (where uvicorn takes signals); a client
+    thread starts a long stream and sends this process SIGTERM while it runs."""
+    from scratchllm.model.config import GPTConfig
+    from scratchllm.model.gpt import GPTModel
+    from scratchllm.tokenizers.gpt2 import GPT2Tokenizer
+    from scratchllm.weights.model_dir import save_model_dir
 
-    model = tiny_model_dir(tmp_path_factory.mktemp("cli") / "judge-model", seed=3,
-                           context_length=1024)
+    # GPT-2's 50,257 tokens: a random model all but never picks the end token, so the
+    # stream is still running when the signal comes.
+    model = tmp_path / "drained"
+    save_model_dir(model, GPTModel(GPTConfig.preset("tiny", context_length=1024)),
+                   GPT2Tokenizer())
     port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scratchllm", "serve", "--model", str(model), "--port",
-         str(port), "--api-key", "k3y", "--max-batch", "4", "--drain-timeout", "20"],
-        env=ONE_THREAD_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
+    seen: dict = {}
+
+    def client() -> None:
         try:
-            if httpx.get(url + "/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"server did not start: {process.stdout.read()}")
-        time.sleep(0.1)
-    yield process, url, model
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    httpx.get(url + "/health")
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            body = {"prompt": "Once", "max_tokens": 500, "temperature": 0, "stream": True,
+                    "stream_options": {"include_usage": True}}
+            auth = {"Authorization": "Bearer k3y"}
+            with httpx.stream("POST", url + "/v1/completions", json=body, headers=auth,
+                              timeout=60) as response:
+                lines = response.iter_lines()
+                seen["first"] = next(lines)
+                seen["active"] = httpx.get(url + "/health").json()["active"]  # still running
+                os.kill(os.getpid(), signal.SIGTERM)
+                seen["signalled"] = True
+                time.sleep(0.2)
+                try:
+                    httpx.get(url + "/health", timeout=2)
+                    seen["refused"] = False
+                except httpx.TransportError:
+                    seen["refused"] = True  # no new connections while draining
+                seen["rest"] = [line for line in lines if line]
+        finally:
+            if not seen.get("signalled"):  # never leave the server below running
+                os.kill(os.getpid(), signal.SIGTERM)
 
-
-def test_judge_runs_against_the_server(served, tmp_path, model_dir):
-    _, url, judge_model = served
-    answerer = open_model(model_dir, device="cpu", require_tokenizer=True)
-    entries = []
-    for instruction in ["Name a colour.", "Add 2 and 3.", "Say hello."]:
-        entry = {"instruction": instruction, "input": "", "output": "An answer."}
-        ids = answerer.tokenizer.encode(format_prompt(entry))
-        entry["model_response"] = answerer.tokenizer.decode(generate(answerer.model, ids, 8)[len(ids):])
-        entries.append(entry)
-    responses = tmp_path / "test_responses.json"
-    responses.write_text(json.dumps(entries))
-    out = tmp_path / "scores.json"
-    rc = main(["evaluate", "judge", "--responses", str(responses), "--endpoint", url,
-               "--api", "openai", "--model-name", judge_model.name, "--api-key", "k3y",
-               "--out", str(out), "--workers", "2", "--retries", "0"])
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    rc = main(["serve", "--model", str(model), "--port", str(port), "--api-key", "k3y",
+               "--max-batch", "2", "--drain-timeout", "30"])
+    thread.join(30)
     assert rc == 0
-    scores = json.loads(out.read_text())
-    assert len(scores["items"] if "items" in scores else scores["scores"]) == 3
-    assert len(out.with_suffix(".jsonl").read_text().splitlines()) == 3
-
-
-def test_sigterm_drains_the_running_stream_then_exits_cleanly(served):
-    process, url, _ = served
-    auth = {"Authorization": "Bearer k3y"}
-    body = {"prompt": "Once", "max_tokens": 400, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60,
-                      headers=auth) as response:
-        lines = response.iter_lines()
-        assert next(lines).startswith("data: ")
-        assert httpx.get(url + "/health").json()["active"] == 1  # still generating
-        process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        with pytest.raises(httpx.TransportError):  # no new connections while draining
-            httpx.get(url + "/health", timeout=2)
-        rest = [line for line in lines if line]
+    assert seen["first"].startswith("data: ") and seen["active"] == 1 and seen["refused"]
+    rest = seen["rest"]
     assert rest[-1] == "data: [DONE]"
     usage = json.loads(rest[-2][len("data: "):])["usage"]
-    finish = [json.loads(l[6:])["choices"][0]["finish_reason"] for l in rest[:-2]]
-    assert usage["completion_tokens"] == 400 or finish[-1] == "stop"
-    assert process.wait(timeout=30) == 0
+    reasons = [json.loads(line[6:])["choices"][0]["finish_reason"] for line in rest[:-2]]
+    assert usage["completion_tokens"] == 500 or reasons[-1] == "stop"

@@ -68,14 +68,13 @@ def test_openai_client_sees_the_field(client, model_dir):
 
 
 def test_context_overflow_names_both_sizes(server, model_dir):
-    error = assert_error(post(server, "/v1/completions", {"prompt": [11] * 300}), 400,
-                         "prompt", "300 tokens", "256")  # against a 256-token context
-    long = "word " * 300
+    error = assert_error(post(server, "/v1/completions", {"prompt": [11] * 600}), 400,
+                         "prompt", "600 tokens", "512")  # against a 512-token context
     assert error["code"] == "context_length_exceeded"
-    body = {"prompt": "Hi", "max_tokens": 300}
-    assert_error(post(server, "/v1/completions", body), 400, "max_tokens", "256", "300")
-    body = {"messages": [{"role": "user", "content": long}]}
-    assert_error(post(server, "/v1/chat/completions", body), 400, "messages", "256")
+    body = {"prompt": "Hi", "max_tokens": 600}
+    assert_error(post(server, "/v1/completions", body), 400, "max_tokens", "512", "600")
+    body = {"messages": [{"role": "user", "content": "word " * 600}]}
+    assert_error(post(server, "/v1/chat/completions", body), 400, "messages", "512")
 
 
 def test_unknown_model_and_route_are_404(server, client):
