@@ -77,7 +77,8 @@ def free_port() -> int:
 
 def start(cmd: list[str], url: str, log: Path, timeout: float = 600) -> subprocess.Popen:
     """Start a server process; return once /health (or /v1/models) answers."""
-    process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                               env=os.environ.copy())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -153,7 +154,13 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of every server (OMP/MKL_NUM_THREADS; default: "
+                        "torch's own). On a busy machine 1 avoids threads waiting on each other")
     args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
     levels = [int(x) for x in args.clients.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     torch.manual_seed(123)
@@ -161,7 +168,8 @@ def main() -> int:
     save_model_dir(model_dir, GPTModel(GPTConfig.preset("gpt2-small")), GPT2Tokenizer())
     print(f"machine: {machine_summary()}; CPU flags: {cpu_flags()}")
     print(f"workload: gpt2-small 124M random weights fp32; prompts ~16 tokens; "
-          f"{args.max_tokens} new tokens each, greedy, streamed; --max-batch {args.max_batch}")
+          f"{args.max_tokens} new tokens each, greedy, streamed; --max-batch {args.max_batch}; "
+          f"server threads: {args.threads or 'torch default'}")
 
     results: dict[str, dict] = {}
     port = free_port()
