@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # ``shared/data`` beside the checkout, or wherever SCRATCHLLM_SHARED_DATA points.
@@ -26,3 +27,17 @@ def _seed_everything():
     """Every test starts from the same random state, so results do not depend on test order."""
     torch.manual_seed(0)
     yield
+
+
+# Hypothesis (tests/fuzz): 100 examples a property (tests that touch files or start processes
+# set fewer) and no deadline, because a shared 2-core machine makes timings noisy. CI=true picks
+# "ci": derandomized, so a red CI run replays the same way locally, and no example database.
+# HYPOTHESIS_PROFILE=thorough runs 1000 examples where a test sets no count, for bug hunts.
+# (Registered here, not in tests/fuzz/conftest.py: another conftest module would shadow
+# `from conftest import ...` in other folders.)
+_HYPOTHESIS = dict(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", **_HYPOTHESIS)
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True, **_HYPOTHESIS)
+settings.register_profile("thorough", **{**_HYPOTHESIS, "max_examples": 1000})
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE")
+                      or ("ci" if os.environ.get("CI", "").lower() == "true" else "dev"))
