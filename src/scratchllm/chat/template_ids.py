@@ -50,10 +50,9 @@ def _piece_ids(tokenizer: Any, piece: str, as_text: bool, newline: list[int]) ->
 
 def encode_marked(tokenizer: Any, rendered: str) -> list[int]:
     """Ids of a chat rendered from marked messages (see the module docstring)."""
-    if MARK_START not in rendered and MARK_END not in rendered:
-        return tokenizer.encode(rendered, allowed_special="all")
     specials = _special_pattern(tokenizer)
-    assert specials is not None  # only special token strings are ever marked
+    if specials is None or (MARK_START not in rendered and MARK_END not in rendered):
+        return tokenizer.encode(rendered, allowed_special="all")
     # Odd groups: a marked token (text) or None for a lone marker a template split off.
     splitter = re.compile(f"{MARK_START}({specials.pattern}){MARK_END}|[{MARK_START}{MARK_END}]")
     pieces = splitter.split(rendered)
