@@ -12,7 +12,7 @@ from scratchllm.chat import (ChatSession, Conversation, InstructionFormat, Plain
 from scratchllm.errors import ConfigError, ContextLengthError, DataError
 from scratchllm.tokenizers.hf import HFTokenizer
 
-from conftest import CONTEXT, EOT, train_bpe
+from chat_support import CONTEXT, EOT, train_bpe
 
 SYSTEM = "Be brief and kind."
 TURNS = [Turn("Hello there, how are you today?", "I am fine, thank you."),

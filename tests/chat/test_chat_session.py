@@ -17,7 +17,7 @@ from scratchllm.cli import main as cli_main
 from scratchllm.generate import generate
 from scratchllm.weights.auto import open_model
 
-from conftest import hf_answer
+from chat_support import hf_answer
 
 
 @pytest.fixture(autouse=True)

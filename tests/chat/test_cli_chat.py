@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from conftest import CONTEXT, chat_env, hf_answer, run_chat
+from chat_support import CONTEXT, chat_env, hf_answer, run_chat
 
 NEW = 12
 
