@@ -48,11 +48,11 @@ def test_oldest_turns_are_dropped_to_fit_the_context(llama_dir, hf_tokenizer, hf
     """Each message is answered from the newest exchanges that leave room for the answer
     (counted with transformers' tokenizer); every drop is announced; a message that cannot fit
     even alone is refused and the chat goes on (to the end of input: exit 0)."""
-    new = 60
+    new = 32
     budget = CONTEXT - new
-    users = [("Tell me a story about a cat who likes fish and milk. " * 3).strip(),
-             ("What is the capital of France? Paris is the capital. " * 3).strip(),
-             ("Hello there, how are you today? I am fine, thank you. " * 3).strip(),
+    users = [("Tell me a story about a cat who likes fish and milk. " * 4).strip(),
+             ("What is the capital of France? Paris is the capital. " * 4).strip(),
+             ("Hello there, how are you today? I am fine, thank you. " * 4).strip(),
              "Be brief and kind."]
     long = "The quick brown fox jumps over the lazy dog. " * 30
     proc = _ok(run_chat(["--model", llama_dir, "--max-new-tokens", new],
