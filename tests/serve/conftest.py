@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
 import torch
 
-from scratchllm.model.config import GPTConfig
-from scratchllm.model.gpt import GPTModel
+from serve_support import tiny_model_dir
+
 from scratchllm.serve import ServerConfig, build_engine, start_in_thread
-from scratchllm.tokenizers.bpe import BPETokenizer
-from scratchllm.train.batches import embedded_verdict_text
-from scratchllm.weights.model_dir import save_model_dir
 
 MAX_BATCH = 32
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One torch thread: on a shared 2-core machine two threads that wait on each other turn
     a millisecond step into tens of milliseconds (see tests/train/conftest.py)."""
@@ -26,22 +22,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@functools.lru_cache(maxsize=1)
-def small_tokenizer() -> BPETokenizer:
-    """A 400-token byte-level BPE: the output layer of GPT-2's 50,257 tokens would be most of
-    every step's time."""
-    return BPETokenizer.train(embedded_verdict_text()[:6000], vocab_size=400)
-
-
-def tiny_model_dir(path: Path, seed: int = 0, context_length: int = 512) -> Path:
-    torch.manual_seed(seed)
-    tokenizer = small_tokenizer()
-    config = GPTConfig.preset("tiny", context_length=context_length,
-                              vocab_size=tokenizer.vocab_size)
-    save_model_dir(path, GPTModel(config), tokenizer)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ import time
 import httpx
 import pytest
 
+from serve_support import tiny_model_dir
+
 from scratchllm.cli.main import build_parser, main
 from scratchllm.data.instruction import format_prompt
 from scratchllm.generate import generate
@@ -29,8 +31,6 @@ def test_defaults_and_bad_options(capsys):
 
 def test_judge_runs_against_the_server(server, model_dir, tmp_path):
     """One tiny model (the server's) judges another tiny model's answers."""
-    from conftest import tiny_model_dir
-
     answerer = open_model(tiny_model_dir(tmp_path / "answerer", seed=5), device="cpu",
                           require_tokenizer=True)
     entries = []
