@@ -90,7 +90,7 @@ def test_finetune_instruct_writes_a_tuned_model_and_test_answers(sft_runs, base_
     assert len(answers) == 2 and all(isinstance(a["model_response"], str) for a in answers)
     events = [json.loads(line)["event"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert events.count("train") == 4 and "eval" in events  # 17 examples // batch 4
-    assert (out / "lora.safetensors").is_file() == lora
+    assert (out / "adapter" / "adapter_config.json").is_file() == lora
     base, tuned = _weights(base_dirs[family]), _weights(out)
     assert tuned.keys() == base.keys()
     changed = {k for k in base if not torch.equal(base[k], tuned[k])}
@@ -117,7 +117,7 @@ def test_finetune_dpo_from_the_instruction_tuned_run(dpo_runs, sft_runs, family)
     train = [r for r in records if r["event"] == "train"]
     assert train[-1]["tokens_seen"] > 0  # the responses were scored, not truncated away
     assert train[-1]["loss"] != pytest.approx(math.log(2), abs=1e-6)  # the policy moved
-    assert (out / "lora.safetensors").is_file() == (family == "gpt2")
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() == (family == "gpt2")
     before, after = _weights(source), _weights(out)
     assert any(not torch.equal(before[k], after[k]) for k in before)
 

@@ -97,3 +97,17 @@ def test_cli_dpo_end_to_end(tmp_path, tok, pairs, capsys):
     tuned, _ = load_model_dir(tmp_path / "dpo")
     assert json.loads((tmp_path / "dpo" / "latest" / "config.json").read_text())["metadata"]["beta"] == 0.5
     assert tuned.config.to_dict() == GPTConfig.preset("tiny").to_dict()
+
+
+def test_max_length_that_cuts_every_response_is_refused(tmp_path, tok, pairs, capsys):
+    torch.manual_seed(0)
+    save_model_dir(tmp_path / "base", GPTModel(GPTConfig.preset("tiny")), tok)
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps(pairs), encoding="utf-8")
+    shortest_prompt = min(len(PreferenceDataset([p], tok)[0]["chosen"]["ids"]) for p in pairs)
+    code = main(["finetune", "dpo", "--model", str(tmp_path / "base"), "--data", str(data),
+                 "--out", str(tmp_path / "dpo"), "--max-length", "20", "--device", "cpu",
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert shortest_prompt > 20 and code == 2
+    assert err.count("\n") == 1 and "--max-length 20" in err and "would learn nothing" in err

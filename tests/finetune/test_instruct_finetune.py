@@ -87,9 +87,19 @@ def test_mask_prompt_and_lora_run(base_dir, data_file, tmp_path):
     result = finetune_instruct(base_dir, data_file, tmp_path / "lora", mask_prompt=True,
                                lora={"rank": 2, "alpha": 4.0}, generate_test=False, **FAST)
     assert result.responses_file is None
-    assert (tmp_path / "lora" / "lora.safetensors").is_file()
+    adapter = tmp_path / "lora" / "adapter"  # PEFT's layout
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 2 and config["lora_alpha"] == 4.0
+    assert (adapter / "adapter_model.safetensors").is_file()
     model, _ = load_model_dir(result.model_dir)  # merged: a plain GPT directory
     base, _ = load_model_dir(base_dir)
+    # the base model plus the adapter is the merged model
+    from scratchllm.weights.auto import open_model
+    ids = torch.arange(12).reshape(1, 12)
+    with torch.no_grad():
+        merged = model(ids)
+        rebuilt = open_model(base_dir, adapter=tmp_path / "lora").model(ids)
+    assert torch.allclose(rebuilt, merged, atol=1e-5)
     assert torch.equal(model.tok_emb.weight, base.tok_emb.weight)  # frozen under LoRA
     assert not torch.equal(model.trf_blocks[0].att.qkv.weight, base.trf_blocks[0].att.qkv.weight)
 

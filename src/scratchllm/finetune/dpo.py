@@ -33,7 +33,7 @@ from torch import nn
 
 from scratchllm.data.instruction import IGNORE_INDEX, check_style, split_entries
 from scratchllm.data.preference import PreferenceDataset, load_preference_data, preference_collate
-from scratchllm.errors import ConfigError
+from scratchllm.errors import ConfigError, DataError
 from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
 from scratchllm.finetune.runs import (
     source_name,
@@ -164,6 +164,21 @@ class DPOTask:
         return (-val,) if event == "eval" and val is not None else None
 
 
+def check_responses_fit(train_set: PreferenceDataset, collate, data_file, max_length: int
+                        ) -> None:
+    """Refuse a run in which truncation leaves no response token to score: DPO would log
+    ln 2 forever and save the model unchanged."""
+    for start in range(0, len(train_set), 64):
+        batch = collate([train_set[i] for i in range(start, min(start + 64, len(train_set)))])
+        if bool(batch["chosen_mask"].any(dim=1).logical_and(
+                batch["rejected_mask"].any(dim=1)).any()):
+            return
+    longest = max((pair["chosen"]["prompt_len"] for pair in train_set.items), default=0)
+    raise DataError(f"{data_file}: at --max-length {max_length} every training pair is cut "
+                    f"before its responses begin (prompts are up to {longest} tokens), so DPO "
+                    f"would learn nothing; raise --max-length above the prompt length")
+
+
 @dataclass
 class DPOResult:
     out_dir: Path
@@ -214,6 +229,7 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
     max_length = min(max_length or context, context)
     collate = partial(preference_collate, pad_id=tokenizer.eot_id, max_length=max_length)
     train_set = PreferenceDataset(train_entries, tokenizer, prompt_style)
+    check_responses_fit(train_set, collate, data_file, max_length)
     val_set = PreferenceDataset(val_entries, tokenizer, prompt_style)
     evals = {"train": eval_loader(train_set, batch_size, collate),
              "val": eval_loader(val_set, batch_size, collate)}

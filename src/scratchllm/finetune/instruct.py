@@ -9,7 +9,7 @@ scoring with ``scratchllm evaluate judge`` (7.8).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -64,8 +64,12 @@ class InstructResult:
 
 def generate_responses(model: nn.Module, tokenizer: Any, entries: list[dict[str, Any]], *,
                        style: str = "alpaca", max_new_tokens: int = 256,
-                       batch_size: int = 8, progress: bool = False) -> list[dict[str, Any]]:
+                       batch_size: int = 8, progress: bool = False,
+                       eos_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Each entry plus ``model_response``: greedy decoding until end-of-text (book 7.7).
+
+    ``eos_ids`` (default: the tokenizer's end of text) are every id that ends an answer,
+    e.g. a Llama 3 model's ``<|eot_id|>`` as well as ``<|end_of_text|>``.
 
     The prompt ends with the response header, so the new tokens are the answer itself; no
     "### Response:" needs stripping afterwards as in the book. Prompts are decoded in
@@ -83,7 +87,7 @@ def generate_responses(model: nn.Module, tokenizer: Any, entries: list[dict[str,
         prompts = [encode_example(e, tokenizer, style, response_key=None)["ids"][-keep:]
                    for e in chunk]
         new_ids = generate_batch(model, prompts, max_new_tokens, temperature=0.0,
-                                 eos_id=tokenizer.eot_id)
+                                 eos_id=list(eos_ids) if eos_ids else tokenizer.eot_id)
         for entry, ids in zip(chunk, new_ids):
             results.append({**entry, "model_response": tokenizer.decode(ids).strip()})
         if bar is not None:
@@ -203,7 +207,7 @@ def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str
     if generate_test and test_entries:
         answers = generate_responses(model, tokenizer, test_entries, style=prompt_style,
                                      max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                     progress=progress)
+                                     progress=progress, eos_ids=setup.eos_ids)
         responses_path = atomic_write_json(setup.out_dir / RESPONSES_FILE, answers)
     return InstructResult(setup.out_dir, saved, responses_path, last.get("train_loss", nan),
                           last.get("val_loss", nan), len(train_entries), len(val_entries),

@@ -4,7 +4,7 @@ A fine-tuning run directory ``OUT`` ends up holding ``metrics.jsonl`` and ``loss
 pretraining run does), ``latest/`` (the fine-tuned model directory, with LoRA merged, so
 ``scratchllm generate --model OUT`` works), ``best/`` (the model with the best validation
 score), ``checkpoints/step-N/`` when checkpoints were saved (``--save-every``, Ctrl-C),
-``lora.safetensors`` when LoRA was used, and the method's own results files. The training
+``adapter/`` (PEFT layout) when LoRA was used, and the method's own results files. The training
 loop itself is ``finetune.loop``.
 """
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from scratchllm.finetune.loop import LoopResult
 
 MODEL_SUBDIR = "latest"
-LORA_FILE = "lora.safetensors"
+ADAPTER_SUBDIR = "adapter"  # LoRA runs: the adapters in PEFT's layout (generate --adapter)
 
 
 @dataclass
@@ -48,6 +48,7 @@ class RunSetup:
     log: MetricsLog
     eos_ids: tuple[int, ...] = ()   # every end id of the source model (kept in saved copies)
     checkpoint: Path | None = None  # the checkpoint a --resume continues from
+    source: str | None = None       # the base model as given (recorded in LoRA adapters)
 
 
 def source_name(path: str | Path) -> str:
@@ -116,7 +117,7 @@ def start_run(model_dir: str | Path, out_dir: str | Path, *, device: str | None 
     master_weights(loaded.model).train()
     return RunSetup(loaded.model, loaded.tokenizer, torch_device,
                     resolve_precision(precision, torch_device), out, MetricsLog(out / METRICS_FILE),
-                    loaded.eos_ids, checkpoint)
+                    loaded.eos_ids, checkpoint, source_name(model_dir))
 
 
 def maybe_apply_lora(model: nn.Module, lora: dict | None) -> None:
@@ -157,14 +158,17 @@ def plot_run(setup: RunSetup) -> None:
 
 def finish_run(setup: RunSetup, result: "LoopResult", *, lora: dict | None,
                metadata: dict[str, Any]) -> Path:
-    """Plot, write best/, save LoRA adapters, merge them and save ``OUT/latest``."""
+    """Plot, write best/, save LoRA adapters (PEFT layout, ``OUT/adapter``), merge them and
+    save ``OUT/latest``."""
     plot_run(setup)
     model = setup.model
     if result.best is not None:
         result.best.write(model)  # before merging: the best weights are in LoRA's layout
     if lora:
-        from scratchllm.model.lora import merge_lora, save_lora
+        from scratchllm.model.lora import merge_lora
+        from scratchllm.weights.lora_adapter import save_lora_adapter
 
-        save_lora(model, setup.out_dir / LORA_FILE)
+        save_lora_adapter(model, setup.out_dir / ADAPTER_SUBDIR, base_source=setup.source,
+                          overwrite=True)
         merge_lora(model)
     return model_saver(setup)(setup.out_dir / MODEL_SUBDIR, model, metadata)

@@ -48,8 +48,9 @@ PRETRAIN_RUN = OutputKind("pretrain", ("train_config.json", "metrics.jsonl", "*.
                                        "checkpoints", "latest", "best", "LATEST"))
 FINETUNE_RUN = OutputKind("finetune", ("train_config.json", "finetune_config.json",
                                        "metrics.jsonl", "*.png", "checkpoints", "latest", "best",
-                                       "LATEST", "model", "adapter", "lora.safetensors",
-                                       "classifier_lora.safetensors", "results.json",
+                                       "LATEST", "model", "adapter", "adapter.safetensors",
+                                       "adapter.json", "lora.safetensors", "lora.json",
+                                       "results.json",
                                        "test_responses.json", "*.jsonl"))
 PREPARED = OutputKind("prepared", ("train.bin", "val.bin", "train.json", "val.json"))
 HF_EXPORT = OutputKind("export-hf", MODEL_FILES + ("model-*-of-*.safetensors",
