@@ -93,3 +93,15 @@ def test_missing_shard_and_pickle_only_dirs(tmp_path):
         load_hf_dir(pickle_dir)
     with pytest.raises(MissingFileError, match="does not exist"):
         load_hf_dir(tmp_path / "nowhere")
+
+
+def test_config_with_more_layers_than_the_weights_is_refused_before_building(hf_dir):
+    import time
+
+    config = json.loads((hf_dir / "config.json").read_text())
+    config["n_layer"] = 1_000_000  # building a million blocks would take minutes
+    (hf_dir / "config.json").write_text(json.dumps(config))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="says 1000000 layers but the weight files hold 2"):
+        load_hf_dir(hf_dir)
+    assert time.perf_counter() - start < 5

@@ -170,6 +170,7 @@ def load_hf_weights(directory: Path, adapter: FamilyAdapter, config: Any, *,
     files = weight_files(directory)
     dtype = _as_dtype(dtype) or _default_dtype(files)
     device = torch.device(device) if device is not None else None
+    _check_layer_count(files, adapter, config, directory)
     with empty_weights():
         model = adapter.build_model(config)
     aliases = tied_aliases(model)
@@ -182,6 +183,27 @@ def load_hf_weights(directory: Path, adapter: FamilyAdapter, config: Any, *,
     if empty:
         raise CheckpointError(f"{directory}: tensor(s) {empty[:5]} were not loaded")
     return model.eval()
+
+
+def _check_layer_count(files: list[Path], adapter: FamilyAdapter, config: Any,
+                       directory: Path) -> None:
+    """config.json's layer count must match the blocks the weight files hold: checked from
+    the safetensors headers before a model is built (a damaged ``n_layer`` of millions would
+    otherwise spend minutes building modules only to fail)."""
+    blocks: set[int] = set()
+    for path in files:
+        with open_safetensors(path) as handle:
+            for hf_name in handle.keys():
+                ours = adapter.hf_to_ours(hf_name) or ""
+                head, _, rest = ours.partition(".")
+                index = rest.partition(".")[0]
+                if head == "trf_blocks" and index.isdigit():
+                    blocks.add(int(index))
+    wanted = getattr(config, "n_layers", None)
+    if isinstance(wanted, int) and blocks and wanted > max(blocks) + 1:  # fewer: named later
+        raise CheckpointError(f"{directory / CONFIG_FILE} says {wanted} layers but the weight "
+                              f"files hold {max(blocks) + 1}; the config does not belong to "
+                              "these weights, download it again")
 
 
 def load_hf_dir(path: PathLike, *, device: torch.device | str | None = None,
