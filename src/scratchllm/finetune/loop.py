@@ -31,7 +31,7 @@ from scratchllm.train.metrics import Progress
 from scratchllm.train.optim import build_optimizer, build_scheduler
 from scratchllm.train.run_control import StopRequest
 from scratchllm.train.state import TrainingState, load_checkpoint, read_trainer_record, save_checkpoint
-from scratchllm.train.steps import autocast_for, grad_scaler_for
+from scratchllm.train.steps import autocast_for, grad_scaler_for, optimizer_step
 
 
 class FinetuneTask(Protocol):
@@ -205,17 +205,9 @@ class FinetuneLoop:
             total = total + loss.detach()
             for key, value in extra.items():
                 stats[key] = stats.get(key, 0.0) + value
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if self.settings.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                           self.settings.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
+        optimizer_step(self.optimizer, self.scheduler, self.scaler,
+                       [p for p in self.model.parameters() if p.requires_grad],
+                       self.settings.grad_clip)
         return float(total), {k: v / units for k, v in stats.items()}, sum(t for _, t in measured)
 
     def one_step(self, start_time: float) -> None:

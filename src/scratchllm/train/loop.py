@@ -151,16 +151,8 @@ class Trainer(RunFiles):
         loss, tokens = steps.accumulate_gradients(self.forward_model, self.micro_batches(),
                                                   self.accum_steps, device=self.device,
                                                   autocast=self.autocast, scaler=self.scaler)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
+        steps.optimizer_step(self.optimizer, self.scheduler, self.scaler,
+                             self.model.parameters(), cfg.grad_clip)
         # The mean over ranks is the loss of the global batch; every rank saw as many tokens.
         return self.dist.all_reduce_mean(loss, self.device), tokens * self.dist.world_size
 

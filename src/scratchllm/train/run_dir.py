@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from scratchllm.errors import CheckpointError
-from scratchllm.utils.atomic import atomic_directory, fsync_dir, fsync_file
+from scratchllm.utils.atomic import atomic_directory, atomic_write_text, fsync_dir, fsync_file
 from scratchllm.weights.model_dir import CONFIG_FILE, WEIGHTS_FILE, PathLike, write_model_files
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -146,16 +146,7 @@ def recorded_best(run_dir: Path) -> float | None:
 
 def write_pointer(run_dir: Path, name: str) -> None:
     """Point RUN/LATEST at checkpoint ``name`` atomically (the temp file never outlives a failure)."""
-    tmp = run_dir / f".{LATEST_POINTER}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(name + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, run_dir / LATEST_POINTER)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(run_dir / LATEST_POINTER, name + "\n")
     fsync_dir(run_dir)
 
 

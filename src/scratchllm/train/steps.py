@@ -49,6 +49,22 @@ def accumulate_gradients(model: nn.Module, micro_batches: Iterable[Batch], accum
 
 
 @torch.no_grad()
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                   params: Iterable[torch.Tensor], grad_clip: float | None) -> None:
+    """Clip (on unscaled gradients), step the optimizer (through the fp16 scaler if any), then
+    the learning-rate schedule: the end of every training step, pretraining's and fine-tuning's."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(list(params), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+
+
 def estimate_loss(model: nn.Module, batches: Iterator[Batch], *, device: torch.device,
                   autocast=contextlib.nullcontext) -> float:
     """Average of per-batch mean losses (book 5.1.2 ``calc_loss_loader``); NaN with no batches.
