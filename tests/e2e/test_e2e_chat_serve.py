@@ -41,6 +41,32 @@ def test_chat_answers_piped_messages_in_the_models_template(cli, llama_hf_dir):
     assert reply.strip() and proc.stdout.strip() == reply.strip()
 
 
+def test_readme_chat_flags_system_and_sampling(cli, llama_hf_dir):
+    """README: ``chat --system "Be brief." --temperature 0.7 --top-p 0.9``. Greedy with a
+    system message answers as transformers does on the same template; sampling with a seed
+    repeats."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    proc = cli(["chat", "--model", llama_hf_dir, "--system", "Be brief.", "--temperature", "0",
+                "--max-new-tokens", "8"], stdin="Hello there\n/quit\n")
+    tok = AutoTokenizer.from_pretrained(llama_hf_dir)
+    model = AutoModelForCausalLM.from_pretrained(llama_hf_dir).eval()
+    text = tok.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": "Hello there"}],
+                                   tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([tok(text, add_special_tokens=False).input_ids])
+    eos = model.generation_config.eos_token_id
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=8, pad_token_id=eos[0])
+    reply = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert reply.strip() and proc.stdout.strip() == reply.strip()
+    sampled = ["chat", "--model", llama_hf_dir, "--system", "Be brief.", "--temperature", "0.7",
+               "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "8"]
+    first = cli(sampled, stdin="Hello there\n/quit\n").stdout
+    assert first.strip() and first == cli(sampled, stdin="Hello there\n/quit\n").stdout
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -205,3 +205,22 @@ def test_judge_scores_the_test_responses_of_a_finetuned_run(cli, sft_runs, tmp_p
     assert len(_Judge.prompts) == len(answers)
     asked = " ".join(p["messages"][0]["content"] for p in _Judge.prompts)
     assert all(a["model_response"] in asked and a["output"] in asked for a in answers)
+
+
+def test_readme_save_every_and_resume(cli, sft_runs, base_dirs, instruct_file, e2e_root):
+    """README: ``finetune instruct ... --save-every 50 --resume``. With nothing to resume it
+    starts a new run (checkpointing changes no number: the model equals the run made without
+    checkpoints); run again, it resumes the finished run and leaves the model as it was."""
+    out = e2e_root / "sft" / "gpt2-checkpointed"
+    argv = ["finetune", "instruct", "--model", base_dirs["gpt2"], "--data", instruct_file,
+            "--out", out, "--max-new-tokens", "4", "--no-test-responses", *TRAIN_ARGS,
+            "--save-every", "2", "--resume"]
+    cli(argv)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step-00000002", "step-00000004"]
+    first = _weights(out)
+    reference = _weights(sft_runs["gpt2", False][0])
+    assert all(torch.equal(first[k], reference[k]) for k in reference)
+    cli(argv)
+    again = _weights(out)
+    assert all(torch.equal(first[k], again[k]) for k in first)
