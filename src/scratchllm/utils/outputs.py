@@ -174,7 +174,9 @@ def claim_output_dir(path: str | os.PathLike, kind: OutputKind, *, overwrite: bo
     """Check and mark ``path`` but clear nothing: for writers that replace each of their files
     atomically, so a failed rerun leaves the previous output whole."""
     directory = Path(path).expanduser()
-    check_output_dir(directory, kind, overwrite=overwrite, what=what)
+    decision = check_output_dir(directory, kind, overwrite=overwrite, what=what)
+    if decision == "replace" and owner_kind(directory)[0] != kind.name:
+        clear_output_dir(directory)  # another kind's output: replaced whole, never mixed
     directory.mkdir(parents=True, exist_ok=True)
     if read_marker(directory) is None:
         write_marker(directory, kind)
