@@ -8,8 +8,8 @@ import pytest
 
 from scratchllm.chat import (ChatSession, Conversation, InstructionFormat, PlainFormat,
                              Sampling, TemplateFormat, Turn, as_messages, choose_format,
-                             fit_prompt, from_messages)
-from scratchllm.errors import ConfigError, ContextLengthError, DataError
+                             fit_prompt)
+from scratchllm.errors import ConfigError, ContextLengthError
 from scratchllm.tokenizers.hf import HFTokenizer
 
 from chat_support import CONTEXT, EOT, train_bpe
@@ -182,25 +182,3 @@ def test_session_refuses_answers_longer_than_the_context(endless_model, plain_to
     with pytest.raises(ConfigError):
         ChatSession(endless_model, plain_tokenizer, fmt, sampling=Sampling(top_p=2.0))
     assert CONTEXT == 256
-
-
-def test_from_messages_reads_chat_api_messages():
-    messages = as_messages(SYSTEM, TURNS[:2], NEXT)
-    system, turns, user = from_messages(messages)
-    assert (system, user) == (SYSTEM, NEXT)
-    assert [(t.user, t.assistant) for t in turns] == [(t.user, t.assistant) for t in TURNS[:2]]
-    two = [{"role": "system", "content": "a"}, {"role": "system", "content": "b"},
-           {"role": "user", "content": "u"}]
-    assert from_messages(two) == ("a\n\nb", [], "u")
-    for bad, words in [
-        ([], "last message must be the user's"),
-        ([{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}], "last"),
-        ([{"role": "user", "content": "u"}, {"role": "user", "content": "v"}], "alternate"),
-        ([{"role": "assistant", "content": "a"}, {"role": "user", "content": "v"}], "alternate"),
-        ([{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"},
-          {"role": "system", "content": "s"}, {"role": "user", "content": "v"}], "alternate"),
-        ([{"role": "user", "content": None}], "no text 'content'"),
-        (["hi"], "last message"),
-    ]:
-        with pytest.raises(DataError, match=words):
-            from_messages(bad)

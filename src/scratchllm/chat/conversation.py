@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scratchllm.errors import DataError
-
 
 @dataclass
 class Turn:
@@ -62,36 +60,3 @@ def as_messages(system: str | None, turns: Sequence[Turn], user: str | None = No
     if user is not None:
         messages.append({"role": "user", "content": user})
     return messages
-
-
-def from_messages(messages: Sequence[dict[str, Any]]) -> tuple[str | None, list[Turn], str]:
-    """``(system, turns, user)`` of chat-API messages: system message(s) first (joined by a
-    blank line), then user/assistant pairs, ending with the user message to answer. Anything
-    else is refused by name, so every prompt format can render it."""
-    def content(index: int) -> str:
-        message = messages[index]
-        text = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(text, str):
-            raise DataError(f"message {index} has no text 'content'; each message needs "
-                            "{'role': ..., 'content': '...'}")
-        return text
-
-    def role(index: int) -> object:
-        message = messages[index]
-        return message.get("role") if isinstance(message, dict) else None
-
-    start = 0
-    systems = []
-    while start < len(messages) and role(start) == "system":
-        systems.append(content(start))
-        start += 1
-    rest = list(range(start, len(messages)))
-    if not rest or role(rest[-1]) != "user":
-        raise DataError("the last message must be the user's (role 'user'), the one to answer")
-    body, turns = rest[:-1], []
-    for user, assistant in zip(body[::2], body[1::2] + [None]):
-        if role(user) != "user" or assistant is None or role(assistant) != "assistant":
-            raise DataError(f"message {user}: after the system message(s), messages must "
-                            "alternate user, assistant, ..., user")
-        turns.append(Turn(content(user), content(assistant)))
-    return ("\n\n".join(systems) or None), turns, content(rest[-1])
