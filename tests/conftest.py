@@ -41,3 +41,15 @@ settings.register_profile("ci", derandomize=True, database=None, print_blob=True
 settings.register_profile("thorough", **{**_HYPOTHESIS, "max_examples": 1000})
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE")
                       or ("ci" if os.environ.get("CI", "").lower() == "true" else "dev"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models: they gain nothing from more, and on a
+    shared 2-core machine two threads that wait on each other turn a 10 ms step into half a
+    second. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")`` (or an
+    autouse fixture in their folder's conftest that requests it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

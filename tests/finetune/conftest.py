@@ -14,13 +14,8 @@ from scratchllm.weights.model_dir import save_model_dir
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: tiny models gain nothing from more, and on a shared CPU threads that
-    wait on each other slow every step down (tests/train does the same)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (tests/conftest.py: one_thread)."""
 
 
 @pytest.fixture(scope="session")

@@ -19,13 +19,9 @@ NEW = 24
 
 
 @pytest.fixture(autouse=True)
-def _only_generate(monkeypatch):
+def _only_generate(monkeypatch, one_thread):
     """Build the parser from this command only, so others' half-done modules can't break it."""
     monkeypatch.setattr(cli_main, "COMMAND_MODULES", ["scratchllm.cli.generate"])
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,8 @@ CONTEXT = 32
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a shared CPU, thread hand-offs dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (tests/conftest.py: one_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,8 @@ VOCAB, CONTEXT, EMB, LAYERS, HEADS = 500, 48, 32, 2, 4
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a shared CPU, thread hand-offs dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (tests/conftest.py: one_thread)."""
 
 
 @torch.no_grad()

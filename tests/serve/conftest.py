@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from serve_support import tiny_model_dir
 
@@ -15,13 +14,8 @@ MAX_BATCH = 32
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two threads that wait on each other turn
-    a millisecond step into tens of milliseconds (see tests/train/conftest.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (tests/conftest.py: one_thread)."""
 
 
 @pytest.fixture(scope="session")

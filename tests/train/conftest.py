@@ -4,24 +4,13 @@ the command line of a seconds-long Llama-family run that uses them."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-import torch
-
-# One thread: the tiny models here gain nothing from more, and on a shared CPU two threads
-# that wait on each other make a 10 ms step take half a second. Subprocess runs get the same
-# setting through the environment, so in-process and subprocess runs compute identically.
-ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (tests/conftest.py: one_thread)."""
 
 
 @pytest.fixture(scope="session")

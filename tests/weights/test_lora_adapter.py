@@ -29,12 +29,9 @@ TOL = 1e-5
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (tests/conftest.py: one_thread)."""
 
 
 def ids() -> torch.Tensor:
