@@ -29,17 +29,23 @@ CLASSIFIER_KEY = "classifier"  # config.json "metadata" entry of a saved classif
 MODEL_SUBDIR = "model"         # finetune_classifier's out_dir/model
 
 
-def attach_classifier_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """Replace ``model.out_head`` with a fresh ``Linear(emb_dim, num_classes)`` (book 6.5)."""
+def replace_head(model: nn.Module, outputs: int) -> nn.Module:
+    """Swap ``model.out_head`` for a fresh ``Linear(emb_dim, outputs)``: class scores here,
+    one scalar reward in ``finetune.reward_model``."""
     head = getattr(model, "out_head", None)
     if not isinstance(head, nn.Linear):
         raise ConfigError(f"{type(model).__name__} has no linear out_head to replace; use a "
                           "scratchllm model (GPT, Llama, Qwen3)")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    model.out_head = nn.Linear(head.in_features, num_classes, device=head.weight.device,
+    model.out_head = nn.Linear(head.in_features, outputs, device=head.weight.device,
                                dtype=head.weight.dtype)
     return model
+
+
+def attach_classifier_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Replace ``model.out_head`` with a fresh ``Linear(emb_dim, num_classes)`` (book 6.5)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    return replace_head(model, num_classes)
 
 
 def last_token_logits(model: nn.Module, input_ids: torch.Tensor,
@@ -129,13 +135,20 @@ def load_classifier(path: str | os.PathLike, *, device: torch.device | str | Non
     if not isinstance(info, dict) or not isinstance(info.get("labels"), list):
         raise CheckpointError(f"{directory / CONFIG_FILE} is a language model, not a classifier; "
                               "fine-tune one with `scratchllm finetune classify`")
+    model, tokenizer = load_headed_model(directory, header, len(info["labels"]), device=device)
+    return model, tokenizer, info
+
+
+def load_headed_model(directory: Path, header: dict[str, Any], outputs: int, *,
+                      device: torch.device | str | None = None) -> tuple[nn.Module, Any]:
+    """(model in eval mode, tokenizer) of a saved model whose out_head has ``outputs`` rows."""
     config = config_from_header(header, directory)
     weights = read_weights(directory)
     # empty_weights, not the meta device: buffers that are not saved (RoPE's cos/sin tables of
     # Llama/Qwen3) must stay real, or moving the model to a device fails.
     with empty_weights():
         model = build_model(header.get("family", FAMILY), config)
-        attach_classifier_head(model, len(info["labels"]))
+        replace_head(model, outputs)
     check_weights(model, weights, directory / WEIGHTS_FILE)
     aliases = tied_aliases(model)
     model.load_state_dict(weights, strict=False, assign=True)
@@ -144,8 +157,8 @@ def load_classifier(path: str | os.PathLike, *, device: torch.device | str | Non
     tokenizer = tokenizer_from_header(header, directory)
     if tokenizer is None:
         raise CheckpointError(f"{directory / CONFIG_FILE} stores no tokenizer; re-save the "
-                              "classifier with its tokenizer")
-    return model, tokenizer, info
+                              "model with its tokenizer")
+    return model, tokenizer
 
 
 @torch.no_grad()
