@@ -8,8 +8,11 @@
   are written as complete examples (prompt + answer) each followed by the end-of-text token,
   exactly as training packed them, and the new message as a prompt ending with the response
   header. A system message is put before the *new* instruction's text (separated by a blank
-  line), where a single-turn model reads it as part of what to do. Text is encoded piece by
-  piece as in training (``data.instruction.encode_example``), always as plain text.
+  line), where a single-turn model reads it as part of what to do. The text comes from
+  ``data.chat_templates`` (which also writes it as the Jinja template an export carries), and
+  the text between end tokens is encoded whole, as plain text: the ids ``transformers``'
+  ``apply_chat_template`` gives for the exported template (which encodes the rendered prompt
+  as one string), byte for byte.
 * ``PlainFormat``: base models without either: ``User: ...`` / ``Assistant: ...`` lines,
   stopping when the model starts a ``User:`` line of its own.
 
@@ -25,7 +28,8 @@ from typing import Any
 
 from scratchllm.chat.conversation import Turn, as_messages
 from scratchllm.chat.template_ids import template_prompt_ids
-from scratchllm.data.instruction import PROMPT_STYLES, format_input, response_prefix
+from scratchllm.data.chat_templates import instruction_chat_pieces, prompt_style_of
+from scratchllm.data.instruction import PROMPT_STYLES
 from scratchllm.errors import ConfigError, TokenizerError
 
 STYLES = ("template", *PROMPT_STYLES, "plain")
@@ -78,17 +82,12 @@ class InstructionFormat(PromptFormat):
         except TokenizerError:
             self.end_id = None
 
-    def _prompt(self, instruction: str) -> list[int]:
-        entry = {"instruction": instruction, "input": ""}
-        return (self.tokenizer.encode_ordinary(format_input(entry, self.name))
-                + self.tokenizer.encode_ordinary(response_prefix(self.name)))
-
     def encode(self, system: str | None, turns: Sequence[Turn], user: str) -> list[int]:
         ids: list[int] = []
-        for turn in turns:
-            ids += self._prompt(turn.user) + self.tokenizer.encode_ordinary(turn.assistant)
-            ids += [self.end_id] if self.end_id is not None else []
-        return ids + self._prompt(f"{system}\n\n{user}" if system else user)
+        end = [self.end_id] if self.end_id is not None else []
+        for text, ended in instruction_chat_pieces(self.name, as_messages(system, turns, user)):
+            ids += self.tokenizer.encode_ordinary(text) + (end if ended else [])
+        return ids
 
     @property
     def description(self) -> str:
@@ -117,8 +116,8 @@ def choose_format(tokenizer: Any, metadata: dict[str, Any] | None = None,
     """The prompt format for a model: ``style`` if given (one of STYLES), else its metadata's
     ``prompt_style`` (how it was fine-tuned), else its chat template, else plain text."""
     if style is None:
-        stored = (metadata or {}).get("prompt_style")
-        if stored in PROMPT_STYLES:
+        stored = prompt_style_of(metadata)  # the rule export's chat_template_for applies
+        if stored is not None:
             style = stored
         elif getattr(tokenizer, "chat_template", None):
             style = "template"
