@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ppl.add_argument("--stride", type=int, help="window step (default: the window)")
     ppl.add_argument("--batch-size", type=int, default=8)
     ppl.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    ppl.add_argument("--json", action="store_true",
+                     help="print only the JSON report: loss, perplexity, tokens, characters, "
+                     "loss_per_char (nats per character: comparable across tokenizers)")
     ppl.set_defaults(func=run_perplexity)
 
     clf = kinds.add_parser("classification",
@@ -83,7 +86,11 @@ def run_perplexity(args: argparse.Namespace) -> int:
                                         response_key=args.response_key,
                                         batch_size=args.batch_size)
     print(json.dumps(result.to_dict()))
-    print(f"perplexity: {result.perplexity:.3f} (loss {result.loss:.4f} over {result.tokens} tokens)")
+    if not args.json:
+        per_char = (f", {result.loss_per_char:.4f} nats per character"
+                    if result.loss_per_char is not None else "")
+        print(f"perplexity: {result.perplexity:.3f} (loss {result.loss:.4f} over "
+              f"{result.tokens} tokens{per_char})")
     return 0
 
 

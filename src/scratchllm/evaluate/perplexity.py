@@ -8,6 +8,11 @@ once (the ones already scored by the previous window are skipped). The loss is t
 
 ``instruction_perplexity`` scores only the responses (and their end-of-text) given the
 prompts: how well a fine-tuned model predicts the reference answers.
+
+A loss per token depends on the tokenizer: a model with bigger tokens has fewer, harder
+predictions to make. ``loss_per_char`` (= loss x tokens / characters, nats per character of the
+text) is the whole text's cross-entropy spread over its characters, so a character-level model
+and a BPE model of the same text can be compared directly (the speedrun benchmark does).
 """
 
 from __future__ import annotations
@@ -31,9 +36,18 @@ class PerplexityResult:
     loss: float          # mean cross-entropy per scored token (nats)
     perplexity: float
     tokens: int          # number of scored tokens
+    characters: int | None = None  # characters the scored tokens spell (None: ids only)
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {"loss": self.loss, "perplexity": self.perplexity, "tokens": self.tokens}
+    @property
+    def loss_per_char(self) -> float | None:
+        """Total cross-entropy over the text's characters (nats/char): tokenizer-independent."""
+        if not self.characters:
+            return None
+        return self.loss * self.tokens / self.characters
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {"loss": self.loss, "perplexity": self.perplexity, "tokens": self.tokens,
+                "characters": self.characters, "loss_per_char": self.loss_per_char}
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -88,16 +102,21 @@ def sliding_windows(ids: torch.Tensor, window: int, stride: int) -> tuple[torch.
 
 def text_perplexity(model: nn.Module, token_ids: Sequence[int] | torch.Tensor | str, *,
                     tokenizer: Any = None, window: int | None = None, stride: int | None = None,
-                    batch_size: int = 8) -> PerplexityResult:
+                    batch_size: int = 8, characters: int | None = None) -> PerplexityResult:
     """Perplexity of ``model`` on a long text (or its token ids), read in sliding windows.
 
     ``window`` defaults to the model's context length, ``stride`` to ``window``.
     A string needs ``tokenizer``; ``<|endoftext|>`` in it counts as the separator token.
+    ``characters`` gives ``loss_per_char`` for token ids: the characters the scored tokens
+    spell. For a string they are counted here: the text less its first token's characters,
+    which nothing predicts (so a character-level model's loss per char is its loss).
     """
     if isinstance(token_ids, str):
         if tokenizer is None:
             raise ConfigError("text_perplexity got a string; pass tokenizer= to encode it")
-        token_ids = tokenizer.encode(token_ids, allowed_special="all")
+        text = token_ids
+        token_ids = tokenizer.encode(text, allowed_special="all")
+        characters = len(text) - len(tokenizer.decode(token_ids[:1]))
     ids = torch.as_tensor(token_ids, dtype=torch.long).flatten().cpu()
     if ids.numel() < 2:
         raise DataError(f"the text has {ids.numel()} token(s); perplexity needs at least 2")
@@ -110,7 +129,9 @@ def text_perplexity(model: nn.Module, token_ids: Sequence[int] | torch.Tensor | 
     inputs, targets = sliding_windows(ids, window, stride)
     batches = ((inputs[i:i + batch_size], targets[i:i + batch_size])
                for i in range(0, len(inputs), batch_size))
-    return _result(*summed_nll(model, batches, _device(model)))
+    result = _result(*summed_nll(model, batches, _device(model)))
+    result.characters = characters
+    return result
 
 
 def instruction_perplexity(model: nn.Module, tokenizer: Any, entries: Sequence[dict[str, Any]], *,
