@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scratchllm.data.chat_templates import chat_template_for
     from scratchllm.utils.outputs import HF_EXPORT, check_output_dir
     from scratchllm.weights.auto import open_model
     from scratchllm.weights.hf_export import export_hf_dir, parse_size
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out, HF_EXPORT, overwrite=args.overwrite)  # before loading anything
     loaded = open_model(args.model_dir)
     out = export_hf_dir(loaded.model, args.out, loaded.tokenizer, shard_size=shard_size,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, eos_ids=loaded.eos_ids,
+                        chat_template=chat_template_for(loaded.metadata, loaded.tokenizer))
     print(f"exported {args.model_dir} -> {out} (Hugging Face format)")
     return 0

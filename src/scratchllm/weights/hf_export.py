@@ -4,13 +4,21 @@ The inverse of ``scratchllm.weights.hf``: our names -> HF names through the fami
 tensors streamed into (optionally sharded) safetensors files, config.json from the adapter,
 and the tokenizer's files. Everything is written into a temp directory that replaces
 ``out_dir`` only when complete.
+
+So that the export chats in other tools as it does in ``scratchllm chat``, tokenizer_config.json
+carries the ``chat_template`` the caller passes (``data.chat_templates.chat_template_for``: the
+Alpaca/Phi-3 format a model was fine-tuned with, or the template it came with; this layer knows
+no prompt formats), and generation_config.json lists every end-of-sequence id, so
+``generate``, ``transformers serve`` and vLLM stop where scratchllm stops.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +143,66 @@ def write_tokenizer_files(directory: Path, tokenizer: Any, context_length: int) 
                   "model without tokenizer files")
 
 
+def _tokenizer_id(tokenizer: Any, attribute: str) -> int | None:
+    """An id the tokenizer may name (``bos_id``, ``eot_id``), or None."""
+    try:
+        value = getattr(tokenizer, attribute, None)
+    except Exception:  # e.g. a tokenizer that names no end token
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _pad_id(tokenizer: Any) -> int | None:
+    """The id of tokenizer_config.json's pad_token, for tokenizers that have one."""
+    pad = (getattr(tokenizer, "config", None) or {}).get("pad_token")
+    pad = pad.get("content") if isinstance(pad, dict) else pad
+    specials = getattr(tokenizer, "special_tokens", None) or {}
+    return specials.get(pad) if isinstance(pad, str) else None
+
+
+def generation_config(tokenizer: Any, hf_config: dict[str, Any], eos_ids: Sequence[int],
+                      context_length: int) -> dict[str, Any]:
+    """generation_config.json: every end id (a list), BOS and padding where known, and a
+    ``max_length`` of the context (transformers' default of 20 tokens cuts answers short;
+    more than the context fails in a model with learned positions)."""
+    ends = [int(i) for i in eos_ids]
+    if not ends:
+        found = _tokenizer_id(tokenizer, "eot_id") if tokenizer is not None else None
+        ends = [found] if found is not None else \
+            [i for i in [hf_config.get("eos_token_id")] if isinstance(i, int)]
+    config: dict[str, Any] = {"eos_token_id": list(dict.fromkeys(ends))}
+    bos = _tokenizer_id(tokenizer, "bos_id") if tokenizer is not None else None
+    bos = bos if bos is not None else hf_config.get("bos_token_id")
+    if isinstance(bos, int):
+        config["bos_token_id"] = bos
+    pad = _pad_id(tokenizer) if tokenizer is not None else None
+    if pad is None and ends:
+        pad = ends[0]  # what generate() falls back to, without its warning
+    if pad is not None:
+        config["pad_token_id"] = pad
+    config["max_length"] = int(context_length)
+    return config
+
+
+def set_chat_template(directory: Path, chat_template: str) -> None:
+    """Put ``chat_template`` into directory/tokenizer_config.json (written by the tokenizer)."""
+    path = directory / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    config["chat_template"] = chat_template
+    write_json(path, config)
+
+
 def export_hf_dir(model: nn.Module, out_dir: str | Path, tokenizer: Any = None, *,
-                  shard_size: int | str | None = None, overwrite: bool = False) -> Path:
+                  shard_size: int | str | None = None, overwrite: bool = False,
+                  chat_template: str | None = None, eos_ids: Sequence[int] = ()) -> Path:
     """Write ``model`` (and tokenizer) as a Hugging Face directory; return its path.
 
     ``shard_size`` ("2GB", bytes) splits the weights into model-0000i-of-0000N.safetensors
     plus model.safetensors.index.json, as ``save_pretrained(max_shard_size=...)`` does.
     ``out_dir`` must be new or empty, or an earlier export replaced with ``overwrite``
     (``scratchllm.utils.outputs``: a folder holding anyone else's files is never touched).
+    ``chat_template`` replaces the tokenizer's own (None keeps it); ``eos_ids`` are every
+    id that ends a sequence (default: the tokenizer's end of text).
     """
     out_dir = Path(out_dir).expanduser()
     adapter = adapter_for_model(model)
@@ -152,12 +212,17 @@ def export_hf_dir(model: nn.Module, out_dir: str | Path, tokenizer: Any = None, 
     hf_config["torch_dtype"] = hf_config["dtype"] = dtype_name
     if tokenizer is not None and "eos_token_id" in hf_config:
         hf_config["eos_token_id"] = tokenizer.eot_id
+    context_length = getattr(model.config, "context_length", 1024)
+    generation = generation_config(tokenizer, hf_config, eos_ids, context_length)
     check_output_dir(out_dir, HF_EXPORT, overwrite=overwrite)
     with atomic_directory(out_dir) as tmp:
         write_marker(tmp, HF_EXPORT)
         write_weights(tmp, _tensor_sources(model, adapter), limit)
         write_json(tmp / "config.json", hf_config)
+        if generation["eos_token_id"]:
+            write_json(tmp / "generation_config.json", generation)
         if tokenizer is not None:
-            write_tokenizer_files(tmp, tokenizer, getattr(model.config, "context_length", 1024))
+            write_tokenizer_files(tmp, tokenizer, context_length)
+            if chat_template is not None and (tmp / "tokenizer_config.json").is_file():
+                set_chat_template(tmp, chat_template)
     return out_dir
-
