@@ -23,7 +23,11 @@ def reward_net(family: str = "gpt") -> torch.nn.Module:
     torch.manual_seed(0)
     model = (GPTModel(GPTConfig.preset("tiny", vocab_size=50257)) if family == "gpt" else
              LlamaModel(LlamaConfig.preset("tiny-llama", vocab_size=50257, context_length=64)))
-    return attach_reward_head(model).eval()
+    attach_reward_head(model)
+    assert not model.out_head.weight.any() and not model.out_head.bias.any()  # starts neutral
+    torch.nn.init.normal_(model.out_head.weight)  # a head that tells rows apart
+    torch.nn.init.normal_(model.out_head.bias)
+    return model.eval()
 
 
 @pytest.mark.parametrize("family", ["gpt", "llama"])

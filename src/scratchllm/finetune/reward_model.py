@@ -41,8 +41,16 @@ Prompt = str | dict[str, Any]
 
 
 def attach_reward_head(model: nn.Module) -> nn.Module:
-    """Replace ``model.out_head`` with a fresh ``Linear(emb_dim, 1)``: one score per position."""
-    return replace_head(model, 1)
+    """Replace ``model.out_head`` with a zero ``Linear(emb_dim, 1)``: one score per position.
+
+    Zero, not random: the untrained model ties every pair (loss ln 2, accuracy 0), so whatever
+    ranking it ends with came from the data, not from a lucky draw of the head. The backbone
+    gets gradients from the second step on, once the head is no longer zero.
+    """
+    replace_head(model, 1)
+    nn.init.zeros_(model.out_head.weight)
+    nn.init.zeros_(model.out_head.bias)
+    return model
 
 
 def last_real_scores(model: nn.Module, input_ids: torch.Tensor,
