@@ -4,9 +4,11 @@ up another folder's conftest.py)."""
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from scratchllm.model.config import GPTConfig
 from scratchllm.model.gpt import GPTModel
@@ -29,3 +31,18 @@ def tiny_model_dir(path: Path, seed: int = 0, context_length: int = 512) -> Path
                               vocab_size=tokenizer.vocab_size)
     save_model_dir(path, GPTModel(config), tokenizer)
     return path
+
+
+class SlowModel(nn.Module):
+    """The tiny model, 20 ms a forward pass: long enough to see requests wait and leave."""
+
+    def __init__(self, inner: nn.Module, delay: float = 0.02) -> None:
+        super().__init__()
+        self.inner, self.config, self.delay = inner, inner.config, delay
+
+    def new_cache(self, max_length=None):
+        return self.inner.new_cache(max_length)
+
+    def forward(self, *args, **kwargs):
+        time.sleep(self.delay)
+        return self.inner(*args, **kwargs)

@@ -8,7 +8,8 @@ import time
 
 import httpx
 import pytest
-from torch import nn
+
+from serve_support import SlowModel
 
 from scratchllm.serve import Engine, ServerConfig, start_in_thread
 
@@ -100,21 +101,6 @@ def test_bodies_over_the_limit_are_413(server):
     response = httpx.post(server.url + "/v1/completions", content=chunks(), timeout=30)
     assert_error(response, 413, None)
     assert_error(httpx.post(server.url + "/v1/completions", content=b"{nope"), 400, None, "JSON")
-
-
-class SlowModel(nn.Module):
-    """The tiny model, 20 ms a forward pass: long enough to see requests wait and leave."""
-
-    def __init__(self, inner: nn.Module, delay: float = 0.02) -> None:
-        super().__init__()
-        self.inner, self.config, self.delay = inner, inner.config, delay
-
-    def new_cache(self, max_length=None):
-        return self.inner.new_cache(max_length)
-
-    def forward(self, *args, **kwargs):
-        time.sleep(self.delay)
-        return self.inner(*args, **kwargs)
 
 
 def wait_for(server, key, value, timeout=5.0):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -179,9 +179,8 @@ async def _respond(request: Request, engine: Engine, config: ServerConfig, setti
             job.cancel()
             engine.wake()
 
-    if settings.stream:
-        return StreamingResponse(_stream(events, reply, settings, cancel),
-                                 media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+    if settings.stream:  # EventStream cancels the job however the stream ends
+        return sse.EventStream(_stream(events, reply, settings), on_close=cancel)
     watcher = asyncio.create_task(_on_disconnect(request, lambda: events.put_nowait(None)))
     try:
         while not reply.done:
@@ -199,24 +198,21 @@ async def _respond(request: Request, engine: Engine, config: ServerConfig, setti
     return JSONResponse(reply.response())
 
 
-async def _stream(events: asyncio.Queue, reply: Reply, settings: Settings,
-                  cancel) -> AsyncIterator[bytes]:
-    try:
-        for chunk in reply.opening_chunks():
+async def _stream(events: asyncio.Queue, reply: Reply,
+                  settings: Settings) -> AsyncIterator[bytes]:
+    for chunk in reply.opening_chunks():
+        yield sse.event(chunk)
+    while not reply.done:
+        event = await events.get()
+        if isinstance(event, Failed):
+            yield sse.event(error_body(event.message, "server_error", None,
+                                       "generation_failed"))
+            return
+        for chunk in reply.add(event):
             yield sse.event(chunk)
-        while not reply.done:
-            event = await events.get()
-            if isinstance(event, Failed):
-                yield sse.event(error_body(event.message, "server_error", None,
-                                           "generation_failed"))
-                return
-            for chunk in reply.add(event):
-                yield sse.event(chunk)
-        if settings.include_usage:
-            yield sse.event(reply.usage_chunk())
-        yield sse.DONE
-    finally:  # also when the client disconnects mid-stream (the task is cancelled)
-        cancel()
+    if settings.include_usage:
+        yield sse.event(reply.usage_chunk())
+    yield sse.DONE
 
 
 async def _on_disconnect(request: Request, then) -> None:
