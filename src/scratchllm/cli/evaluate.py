@@ -7,7 +7,7 @@ import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("evaluate", help="perplexity, classification metrics, or LLM-as-judge scores",
+    p = subparsers.add_parser("evaluate", help="perplexity, classification metrics, LLM-as-judge or reward-model scores",
                               description="Evaluate a model (perplexity) or its instruction "
                               "answers (LLM-as-judge, book 7.8).")
     kinds = p.add_subparsers(dest="kind", metavar="KIND")
@@ -63,6 +63,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="total seconds one request may take, reply included (default 120)")
     judge.add_argument("--retries", type=int, default=3, help="retries of a failed request")
     judge.set_defaults(func=run_judge)
+
+    reward = kinds.add_parser("reward", help="score answers with a reward model; win rates "
+                              "between files (ch. 8)")
+    reward.add_argument("--reward-model", required=True, metavar="DIR",
+                        help="reward model from `scratchllm finetune reward` (its OUT or OUT/model)")
+    reward.add_argument("--responses", required=True, nargs="+", metavar="FILE",
+                        help="JSON answer files (test_responses.json of finetune instruct/dpo/ppo)")
+    reward.add_argument("--response-key", default="model_response",
+                        help="field holding the answer (model_response)")
+    reward.add_argument("--batch-size", type=int, default=8)
+    reward.add_argument("--json", action="store_true", help="print the report as JSON")
+    reward.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    reward.set_defaults(func=run_reward)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -105,6 +118,15 @@ def run_classification(args: argparse.Namespace) -> int:
     print(format_report(report))
     if args.out:
         atomic_write_json(args.out, report)
+    return 0
+
+
+def run_reward(args: argparse.Namespace) -> int:
+    from scratchllm.evaluate.reward import evaluate_reward, format_reward_report
+
+    report = evaluate_reward(args.reward_model, args.responses, response_key=args.response_key,
+                             batch_size=args.batch_size, device=args.device)
+    print(json.dumps(report) if args.json else format_reward_report(report))
     return 0
 
 
