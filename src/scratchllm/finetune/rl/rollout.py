@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -73,8 +74,10 @@ def step_generator(seed: int, step: int, device: torch.device, stream: int = 0
                    ) -> torch.Generator:
     """A generator of one step: a pure function of (seed, step, stream); stream 0 samples
     the rollouts, stream 1 shuffles the minibatches."""
-    return torch.Generator(device=device).manual_seed(
-        (seed % 2**30) * 2**32 + (step % 2**30) * 4 + stream)
+    # Hashed into 32 bits: the CPU generator (Mersenne Twister) keeps only a seed's low 32
+    # bits, so (seed, step) packed into one big integer would lose the seed.
+    mixed = np.random.SeedSequence([seed % 2**32, step, stream]).generate_state(1)[0]
+    return torch.Generator(device=device).manual_seed(int(mixed))
 
 
 @torch.no_grad()
