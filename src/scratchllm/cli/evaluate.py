@@ -69,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reward.add_argument("--reward-model", required=True, metavar="DIR",
                         help="reward model from `scratchllm finetune reward` (its OUT or OUT/model)")
     reward.add_argument("--responses", required=True, nargs="+", metavar="FILE",
-                        help="JSON answer files (test_responses.json of finetune instruct/dpo/ppo)")
+                        help="JSON answer files: records with instruction, input and the answer "
+                        "(test_responses.json of `finetune instruct`)")
     reward.add_argument("--response-key", default="model_response",
                         help="field holding the answer (model_response)")
     reward.add_argument("--batch-size", type=int, default=8)

@@ -1,8 +1,8 @@
 """Compare models' answers by reward-model score (book ch. 8's "evaluated by RM score").
 
 Each responses file is a JSON list of records with ``instruction`` (and ``input``) and the
-answer under ``response_key`` -- the ``test_responses.json`` that ``finetune instruct`` /
-``dpo`` / ``ppo`` write (``model_response``). Every answer is scored with the reward model's
+answer under ``response_key`` -- the ``test_responses.json`` that ``finetune instruct`` writes
+(``model_response``). Every answer is scored with the reward model's
 normalised score (``finetune.reward_model``); per file the mean and median are reported, and
 for every two files the win rate over the prompts they share: how often the first file's
 answer scores higher (ties count half). Prompts are matched by (instruction, input), the n-th
