@@ -37,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="largest request body accepted, else HTTP 413 (default 4 MiB)")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long running requests may take to finish (default 30)")
+    p.add_argument("--ratings", default=None, metavar="FILE",
+                   help="where the web page's compare tab saves ratings: a JSON list in the "
+                   "book's preference format (instruction, input, chosen, rejected) that "
+                   "`scratchllm finetune dpo --data FILE` reads; ties go to FILE's .ties.json "
+                   "sibling (default: runs/ratings/preferences.json). An existing FILE must "
+                   "already be such a list")
     p.add_argument("--prompt-style", default=None,
                    choices=["template", "alpaca", "phi3", "plain"],
                    help="chat prompt format (default: what the model was fine-tuned with, "
@@ -64,12 +70,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--drain-timeout must be 0 or more, got {args.drain_timeout}")
     if args.api_key is not None and not args.api_key.strip():
         raise ConfigError("--api-key must not be empty")
+    from scratchllm.serve.ratings import RatingsFile
+
+    ratings = RatingsFile(args.ratings)  # refuses a wrong file before the model loads
     engine, model_id, metadata = build_engine(
         args.model, device=resolve_device(args.device), dtype=DTYPES[args.dtype],
         max_batch=args.max_batch, max_queue=args.max_queue)
     config = ServerConfig(args.model_name or model_id, args.api_key, args.max_request_bytes,
-                          metadata, args.prompt_style)
+                          metadata, args.prompt_style, ratings)
     print(f"scratchllm serve: {config.model_id} on http://{args.host}:{args.port}/v1 "
-          f"(batch {args.max_batch}, queue {args.max_queue})", flush=True)
+          f"(batch {args.max_batch}, queue {args.max_queue}); web page: "
+          f"http://{args.host}:{args.port}/, ratings: {ratings.path}", flush=True)
     serve(engine, config, host=args.host, port=args.port, drain_timeout=args.drain_timeout)
     return 0

@@ -1,8 +1,9 @@
 """The HTTP side: FastAPI routes of an OpenAI-compatible server in front of one ``Engine``.
 
 Routes: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` and
-``GET /health``. Every error, also a wrong path or method, answers in OpenAI's error shape.
-With an API key every route but ``/health`` wants ``Authorization: Bearer KEY``.
+``GET /health``, plus the web page at ``/`` and its routes (``serve.page``). Every error, also
+a wrong path or method, answers in OpenAI's error shape. With an API key every route but
+``/health`` and the page's static files wants ``Authorization: Bearer KEY``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from scratchllm.serve import sse
 from scratchllm.serve.engine import Engine, EngineClosedError, QueueFullError
 from scratchllm.serve.errors import APIError, error_body
+from scratchllm.serve.page import PUBLIC_PATHS, add_page_routes
 from scratchllm.chat import choose_format
 from scratchllm.serve.prompts import budget, chat_prompt, check_ids, encode_text
+from scratchllm.serve.ratings import RatingsFile
 from scratchllm.serve.responses import Reply
 from scratchllm.serve.schemas import Settings, parse_chat, parse_completion
 from scratchllm.serve.sequence import Failed, Job
@@ -35,13 +38,15 @@ DEFAULT_MAX_BODY_BYTES = 4 << 20
 
 @dataclass
 class ServerConfig:
-    """``metadata``/``prompt_style`` choose the chat prompt format (``chat.choose_format``)."""
+    """``metadata``/``prompt_style`` choose the chat prompt format (``chat.choose_format``);
+    ``ratings`` is where the page's compare tab saves ratings (None: not saved)."""
 
     model_id: str
     api_key: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     metadata: dict[str, Any] | None = None
     prompt_style: str | None = None
+    ratings: RatingsFile | None = None
 
 
 def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
@@ -122,6 +127,8 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         req.settings.stop += [s for s in prompt_format.stop_strings if s not in req.settings.stop]
         return await _respond(request, engine, config, req.settings, prompts, limits, chat=True)
 
+    add_page_routes(app, engine, config.ratings,
+                    lambda request: read_json(request, config.max_body_bytes))
     app.add_middleware(_AuthMiddleware, api_key=config.api_key)
     return app
 
@@ -224,14 +231,16 @@ async def _on_disconnect(request: Request, then) -> None:
 
 
 class _AuthMiddleware:
-    """401 on every route but /health without ``Authorization: Bearer KEY`` (constant-time
-    comparison). Plain ASGI, so streamed responses pass through untouched."""
+    """401 on every route but /health and the page's files without ``Authorization: Bearer
+    KEY`` (constant-time comparison). Plain ASGI, so streamed responses pass through
+    untouched."""
 
     def __init__(self, app, api_key: str | None) -> None:
         self.app, self.api_key = app, api_key
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not self.api_key or scope["path"] == "/health":
+        if scope["type"] != "http" or not self.api_key or (
+                scope["path"] in PUBLIC_PATHS and scope["method"] in ("GET", "HEAD")):
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"authorization", b"").decode("latin-1")
