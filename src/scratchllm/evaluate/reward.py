@@ -1,12 +1,12 @@
 """Compare models' answers by reward-model score (book ch. 8's "evaluated by RM score").
 
 Each responses file is a JSON list of records with ``instruction`` (and ``input``) and the
-answer under ``response_key`` -- the ``test_responses.json`` that ``finetune instruct`` writes
-(``model_response``). Every answer is scored with the reward model's
-normalised score (``finetune.reward_model``); per file the mean and median are reported, and
-for every two files the win rate over the prompts they share: how often the first file's
-answer scores higher (ties count half). Prompts are matched by (instruction, input), the n-th
-repeat of a prompt in one file with the n-th in the other.
+answer under ``response_key``: the ``test_responses.json`` that ``finetune instruct`` writes
+(``model_response``). Every answer gets the reward model's normalised score
+(``finetune.reward_model``); per file the mean and median are reported, and for every two
+files the win rate over the prompts they share: how often the first file's answer scores
+higher (ties, within ``TIE``, count half). Prompts are matched by (instruction, input), the
+n-th repeat of a prompt in one file with the n-th in the other.
 """
 
 from __future__ import annotations
@@ -43,11 +43,14 @@ def score_file(scorer: RewardScorer, path: str | os.PathLike, response_key: str,
     return records, scores.tolist()
 
 
+TIE = 1e-5  # normalised scores this close are a tie: the same answer in batches of other widths
+
+
 def win_rate(a: dict[tuple, float], b: dict[tuple, float]) -> dict[str, Any]:
     """How often ``a``'s answer beats ``b``'s on the prompts both answered."""
     shared = [k for k in a if k in b]
-    wins = sum(a[k] > b[k] for k in shared)
-    ties = sum(a[k] == b[k] for k in shared)
+    wins = sum(a[k] > b[k] + TIE for k in shared)
+    ties = sum(abs(a[k] - b[k]) <= TIE for k in shared)
     return {"prompts": len(shared), "a_wins": wins, "ties": ties,
             "b_wins": len(shared) - wins - ties,
             "a_win_rate": (wins + ties / 2) / len(shared) if shared else None}
