@@ -160,11 +160,11 @@ def _pad_id(tokenizer: Any) -> int | None:
     return specials.get(pad) if isinstance(pad, str) else None
 
 
-def generation_config(tokenizer: Any, hf_config: dict[str, Any], eos_ids: Sequence[int],
-                      context_length: int) -> dict[str, Any]:
-    """generation_config.json: every end id (a list), BOS and padding where known, and a
-    ``max_length`` of the context (transformers' default of 20 tokens cuts answers short;
-    more than the context fails in a model with learned positions)."""
+def generation_config(tokenizer: Any, hf_config: dict[str, Any],
+                      eos_ids: Sequence[int]) -> dict[str, Any]:
+    """generation_config.json: every end id (a list), BOS and padding where known. Nothing
+    about sampling or length: transformers' defaults are greedy decoding, and a ``max_length``
+    here would make it warn at every ``generate(max_new_tokens=...)``."""
     ends = [int(i) for i in eos_ids]
     if not ends:
         found = _tokenizer_id(tokenizer, "eot_id") if tokenizer is not None else None
@@ -180,7 +180,6 @@ def generation_config(tokenizer: Any, hf_config: dict[str, Any], eos_ids: Sequen
         pad = ends[0]  # what generate() falls back to, without its warning
     if pad is not None:
         config["pad_token_id"] = pad
-    config["max_length"] = int(context_length)
     return config
 
 
@@ -213,7 +212,7 @@ def export_hf_dir(model: nn.Module, out_dir: str | Path, tokenizer: Any = None, 
     if tokenizer is not None and "eos_token_id" in hf_config:
         hf_config["eos_token_id"] = tokenizer.eot_id
     context_length = getattr(model.config, "context_length", 1024)
-    generation = generation_config(tokenizer, hf_config, eos_ids, context_length)
+    generation = generation_config(tokenizer, hf_config, eos_ids)
     check_output_dir(out_dir, HF_EXPORT, overwrite=overwrite)
     with atomic_directory(out_dir) as tmp:
         write_marker(tmp, HF_EXPORT)
