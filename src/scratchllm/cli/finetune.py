@@ -13,6 +13,7 @@ FINETUNE_MODULES: list[str] = [
     "scratchllm.cli.finetune_classify",
     "scratchllm.cli.finetune_instruct",
     "scratchllm.cli.finetune_dpo",
+    "scratchllm.cli.finetune_ppo",
     "scratchllm.cli.finetune_reward",
 ]
 

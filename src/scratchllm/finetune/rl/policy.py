@@ -19,12 +19,12 @@ while the two are the same model (the argument ``finetune.dpo`` makes for DPO).
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
-from scratchllm.finetune.dpo import frozen_copy
 from scratchllm.finetune.rl.rollout import Rollout, score_tokens
 from scratchllm.model.lora import lora_layers
 from scratchllm.train.optim import build_scheduler
@@ -63,6 +63,13 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for layer, scaling in zip(layers, saved):
             layer.scaling = scaling
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """The policy as it is now, in eval mode, never updated."""
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
 
 
 class Reference:
