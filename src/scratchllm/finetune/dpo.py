@@ -16,12 +16,17 @@ not miss. (LoRA's own dropout is switched off with it.)
 
 Sequence log-probabilities are *averaged* over the response tokens by default, as the book's
 ``compute_logprobs`` does (long and short answers weigh the same); ``average=False`` sums
-them, as the DPO paper defines it.
+them, as the DPO paper defines it. They are computed a few positions at a time
+(``finetune.logprobs``), never as a (2B, T, vocab) fp32 log-softmax.
+
+The reference's log-probabilities are computed once per example before training and kept
+with the examples (``finetune.dpo_reference``): each step then runs the policy alone.
+``cache_reference=False`` runs a reference model at every step instead (the LoRA base with
+adapters off under LoRA, a frozen copy otherwise).
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 from dataclasses import dataclass
 from functools import partial
@@ -31,9 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchllm.data.instruction import IGNORE_INDEX, check_style, split_entries
+from scratchllm.data.instruction import check_style, split_entries
 from scratchllm.data.preference import PreferenceDataset, load_preference_data, preference_collate
 from scratchllm.errors import ConfigError, DataError
+from scratchllm.finetune.dpo_reference import (
+    cache_reference_logprobs,
+    frozen_copy,
+    reference_model,
+    with_reference,
+)
+from scratchllm.finetune.logprobs import pair_logprobs, sequence_logprobs
 from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
 from scratchllm.finetune.runs import (
     source_name,
@@ -44,20 +56,7 @@ from scratchllm.finetune.runs import (
     plot_run,
     start_run,
 )
-
-
-def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, *,
-                      average: bool = True) -> torch.Tensor:
-    """(B,) log-probability of each row's target tokens, skipping ``IGNORE_INDEX`` targets.
-
-    Token log-probs are minus the per-token cross-entropy: PyTorch's fused kernel, which keeps
-    no second vocabulary-sized tensor of log-probabilities around as log_softmax + gather would.
-    """
-    mask = targets != IGNORE_INDEX
-    picked = -F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(),
-                              ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)
-    total = (picked * mask).sum(dim=-1)
-    return total / mask.sum(dim=-1).clamp(min=1) if average else total
+from scratchllm.train.steps import autocast_for
 
 
 def dpo_losses(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
@@ -79,33 +78,22 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     return losses.mean(), chosen, rejected
 
 
-def pair_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], *,
-                  average: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected log-probs from one forward pass over the stacked (2B, T) batch."""
-    inputs = torch.cat([batch["chosen_inputs"], batch["rejected_inputs"]])
-    targets = torch.cat([batch["chosen_targets"], batch["rejected_targets"]])
-    logps = sequence_logprobs(model(inputs), targets, average=average)
-    n = batch["chosen_inputs"].shape[0]
-    return logps[:n], logps[n:]
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """The reference model: the policy as it is now, in eval mode, never updated."""
-    reference = copy.deepcopy(model).eval()
-    reference.requires_grad_(False)
-    return reference
-
-
-def dpo_terms(policy: nn.Module, reference: nn.Module, batch: dict[str, torch.Tensor], *,
+def dpo_terms(policy: nn.Module, reference: nn.Module | None, batch: dict[str, torch.Tensor], *,
               beta: float, average: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair (losses, chosen rewards, rejected rewards) of one batch."""
+    """Per-pair (losses, chosen rewards, rejected rewards) of one batch; the reference's
+    log-probs come from the batch when cached there (``dpo_reference.with_reference``)."""
     policy_chosen, policy_rejected = pair_logprobs(policy, batch, average=average)
-    with torch.no_grad():
-        ref_chosen, ref_rejected = pair_logprobs(reference, batch, average=average)
+    if "reference_chosen" in batch:
+        ref_chosen, ref_rejected = batch["reference_chosen"], batch["reference_rejected"]
+    else:
+        if reference is None:
+            raise ValueError("no cached reference log-probs in the batch and no reference model")
+        with torch.no_grad():
+            ref_chosen, ref_rejected = pair_logprobs(reference, batch, average=average)
     return dpo_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
 
 
-def dpo_batch(policy: nn.Module, reference: nn.Module, batch: dict[str, torch.Tensor], *,
+def dpo_batch(policy: nn.Module, reference: nn.Module | None, batch: dict[str, torch.Tensor], *,
               beta: float, average: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """The DPO loss of one batch and its reward statistics (margin and accuracy)."""
     losses, chosen_r, rejected_r = dpo_terms(policy, reference, batch, beta=beta, average=average)
@@ -119,7 +107,7 @@ class DPOTask:
 
     dropout = False  # policy and reference compared without dropout (module docstring)
 
-    def __init__(self, policy: nn.Module, reference: nn.Module, train_set: PreferenceDataset,
+    def __init__(self, policy: nn.Module, reference: nn.Module | None, train_set: PreferenceDataset,
                  collate, evals: dict, *, beta: float, average: bool, device: torch.device,
                  eval_batches: int, save, plot) -> None:
         self.policy, self.reference, self.train_set, self.collate_fn = policy, reference, train_set, collate
@@ -203,13 +191,14 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
                  micro_batch_size: int | None = None, warmup_steps: int = 0,
                  min_lr: float | None = None, grad_clip: float | None = None,
                  save_every: int = 0, keep_last: int = 3,
-                 stop_at: int | None = None) -> DPOResult:
+                 stop_at: int | None = None, cache_reference: bool = True) -> DPOResult:
     """Preference-tune an (instruction-tuned) model directory with DPO; save ``out_dir/latest``.
 
     Defaults follow the book's DPO notebook (beta 0.1, 1 epoch, AdamW lr 5e-6, weight decay
     0.01, batch 8, 85/5/10 split). The metrics log gets the loss and the reward margin /
     accuracy (how often the chosen answer earns the higher implicit reward). The loop options
-    are those of ``finetune.loop.LoopSettings``.
+    are those of ``finetune.loop.LoopSettings``. ``cache_reference`` (module docstring):
+    reference log-probs computed once before training instead of a reference model per step.
     """
     check_style(prompt_style)
     if beta <= 0:
@@ -227,14 +216,25 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
     policy, tokenizer = setup.model, setup.tokenizer
     context = policy.config.context_length
     max_length = min(max_length or context, context)
-    collate = partial(preference_collate, pad_id=tokenizer.eot_id, max_length=max_length)
+    collate = with_reference(partial(preference_collate, pad_id=tokenizer.eot_id,
+                                     max_length=max_length))
     train_set = PreferenceDataset(train_entries, tokenizer, prompt_style)
     check_responses_fit(train_set, collate, data_file, max_length)
     val_set = PreferenceDataset(val_entries, tokenizer, prompt_style)
     evals = {"train": eval_loader(train_set, batch_size, collate),
              "val": eval_loader(val_set, batch_size, collate)}
-    reference = frozen_copy(policy)  # the source model, also when resuming
+    reference = None
+    if cache_reference:  # the source model, also when resuming (its checkpoint loads later)
+        for dataset, count in ((train_set, None), (val_set, eval_batches * batch_size)):
+            cache_reference_logprobs(policy, dataset, collate, count=count,
+                                     batch_size=micro_batch_size or batch_size,
+                                     average=average_logprobs, device=setup.device,
+                                     autocast=autocast_for(setup.precision, setup.device))
+    elif not lora:
+        reference = frozen_copy(policy)
     maybe_apply_lora(policy, lora)
+    if not cache_reference and lora:
+        reference = reference_model(policy)  # the base under the adapters, no copy
     task = DPOTask(policy, reference, train_set, collate, evals, beta=beta,
                    average=average_logprobs, device=setup.device, eval_batches=eval_batches,
                    save=model_saver(setup), plot=partial(plot_run, setup))
@@ -242,7 +242,8 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
               "data_file": source_name(data_file), "beta": beta,
               "prompt_style": prompt_style, "max_length": max_length,
               "average_logprobs": average_logprobs, "lora": lora,
-              "shuffle_split": shuffle_split, "eval_batches": eval_batches}
+              "shuffle_split": shuffle_split, "eval_batches": eval_batches,
+              "cache_reference": cache_reference}
     result = FinetuneLoop(setup, task, settings, recipe).run()
     last, nan = result.last_eval, float("nan")
     saved = setup.out_dir / "latest"

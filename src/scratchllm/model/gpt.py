@@ -62,7 +62,7 @@ class GPTModel(nn.Module):
     def forward(self, token_ids: torch.Tensor, *, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, return_hidden: bool = False) -> torch.Tensor:
         """Logits for every position of ``token_ids``.
 
         cache: keys/values of earlier positions; new ones are appended to it.
@@ -72,6 +72,9 @@ class GPTModel(nn.Module):
         position_ids: (B, T) explicit positions, overriding both of the above.
         last_only: return (B, 1, vocab_size) logits of the last position only (generation;
             with left padding the last position is always a real token).
+        return_hidden: return the final-normed hidden states (B, T, emb_dim) instead of logits,
+            so a loss can apply ``out_head`` in chunks (``model.loss``) without a (B, T, vocab)
+            tensor.
         """
         c = self.config
         position_ids, mask = positions_and_mask(
@@ -85,5 +88,6 @@ class GPTModel(nn.Module):
             cache.advance(n_tokens)
         if last_only:  # prefill needs one row of logits, not T x vocab_size of them
             x = x[:, -1:]
-        return self.out_head(self.final_norm(x))
+        x = self.final_norm(x)
+        return x if return_hidden else self.out_head(x)
 

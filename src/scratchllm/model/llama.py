@@ -159,7 +159,7 @@ class LlamaModel(nn.Module):
     def forward(self, token_ids: torch.Tensor, *, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, return_hidden: bool = False) -> torch.Tensor:
         """Logits for every position of ``token_ids``; arguments as in ``GPTModel.forward``.
 
         Positions select rows of the RoPE tables, so with a left-padded ``attention_mask``
@@ -180,4 +180,5 @@ class LlamaModel(nn.Module):
             cache.advance(n_tokens)
         if last_only:  # prefill needs one row of logits, not T x vocab_size of them
             x = x[:, -1:]
-        return self.out_head(self.final_norm(x))
+        x = self.final_norm(x)
+        return x if return_hidden else self.out_head(x)

@@ -1,0 +1,203 @@
+"""Losses over the vocabulary head that never hold a whole (rows, vocab_size) fp32 tensor.
+
+GPT-2's head maps each position to 50,257 logits: at batch 2 x 256 positions that is 100 MB
+of fp32 logits, and the plain ``F.cross_entropy(model(x), y)`` keeps them, their
+log-softmax and, in the backward pass, a gradient of the same size, each written and read
+in full. Both helpers here run the head over a few rows at a time instead:
+
+* ``chunked_cross_entropy``: the mean next-token loss of pretraining. Its gradient with
+  respect to each chunk's logits is ``softmax - one_hot`` (times the upstream scalar), known
+  already in the forward pass, so each chunk's logits buffer is turned into its own gradient
+  in place and multiplied into the hidden-state and head-weight gradients right away
+  (the "fused linear cross-entropy" trick). Nothing is recomputed.
+* ``token_logprobs``: per-token log-probabilities (DPO). Their upstream gradient is only known
+  in the backward pass, so each chunk is checkpointed: the forward keeps just its hidden rows,
+  and the backward runs that chunk's head once more.
+
+Models opt in by accepting ``forward(..., return_hidden=True)`` (GPT and Llama do) and
+exposing the head as ``out_head``; ``head_of`` says whether a model can.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100                # PyTorch's cross-entropy default: positions not scored
+CHUNK_ELEMENTS = 1 << 23           # logits per chunk: 8M floats, 32 MB in fp32
+
+
+def chunk_rows(vocab_size: int, elements: int = CHUNK_ELEMENTS) -> int:
+    """How many positions fit a chunk of ``elements`` logits (at least one)."""
+    return max(1, elements // max(1, vocab_size))
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_return_hidden(cls: type) -> bool:
+    return "return_hidden" in inspect.signature(cls.forward).parameters
+
+
+def head_of(model: nn.Module) -> nn.Module | None:
+    """``model.out_head`` when ``model(x, return_hidden=True)`` gives its input, else None
+    (wrapped models, e.g. DDP or torch.compile, go through the plain loss)."""
+    head = getattr(model, "out_head", None)
+    if not isinstance(head, nn.Module) or not _takes_return_hidden(type(model)):
+        return None
+    return head
+
+
+def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """What autocast would run the head's matmul in (``dtype`` when autocast is off)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden @ weight.T + bias`` against ``targets``, chunk by chunk.
+
+    The gradients are formed in the forward pass (scaled by 1 / scored positions) and only
+    multiplied by the upstream scalar in ``backward``.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, ignore_index: int, rows: int,
+                dtype: torch.dtype) -> torch.Tensor:
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        with torch.autocast(hidden.device.type, enabled=False):
+            h_all, w = hidden.to(dtype), weight.to(dtype)
+            b = bias.to(dtype) if bias is not None else None
+            valid_all = targets != ignore_index
+            count = valid_all.sum()
+            inv_count = 1.0 / count.clamp(min=1).float()
+            grad_h = torch.empty_like(hidden) if need_h else None
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+                if need_w else None
+            grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) \
+                if need_b else None
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for start in range(0, h_all.shape[0], rows):
+                h, t = h_all[start:start + rows], targets[start:start + rows]
+                valid = valid_all[start:start + rows]
+                safe = torch.where(valid, t, 0)[:, None]
+                logits = F.linear(h, w, b).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                picked = logits.gather(1, safe).squeeze(1)
+                total += torch.where(valid, lse - picked, 0.0).sum()
+                if not (need_h or need_w or need_b):
+                    continue
+                # d loss / d logits = (softmax - one_hot) / count on scored rows, 0 elsewhere
+                grad = logits.sub_(lse[:, None]).exp_()
+                grad.scatter_add_(1, safe, torch.full_like(picked, -1.0)[:, None])
+                grad.mul_((valid.float() * inv_count)[:, None])
+                grad = grad.to(dtype)
+                if need_h:
+                    grad_h[start:start + rows] = grad @ w
+                if need_w:
+                    if dtype == torch.float32:
+                        grad_w.addmm_(grad.T, h)
+                    else:
+                        grad_w += (grad.T @ h).float()
+                if need_b:
+                    grad_b += grad.float().sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return total / count  # NaN when nothing is scored, as F.cross_entropy gives
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grads = []
+        for grad, dtype in zip(ctx.saved_tensors, ctx.dtypes):
+            if grad is None:
+                grads.append(None)
+                continue
+            # The usual upstream gradient is exactly 1 (accumulation steps give 1/k): skip a
+            # pass over the 150 MB head gradient then.
+            if not (grad_out.device.type == "cpu" and grad_out.item() == 1.0):
+                grad = grad * grad_out
+            grads.append(grad.to(dtype))
+        return (*grads, None, None, None, None)
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, *,
+                          ignore_index: int = IGNORE_INDEX,
+                          rows: int | None = None) -> torch.Tensor:
+    """``F.cross_entropy(head(hidden).float(), targets)`` (mean over scored positions) with
+    the head applied ``rows`` positions at a time, its gradients fused into the forward pass.
+
+    hidden: (..., E) inputs of ``head``; targets: (...) token ids, ``ignore_index`` not scored.
+    Under autocast the matmuls run in the autocast dtype and the softmax in fp32, as the plain
+    loss does.
+    """
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    dtype = _compute_dtype(hidden.device, head.weight.dtype)
+    rows = rows or chunk_rows(head.weight.shape[0])
+    return _LinearCrossEntropy.apply(flat, head.weight, head.bias, targets.reshape(-1),
+                                     ignore_index, rows, dtype)
+
+
+class _PickedLogProb(torch.autograd.Function):
+    """``log_softmax(logits)[target]`` per row (0 where ``ignore_index``), without a second
+    (rows, vocab) tensor in the forward pass; the backward builds one, in place."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int):
+        valid = targets != ignore_index
+        safe = torch.where(valid, targets, 0)[:, None]
+        lse = torch.logsumexp(logits, dim=-1)
+        out = torch.where(valid, logits.gather(1, safe).squeeze(1) - lse, 0.0)
+        ctx.save_for_backward(logits, lse, safe, valid)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, lse, safe, valid = ctx.saved_tensors
+        g = torch.where(valid, grad_out, 0.0)
+        grad = (logits - lse[:, None]).exp_().mul_(-g[:, None])  # -g * softmax
+        grad.scatter_add_(1, safe, g[:, None])                    # +g at the target
+        return grad, None, None
+
+
+def _chunk_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                    ignore_index: int) -> torch.Tensor:
+    return _PickedLogProb.apply(head(hidden).float(), targets, ignore_index)
+
+
+def token_logprobs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, *,
+                   ignore_index: int = IGNORE_INDEX, rows: int | None = None) -> torch.Tensor:
+    """fp32 ``log_softmax(head(hidden))`` at each target token, shaped like ``targets``;
+    0 where the target is ``ignore_index``.
+
+    ``head`` is any module (a LoRA-wrapped head too), run ``rows`` positions at a time; with
+    gradients on, each chunk is recomputed in the backward pass instead of kept.
+    """
+    flat_h = hidden.reshape(-1, hidden.shape[-1])
+    flat_t = targets.reshape(-1)
+    out_features = getattr(head, "out_features", None) or head.weight.shape[0]
+    rows = rows or chunk_rows(out_features)
+    keep_graph = torch.is_grad_enabled() and (
+        flat_h.requires_grad or any(p.requires_grad for p in head.parameters()))
+    pieces = []
+    for start in range(0, flat_h.shape[0], rows):
+        h, t = flat_h[start:start + rows], flat_t[start:start + rows]
+        if keep_graph:
+            pieces.append(checkpoint(_chunk_logprobs, head, h, t, ignore_index,
+                                     use_reentrant=False))
+        else:
+            pieces.append(_chunk_logprobs(head, h, t, ignore_index))
+    return torch.cat(pieces).view(targets.shape)
+
+
+def next_token_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``model`` on one batch (book 5.1.2): chunked over the
+    head when the model allows it (``head_of``), the plain loss over full logits otherwise."""
+    head = head_of(model)
+    if isinstance(head, nn.Linear) and type(head.weight.data) is torch.Tensor:
+        return chunked_cross_entropy(model(inputs, return_hidden=True), head, targets)
+    return F.cross_entropy(model(inputs).flatten(0, 1).float(), targets.flatten())
