@@ -15,7 +15,7 @@ def register(methods: argparse._SubParsersAction) -> None:
         "scores higher than the rejected one (-log sigmoid(r_chosen - r_rejected)), on JSON "
         "entries with instruction, input, chosen and rejected (85/5/10 split). Writes "
         "OUT/model (the reward model, scores normalised to mean 0 / std 1 on the reference "
-        "answers), best/, metrics.jsonl, loss/accuracy/margin plots and results.json.",
+        "answers), best/, metrics.jsonl, loss.png, accuracy.png and results.json.",
     )
     p.add_argument("--model", required=True, metavar="DIR",
                    help="model to start from: scratchllm model/run dir, Hugging Face dir or Hub name")

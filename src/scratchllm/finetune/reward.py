@@ -14,7 +14,7 @@ out with mean 0 and std 1 on exactly those answers.
 
 ``OUT/`` receives ``model/`` (the reward model: ``open_reward_model(OUT)``), ``best/`` (best
 validation accuracy; raw, unnormalised scores), ``metrics.jsonl``, ``loss.png``,
-``accuracy.png``, ``margin.png``, ``results.json`` (plus ``adapter.safetensors`` for LoRA
+``accuracy.png``, ``results.json`` (plus ``adapter.safetensors`` for LoRA
 runs and ``checkpoints/`` + ``latest/`` when checkpoints were saved).
 """
 

@@ -33,6 +33,7 @@ from scratchllm.errors import CheckpointError, ConfigError, DataError
 from scratchllm.finetune.classifier_model import (
     last_token_logits, load_headed_model, replace_head, resolve_classifier_dir,
 )
+from scratchllm.utils.device import resolve_device
 from scratchllm.weights.model_dir import read_header, save_model_dir
 
 REWARD_KEY = "reward_model"  # config.json "metadata" entry of a saved reward model
@@ -200,20 +201,26 @@ class RewardScorer:
 
     @torch.no_grad()
     def raw_scores(self, sequences: Sequence[Sequence[int]], batch_size: int = 8) -> torch.Tensor:
-        """(N,) float32 CPU head outputs of complete sequences (no normalisation)."""
+        """(N,) float32 CPU head outputs of complete sequences (no normalisation).
+
+        Batches are formed in order of length (longest first), so little is padding; each
+        score is the same as the sequence's alone, whatever it is batched with.
+        """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        out = torch.zeros(len(sequences))
         was_training = self.model.training
         self.model.eval()
-        out = []
         try:
-            for start in range(0, len(sequences), batch_size):
-                ids, lengths = right_padded(sequences[start:start + batch_size], self.end_id)
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                ids, lengths = right_padded([sequences[i] for i in rows], self.end_id)
                 scores = last_token_logits(self.model, ids.to(self.device), lengths)[:, 0]
-                out.append(scores.float().cpu())
+                out[rows] = scores.float().cpu()
         finally:
             self.model.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0)
+        return out
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         return (raw - self.mean) / self.std
@@ -253,8 +260,11 @@ class RewardScorer:
 
 def open_reward_model(path: str | os.PathLike, device: torch.device | str = "cpu",
                       dtype: torch.dtype | str | None = None) -> RewardScorer:
-    """Open a saved reward model (its directory or a ``finetune reward`` output folder)."""
-    model, tokenizer, info, directory = load_reward_model(path, device=device)
+    """Open a saved reward model (its directory or a ``finetune reward`` output folder).
+
+    ``device`` also takes "auto" (CUDA, then MPS, else CPU); the weights stay frozen.
+    """
+    model, tokenizer, info, directory = load_reward_model(path, device=resolve_device(device))
     if dtype is not None:
         value = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
         if not isinstance(value, torch.dtype) or not value.is_floating_point:

@@ -29,8 +29,8 @@ from scratchllm.finetune.classify_plots import plot_train_val
 from scratchllm.finetune.reward_model import finish_sequence, right_padded
 from scratchllm.train.metrics import METRICS_FILE, read_metrics
 
-PLOTS = (("loss", "Loss", "loss.png"), ("accuracy", "Pairwise accuracy", "accuracy.png"),
-         ("margin", "Mean margin r_chosen - r_rejected", "margin.png"))
+# The margins are in metrics.jsonl; a third figure would cost as much as the tiny runs' training.
+PLOTS = (("loss", "Loss", "loss.png"), ("accuracy", "Pairwise accuracy", "accuracy.png"))
 
 
 def reward_losses(chosen: torch.Tensor, rejected: torch.Tensor, *, margin: float = 0.0,
@@ -165,7 +165,7 @@ class RewardTask:
 
 
 def plot_reward_run(run_dir: Path) -> list[Path]:
-    """``loss.png``, ``accuracy.png`` and ``margin.png`` (train and validation) of a run."""
+    """``loss.png`` and ``accuracy.png`` (train and validation) of a run."""
     records = [r for r in read_metrics(run_dir / METRICS_FILE) if r.get("event") == "eval"]
     written = [plot_train_val(records, key, label, run_dir / name) for key, label, name in PLOTS]
     return [p for p in written if p is not None]
