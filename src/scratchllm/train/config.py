@@ -34,7 +34,8 @@ class TrainConfig:
 
     # Data: a text file, a prepared token file (.bin) or folder, or None for the embedded story.
     data: str | None = None
-    tokenizer: str = "gpt2"
+    tokenizer: str = "gpt2"           # a name, a tokenizer file, or bpe:N = train an N-token
+                                      # byte-level BPE on the training split (train/tokenizer.py)
     train_ratio: float = 0.9          # text split into train/val like the book (5.1.3)
     # Model: a GPTConfig preset (None = DEFAULT_MODEL) plus field overrides ({"n_layers": 6}).
     preset: str | None = None
@@ -143,6 +144,8 @@ class TrainConfig:
                               f"got {self.model!r}")
         if "context_length" in self.model:
             raise ConfigError("set 'context_length' at the top level of the train config, not under 'model'")
+        from scratchllm.train.tokenizer import trained_bpe_size
+        trained_bpe_size(self.tokenizer)  # a malformed "bpe:N" fails before any data is read
         self.model_config()  # unknown preset or model fields fail now, not after loading data
 
     # ----------------------------------------------------------------------------- derived

@@ -45,6 +45,7 @@ from scratchllm.train.run_control import Silent, StopRequest, seed_everything
 from scratchllm.train.run_dir import disk_full_error, is_disk_full
 from scratchllm.train.run_files import RunFiles
 from scratchllm.train.state import TrainingState, latest_checkpoint
+from scratchllm.train.tokenizer import run_tokenizer, trained_bpe_size
 from scratchllm.utils.device import resolve_device
 
 
@@ -100,7 +101,13 @@ class Trainer(RunFiles):
         seed_everything(config.seed)  # the same on every rank: FSDP needs identical initial weights
 
         data = Path(config.data) if config.data is not None else None
-        text_tokenizer = None if data is not None and is_prepared(data) else get_tokenizer(config.tokenizer)
+        if data is not None and is_prepared(data):
+            if trained_bpe_size(config.tokenizer) is not None:
+                raise ConfigError(f"tokenizer {config.tokenizer!r} trains a BPE on a text file, "
+                                  f"but {config.data} is already tokenized; give the text file")
+            text_tokenizer = None
+        else:
+            text_tokenizer = run_tokenizer(config.tokenizer, config.data, config.train_ratio)
         self.train_batches, self.val_batches, spec = load_batches(
             config.data, text_tokenizer, context_length=config.context_length,
             stride=config.stride or config.context_length, batch_size=config.micro_batch_size,
