@@ -185,7 +185,8 @@ def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str
              "val": eval_loader(val_set, batch_size, collate)}
     maybe_apply_lora(model, lora)
     task = InstructTask(model, train_set, collate, evals, device=setup.device,
-                        eval_batches=eval_batches, save=model_saver(setup),
+                        eval_batches=eval_batches,
+                        save=model_saver(setup, {"prompt_style": prompt_style}),
                         plot=partial(plot_run, setup))
     recipe = {"method": "instruct", "model": source_name(model_dir),
               "data_file": source_name(data_file), "prompt_style": prompt_style,

@@ -141,10 +141,13 @@ def eval_loader(dataset, batch_size: int, collate: Callable) -> torch.utils.data
                                        drop_last=False, collate_fn=collate)
 
 
-def model_saver(setup: RunSetup) -> Callable[[Path, nn.Module, dict], Path]:
-    """Save a language model directory that keeps the source model's every end id."""
+def model_saver(setup: RunSetup, always: dict[str, Any] | None = None
+                ) -> Callable[[Path, nn.Module, dict], Path]:
+    """Save a language model directory that keeps the source model's every end id, with
+    ``always`` in its metadata too (e.g. the ``prompt_style`` that chat and export read, so
+    ``OUT/best/`` remembers its prompt format as ``OUT/latest/`` does)."""
     def save(directory: Path, model: nn.Module, metadata: dict) -> Path:
-        return save_model_dir(directory, model, setup.tokenizer, metadata,
+        return save_model_dir(directory, model, setup.tokenizer, {**(always or {}), **metadata},
                               generation_header(setup.eos_ids))
     return save
 
