@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 # tensorflow and jupyterlab as requirements but imports neither, hence --no-deps.
 BOOK_PKG  := llms-from-scratch==1.0.19
 
-.PHONY: demo test install install-test bench-deps clean
+.PHONY: demo test install install-test bench-deps browser clean
 
 # Creates the venv; installs the torch pin first when no torch is present so the
 # resolver never pulls a multi-GB CUDA build where a CPU wheel is at hand.
@@ -27,15 +27,26 @@ $(VENV)/.installed-test: $(VENV)/.created pyproject.toml
 	$(PIP) install -q --no-deps $(BOOK_PKG)
 	touch $@
 
+# Debian's Chromium and its matching chromedriver for tests/e2e/test_e2e_page.py (Selenium
+# drives /usr/bin/chromium; no browser download), installed when missing. Needs apt-get and
+# root or sudo; elsewhere it says so, and the page test skips (or fails under CI=true).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else echo "no apt-get: install chromium and chromium-driver for the web page test"; fi
+
 install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed-test browser
 
 # The main job: pretrain a small GPT on the embedded short story, then sample from it.
 demo: $(VENV)/.installed
 	$(VENV)/bin/scratchllm pretrain --out runs/verdict --overwrite
 	$(VENV)/bin/scratchllm generate --model runs/verdict --max-new-tokens 40 "Every effort moves you"
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test browser
 	$(PY) -m pytest -q
 
 # Peers for benchmarks/: the book's package (also a test reference, see install-test) and
