@@ -69,6 +69,19 @@ def test_foreign_file_is_never_replaced(tmp_path, gpt, tok):
         with pytest.raises(ConfigError, match="not written by scratchllm"):
             write_gguf(gpt, tok, theirs, overwrite=overwrite)
     assert theirs.read_bytes() == b"GGUF\x03\x00\x00\x00someone else's model"
+    import gguf  # a real GGUF file, written by llama.cpp's tools rather than scratchllm
+
+    real = tmp_path / "real.gguf"
+    writer = gguf.GGUFWriter(real, "llama")
+    writer.add_name("theirs")
+    writer.add_tensor("token_embd.weight", torch.ones(4, 4).numpy())
+    for step in (writer.write_header_to_file, writer.write_kv_data_to_file,
+                 writer.write_tensors_to_file, writer.close):
+        step()
+    before = real.read_bytes()
+    with pytest.raises(ConfigError, match="not written by scratchllm"):
+        write_gguf(gpt, tok, real, overwrite=True)
+    assert real.read_bytes() == before
     with pytest.raises(ConfigError, match="is a folder"):
         write_gguf(gpt, tok, tmp_path)
 

@@ -28,12 +28,12 @@ from torch import nn
 
 from scratchllm.errors import ConfigError
 from scratchllm.utils.atomic import fsync_dir, fsync_file
+from scratchllm.weights.gguf_files import OWNER_KEY, check_gguf_target
 from scratchllm.weights.gguf_tokenizer import add_vocab, gguf_vocab
 from scratchllm.weights.model_dir import tied_aliases
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 GGUF_FAMILIES = ("gpt2 (GPTModel)", "llama (Llama 3.x)", "qwen3")
-OWNER_KEY = "scratchllm.exported_by"  # marks files scratchllm wrote (see check_gguf_target)
 
 
 def _gguf():
@@ -176,64 +176,6 @@ def _add_hparams(writer: Any, model: nn.Module, arch: str) -> None:
     if arch == "llama":
         writer.add_vocab_size(c.vocab_size)
         writer.add_rope_dimension_count(c.head_dim)
-
-
-# ---------------------------------------------------------------------------- files
-_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING = 8
-
-
-def is_scratchllm_gguf(path: Path, scan: int = 8) -> bool:
-    """True when ``path`` is a GGUF file whose first metadata entries name scratchllm as its
-    writer. Reads a few hundred bytes: ``gguf.GGUFReader`` would parse every token string."""
-    import struct
-
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(1 << 16)
-    except OSError:
-        return False
-    if head[:4] != b"GGUF":
-        return False
-    try:
-        n_kv = struct.unpack_from("<Q", head, 16)[0]
-        offset = 24
-        for _ in range(min(n_kv, scan)):
-            (size,) = struct.unpack_from("<Q", head, offset)
-            key = head[offset + 8:offset + 8 + size].decode("utf-8")
-            offset += 8 + size
-            (vtype,) = struct.unpack_from("<I", head, offset)
-            offset += 4
-            if vtype == _STRING:
-                (size,) = struct.unpack_from("<Q", head, offset)
-                value = head[offset + 8:offset + 8 + size].decode("utf-8")
-                offset += 8 + size
-                if key == OWNER_KEY:
-                    return value.startswith("scratchllm")
-            elif vtype in _SCALAR_SIZES:
-                offset += _SCALAR_SIZES[vtype]
-            else:  # an array: the owner key comes before any
-                return False
-    except (struct.error, UnicodeDecodeError):
-        return False
-    return False
-
-
-def check_gguf_target(path: str | os.PathLike, *, overwrite: bool = False,
-                      what: str = "OUT") -> Path:
-    """Refuse, before any work, a target scratchllm may not write: a folder, anyone else's
-    file (even with --overwrite), or an earlier export without --overwrite."""
-    target = Path(path).expanduser()
-    if target.is_dir():
-        raise ConfigError(f"{what} {target} is a folder; give the path of a .gguf file")
-    if target.exists():
-        if not is_scratchllm_gguf(target):
-            raise ConfigError(f"{what} {target} exists and was not written by scratchllm; "
-                              "nothing was changed: choose another file name")
-        if not overwrite:
-            raise ConfigError(f"{what} {target} holds an earlier scratchllm export; pass "
-                              "--overwrite to replace it, or choose another file name")
-    return target
 
 
 def write_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, *,
