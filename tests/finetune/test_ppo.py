@@ -133,3 +133,30 @@ def test_bad_settings_fail_before_any_work(toy, tmp_path):
         finetune_rl(base, prompts, tmp_path / "d", reward=reward, rollout_batch=32,
                     minibatch=4, **TOY)
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_sigterm_mid_run_checkpoints_and_resume_finishes(toy, tmp_path):
+    """SIGTERM during step 2 (from inside the reward): the step completes, is checkpointed,
+    and --resume goes on from step 3."""
+    import os
+    import signal
+
+    base, prompts = toy
+    calls = []
+
+    def reward(prompt: str, response: str) -> float:
+        calls.append(1)
+        if len(calls) == 5:  # the first answer of step 2 (4 per step)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return lowercase_fraction(prompt, response)
+
+    kwargs = dict(rollout_batch=4, minibatch=4, ppo_epochs=1, max_steps=4, **TOY)
+    stopped = finetune_rl(base, prompts, tmp_path / "run", reward=FunctionReward(reward), **kwargs)
+    assert stopped.interrupted and stopped.steps == 2 and stopped.stop_signal == signal.SIGTERM
+    assert (tmp_path / "run" / "checkpoints" / "step-00000002").is_dir()
+    first = train_records(tmp_path / "run")
+    done = finetune_rl(base, prompts, tmp_path / "run", resume=True,
+                       reward=FunctionReward(lowercase_fraction), **kwargs)
+    assert done.steps == 4 and not done.interrupted
+    rows = train_records(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and strip_times(rows[:2]) == strip_times(first)
