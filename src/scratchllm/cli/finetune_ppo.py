@@ -55,7 +55,8 @@ def register(methods: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip (default 1.0)")
     p.add_argument("--prompt-style", choices=["alpaca", "phi3", "raw"], default="alpaca",
                    help="prompt template (default alpaca; raw: the text as is)")
-    p.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank instead of all weights")
+    p.add_argument("--lora-rank", type=int,
+                   help="train LoRA adapters of this rank instead of all weights")
     p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale alpha (default 16)")
     p.add_argument("--seed", type=int, default=123, help="random seed (default 123)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -90,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
     stopped = report_stop(result)
     if stopped is not None:
         return stopped
-    last = result.last
-    print(f"{args.algorithm} steps {result.steps} | reward {last.get('reward_mean', float('nan')):.4f}"
-          f" | kl {last.get('kl', float('nan')):.4f} | eos rate {last.get('eos_rate', 0.0):.2f}")
+    last, nan = result.last, float("nan")
+    print(f"{args.algorithm} steps {result.steps} | reward {last.get('reward_mean', nan):.4f} | "
+          f"kl {last.get('kl', nan):.4f} | eos rate {last.get('eos_rate', nan):.2f}")
     print(f"model: {result.model_dir}")
     if result.responses_file is not None:
         print(f"test responses: {result.responses_file}")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from scratchllm.finetune.rl.losses import group_advantages, grpo_loss, kl_penalty, masked_mean
-from scratchllm.finetune.rl.policy import Learner, Reference, minibatches
+from scratchllm.finetune.rl.policy import Learner, Reference, minibatches, score_before_update
 from scratchllm.finetune.rl.rollout import Rollout, score_tokens
 from scratchllm.finetune.rl.settings import RLSettings
 
@@ -25,9 +25,9 @@ def grpo_step(policy: nn.Module, reference: Reference, learner: Learner, rollout
               autocast: Callable) -> dict[str, float]:
     """Update the policy on ``rollout`` (``group_size`` consecutive answers per prompt)."""
     s, mask = settings, rollout.response_mask
-    with torch.no_grad(), autocast():
-        old = score_tokens(policy, rollout, s.temperature, with_entropy=True)
-        ref_logprobs = reference.logprobs(rollout, s.temperature)
+    with autocast():
+        old = score_before_update(policy, reference, rollout, s.temperature, chunk=s.minibatch)
+    ref_logprobs = old["ref_logprobs"]
     old_logprobs = old["logprobs"]
     advantages = group_advantages(scores.to(mask.device, mask.dtype), s.group_size)
     kl = kl_penalty(old_logprobs, ref_logprobs, "k3") * mask

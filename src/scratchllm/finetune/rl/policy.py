@@ -108,6 +108,22 @@ class Learner:
         optimizer_step(self.optimizer, self.scheduler, self.scaler, self.params, self.grad_clip)
 
 
+@torch.no_grad()
+def score_before_update(policy: nn.Module, reference: Reference, rollout: Rollout,
+                        temperature: float, *, value_head: nn.Module | None = None,
+                        chunk: int = 8) -> dict[str, torch.Tensor]:
+    """The rollout policy's log-probs, entropy (and values) and the reference's log-probs,
+    ``chunk`` rollouts per forward pass: a whole batch's (B, R, vocab) fp32 log-softmax
+    would be gigabytes for GPT-2's 50k-token vocabulary."""
+    parts = []
+    for index in torch.arange(len(rollout.responses)).split(chunk):
+        part = rollout.select(index)
+        out = score_tokens(policy, part, temperature, value_head=value_head, with_entropy=True)
+        out["ref_logprobs"] = reference.logprobs(part, temperature)
+        parts.append(out)
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+
 def minibatches(n: int, size: int, epochs: int, generator: torch.Generator
                 ) -> Iterator[torch.Tensor]:
     """Row indices of each update: ``epochs`` shuffled passes over ``n`` rollouts."""

@@ -21,7 +21,7 @@ from torch import nn
 from scratchllm.finetune.rl.losses import (
     AdaptiveKLController, gae, kl_penalty, masked_mean, policy_loss, value_loss, whiten,
 )
-from scratchllm.finetune.rl.policy import Learner, Reference, minibatches
+from scratchllm.finetune.rl.policy import Learner, Reference, minibatches, score_before_update
 from scratchllm.finetune.rl.rollout import Rollout, score_tokens
 from scratchllm.finetune.rl.settings import RLSettings
 
@@ -43,10 +43,10 @@ def ppo_step(policy: nn.Module, value_head: nn.Module, reference: Reference, lea
     """Update the policy and value head on ``rollout`` (scores (B,) with any penalty applied);
     return the step's statistics."""
     s, mask = settings, rollout.response_mask
-    with torch.no_grad(), autocast():
-        old = score_tokens(policy, rollout, s.temperature, value_head=value_head,
-                           with_entropy=True)
-        ref_logprobs = reference.logprobs(rollout, s.temperature)
+    with autocast():
+        old = score_before_update(policy, reference, rollout, s.temperature,
+                                  value_head=value_head, chunk=s.minibatch)
+    ref_logprobs = old["ref_logprobs"]
     old_logprobs, old_values = old["logprobs"], old["values"] * mask
     kl = kl_penalty(old_logprobs, ref_logprobs, s.kl_estimator) * mask
     coef = kl_ctl.coef

@@ -60,8 +60,8 @@ class RLSettings:
             raise ConfigError(f"GRPO compares answers within a group: --group-size must be at "
                               f"least 2, got {self.group_size}")
         if self.rollouts_per_step % self.minibatch:
-            raise ConfigError(f"--minibatch {self.minibatch} must divide the {self.rollouts_per_step}"
-                              f" rollouts of a step (--rollout-batch"
+            raise ConfigError(f"--minibatch {self.minibatch} must divide the "
+                              f"{self.rollouts_per_step} rollouts of a step (--rollout-batch"
                               f"{' x --group-size' if self.algorithm == 'grpo' else ''})")
         if isinstance(self.save_every, bool) or not isinstance(self.save_every, int) \
                 or self.save_every < 0:
@@ -76,7 +76,8 @@ class RLSettings:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
-            raise ConfigError(f"gamma and lambda must lie in [0, 1], got {self.gamma} and {self.lam}")
+            raise ConfigError(f"gamma and lambda must lie in [0, 1], got {self.gamma} and "
+                              f"{self.lam}")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ConfigError(f"unknown KL estimator {self.kl_estimator!r}; use k1 or k3")
         if self.kl_target is not None and not self.kl_target > 0:
