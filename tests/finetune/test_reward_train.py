@@ -105,15 +105,20 @@ def test_scores_are_normalised_on_the_training_answers(trained, toy_pairs):
     assert (chosen > rejected).float().mean() >= 0.9
 
 
-def test_reference_responses_file_sets_the_normalisation(tiny_gpt_dir, toy_pairs, tmp_path):
+def test_reference_responses_file_sets_the_normalisation(tiny_gpt_dir, toy_pairs, tmp_path,
+                                                         gpt2_tok):
     answers = [{"instruction": f"Say {w}.", "input": "", "model_response": f"{w} {w}"}
                for w in WORDS]
     ref = tmp_path / "test_responses.json"
     ref.write_text(json.dumps(answers))
-    result = finetune_reward(tiny_gpt_dir, toy_pairs, tmp_path / "rm", epochs=1, batch_size=8,
+    torch.manual_seed(1)  # a model instruction-tuned with Phi-3 prompts says so in its metadata
+    phi3 = save_model_dir(tmp_path / "phi3", GPTModel(GPTConfig.preset(
+        "tiny", n_layers=1, emb_dim=32, context_length=64)), gpt2_tok, {"prompt_style": "phi3"})
+    result = finetune_reward(phi3, toy_pairs, tmp_path / "rm", epochs=1, batch_size=8,
                              lr=1e-3, train_mode="last-block", reference_responses=ref,
                              device="cpu", progress=False)
     scorer = open_reward_model(result.model_dir)
+    assert scorer.prompt_style == "phi3"
     scores = scorer.score([a["instruction"] for a in answers],
                           [a["model_response"] for a in answers])
     assert scores.mean().item() == pytest.approx(0.0, abs=1e-4)

@@ -35,8 +35,9 @@ def register(methods: argparse._SubParsersAction) -> None:
                    help="the chosen answer must win by this much: -log sigmoid(dr - margin) (0)")
     p.add_argument("--center-coef", type=float, default=0.0,
                    help="reward centering: add coef * (r_chosen + r_rejected)^2 (0; e.g. 0.01)")
-    p.add_argument("--prompt-style", choices=["alpaca", "phi3"], default="alpaca",
-                   help="prompt template (default alpaca, as finetune instruct/dpo)")
+    p.add_argument("--prompt-style", choices=["alpaca", "phi3"],
+                   help="prompt template (default: the one --model was fine-tuned with, "
+                   "else alpaca)")
     p.add_argument("--max-length", type=int,
                    help="longest pair text in tokens, cut from the start (default: context)")
     p.add_argument("--reference-responses", metavar="FILE",

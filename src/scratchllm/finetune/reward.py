@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
+from scratchllm.data.chat_templates import prompt_style_of
 from scratchllm.data.instruction import check_style, encode_example, load_json_entries, split_entries
 from scratchllm.data.preference import load_preference_data
 from scratchllm.errors import ConfigError, DataError
@@ -107,7 +108,8 @@ def normalization_stats(scorer: RewardScorer, sequences: list[list[int]], source
 def finetune_reward(model_dir: str | os.PathLike, data_file: str | os.PathLike,
                     out_dir: str | os.PathLike, *, epochs: int = 1, batch_size: int = 8,
                     lr: float = 1e-5, weight_decay: float = 0.01, train_mode: str = "full",
-                    margin: float = 0.0, center_coef: float = 0.0, prompt_style: str = "alpaca",
+                    margin: float = 0.0, center_coef: float = 0.0,
+                    prompt_style: str | None = None,
                     max_length: int | None = None, shuffle_split: bool = False,
                     lora_rank: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.0,
                     reference_responses: str | os.PathLike | None = None,
@@ -122,11 +124,13 @@ def finetune_reward(model_dir: str | os.PathLike, data_file: str | os.PathLike,
     """Train a reward model from ``model_dir`` on ``data_file``; write ``out_dir`` (module doc).
 
     ``train_mode``: full (every weight), last-block (last block, final norm and head), lora
-    (LoRA adapters on every linear layer plus the head) or head. ``keep_best`` saves the
+    (LoRA adapters on every linear layer plus the head) or head. ``prompt_style`` defaults
+    to the one the model was fine-tuned with (its metadata), else Alpaca. ``keep_best`` saves the
     weights of the evaluation with the best validation pairwise accuracy instead of the last.
     The loop options are those of ``finetune.loop.LoopSettings``.
     """
-    check_style(prompt_style)
+    if prompt_style is not None:
+        check_style(prompt_style)
     check_loss_settings(margin, center_coef)
     if train_mode not in TRAIN_MODES:
         raise ConfigError(f"unknown train mode {train_mode!r}; choose one of "
@@ -152,6 +156,7 @@ def finetune_reward(model_dir: str | os.PathLike, data_file: str | os.PathLike,
     precision = resolve_precision(precision, device_)
     loaded = open_model(model_dir, device=device_, require_tokenizer=True)
     model, tokenizer = master_weights(loaded.model), loaded.tokenizer
+    prompt_style = prompt_style or prompt_style_of(loaded.metadata) or "alpaca"
     context = model.config.context_length
     limit = min(max_length or context, context)
     end_id = tokenizer.eot_id
