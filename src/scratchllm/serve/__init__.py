@@ -8,11 +8,13 @@
 * ``app`` / ``schemas`` / ``responses`` / ``sse``: the FastAPI routes, request checks,
   OpenAI response shapes and server-sent events.
 * ``server``: ``run`` (the command) and ``start_in_thread`` (tests, notebooks, benchmarks).
+* ``page`` / ``ratings`` / ``static/``: the web page at ``/`` (chat, compare & rate, win
+  rates, attention heatmap) and its ratings file of preference pairs.
 """
 
-from scratchllm.serve.app import ServerConfig, create_app
+from scratchllm.serve.app import CompareModel, ServerConfig, create_app
 from scratchllm.serve.engine import Engine, EngineClosedError, QueueFullError
 from scratchllm.serve.server import ThreadServer, build_engine, run, start_in_thread
 
-__all__ = ["Engine", "EngineClosedError", "QueueFullError", "ServerConfig", "ThreadServer",
-           "build_engine", "create_app", "run", "start_in_thread"]
+__all__ = ["CompareModel", "Engine", "EngineClosedError", "QueueFullError", "ServerConfig",
+           "ThreadServer", "build_engine", "create_app", "run", "start_in_thread"]

@@ -22,11 +22,12 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from scratchllm.chat import PromptFormat, choose_format
+from scratchllm.errors import ConfigError
 from scratchllm.serve import sse
 from scratchllm.serve.engine import Engine, EngineClosedError, QueueFullError
 from scratchllm.serve.errors import APIError, error_body
 from scratchllm.serve.page import PUBLIC_PATHS, add_page_routes
-from scratchllm.chat import choose_format
 from scratchllm.serve.prompts import budget, chat_prompt, check_ids, encode_text
 from scratchllm.serve.ratings import RatingsFile
 from scratchllm.serve.responses import Reply
@@ -37,9 +38,20 @@ DEFAULT_MAX_BODY_BYTES = 4 << 20
 
 
 @dataclass
+class CompareModel:
+    """A second model served beside the first (``serve --compare-model``), for the page's
+    side-by-side ratings; requests name it by ``model_id``."""
+
+    engine: Engine
+    model_id: str
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass
 class ServerConfig:
     """``metadata``/``prompt_style`` choose the chat prompt format (``chat.choose_format``);
-    ``ratings`` is where the page's compare tab saves ratings (None: not saved)."""
+    ``ratings`` is where the page's compare tab saves ratings (None: not saved);
+    ``compare`` an optional second model."""
 
     model_id: str
     api_key: str | None = None
@@ -47,19 +59,38 @@ class ServerConfig:
     metadata: dict[str, Any] | None = None
     prompt_style: str | None = None
     ratings: RatingsFile | None = None
+    compare: CompareModel | None = None
 
 
 def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
-    """The ASGI app. The engine is started with the app and closed when it shuts down
+    """The ASGI app. The engines are started with the app and closed when it shuts down
     (after uvicorn has let in-flight requests finish)."""
+    served = {config.model_id: (engine, choose_format(engine.tokenizer, config.metadata,
+                                                      config.prompt_style))}
+    if config.compare is not None:
+        other = config.compare
+        if other.model_id in served:
+            raise ConfigError(f"the compare model and the served model are both named "
+                              f"{other.model_id!r}; give one another name")
+        served[other.model_id] = (other.engine, choose_format(
+            other.engine.tokenizer, other.metadata, config.prompt_style))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine.start()
+        for started, _ in served.values():
+            started.start()
         yield
-        await run_in_threadpool(engine.close)
+        for started, _ in served.values():
+            await run_in_threadpool(started.close)
 
-    prompt_format = choose_format(engine.tokenizer, config.metadata, config.prompt_style)
+    def pick(asked: str | None, param: str = "model") -> tuple[str, Engine, PromptFormat]:
+        """The model a request names (the first one when it names none); 404 otherwise."""
+        name = config.model_id if asked is None else asked
+        if name not in served:
+            raise APIError(404, f"model {asked!r} does not exist; this server serves "
+                           f"{', '.join(map(repr, served))} (GET /v1/models)", param=param,
+                           code="model_not_found")
+        return (name, *served[name])
     app = FastAPI(title="scratchllm", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     created = int(time.time())
@@ -87,17 +118,16 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(config.model_id, created)]}
+        return {"object": "list", "data": [_model_card(name, created) for name in served]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict[str, Any]:
-        _check_model(model_id, config.model_id, "model_id")
-        return _model_card(config.model_id, created)
+        return _model_card(pick(model_id, "model_id")[0], created)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         req = parse_completion(await read_json(request, config.max_body_bytes))
-        _check_model(req.settings.model, config.model_id)
+        model_id, engine, _ = pick(req.settings.model)
 
         def encode() -> tuple[list[list[int]], list[int]]:
             prompts, limits = [], []
@@ -110,12 +140,13 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             return prompts, limits
 
         prompts, limits = await run_in_threadpool(encode)
-        return await _respond(request, engine, config, req.settings, prompts, limits, chat=False)
+        return await _respond(request, engine, model_id, req.settings, prompts, limits,
+                              chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = parse_chat(await read_json(request, config.max_body_bytes))
-        _check_model(req.settings.model, config.model_id)
+        model_id, engine, prompt_format = pick(req.settings.model)
 
         def encode() -> tuple[list[list[int]], list[int]]:
             ids = check_ids(chat_prompt(prompt_format, req.messages), engine.vocab_size,
@@ -125,7 +156,8 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
         prompts, limits = await run_in_threadpool(encode)
         req.settings.stop += [s for s in prompt_format.stop_strings if s not in req.settings.stop]
-        return await _respond(request, engine, config, req.settings, prompts, limits, chat=True)
+        return await _respond(request, engine, model_id, req.settings, prompts, limits,
+                              chat=True)
 
     add_page_routes(app, engine, config.ratings,
                     lambda request: read_json(request, config.max_body_bytes))
@@ -135,12 +167,6 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
 def _model_card(model_id: str, created: int) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "scratchllm"}
-
-
-def _check_model(asked: str | None, served: str, param: str = "model") -> None:
-    if asked is not None and asked != served:
-        raise APIError(404, f"model {asked!r} does not exist; this server serves {served!r} "
-                       "(GET /v1/models)", param=param, code="model_not_found")
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -165,7 +191,7 @@ def _too_large(limit: int) -> APIError:
                     "bytes (scratchllm serve --max-request-bytes)", code="request_too_large")
 
 
-async def _respond(request: Request, engine: Engine, config: ServerConfig, settings: Settings,
+async def _respond(request: Request, engine: Engine, model_id: str, settings: Settings,
                    prompts: list[list[int]], limits: list[int], *, chat: bool):
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
@@ -178,7 +204,7 @@ async def _respond(request: Request, engine: Engine, config: ServerConfig, setti
         raise APIError(429, str(err), code="queue_full", headers={"Retry-After": "1"}) from None
     except EngineClosedError as err:
         raise APIError(503, str(err), code="shutting_down") from None
-    reply = Reply(chat, config.model_id, job.n_sequences, sum(map(len, prompts)),
+    reply = Reply(chat, model_id, job.n_sequences, sum(map(len, prompts)),
                   settings.logprobs is not None)
 
     def cancel() -> None:

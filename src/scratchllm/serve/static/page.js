@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, history: [], chatAbort: null, compare: null };
+const state = { model: null, models: [], history: [], chatAbort: null, compare: null };
 
 // ------------------------------------------------------------------ requests
 function headers() {
@@ -154,12 +154,13 @@ function resetChat() {
 function sampleSettings(n) {
   const seedText = $(`cmp${n}-seed`).value.trim();
   const seed = seedText === "" ? Math.floor(Math.random() * 2 ** 31) : parseInt(seedText, 10);
-  return { temperature: number(`cmp${n}-temperature`, 1), top_p: number(`cmp${n}-top-p`, 1),
+  return { model: $(`cmp${n}-model`).value || state.model,
+           temperature: number(`cmp${n}-temperature`, 1), top_p: number(`cmp${n}-top-p`, 1),
            seed, max_tokens: Math.max(1, Math.round(number("cmp-max-tokens", 128))) };
 }
 
 function label(settings) {
-  return `${state.model} · temperature ${settings.temperature}, top-p ${settings.top_p}`;
+  return `${settings.model} · temperature ${settings.temperature}, top-p ${settings.top_p}`;
 }
 
 function setRating(enabled) {
@@ -183,8 +184,8 @@ async function runCompare() {
   try {
     await Promise.all(["a", "b"].map((side) => {
       const { max_tokens, ...sampling } = current.sides[side];
-      return streamChat({ model: state.model, messages: [{ role: "user", content: prompt }],
-                          max_tokens, ...sampling }, (piece) => {
+      return streamChat({ messages: [{ role: "user", content: prompt }], max_tokens,
+                          ...sampling }, (piece) => {
         current.answers[side] += piece;
         $(`cmp-${side}-text`).textContent = current.answers[side];
       });
@@ -351,8 +352,16 @@ function heat(w) {  // 0 -> white, 1 -> deep blue
 async function loadModel() {
   try {
     const models = await api("GET", "/v1/models");
-    state.model = models.data[0].id;
-    $("model-name").textContent = state.model;
+    state.models = models.data.map((m) => m.id);
+    state.model = state.models[0];
+    $("model-name").textContent = state.models.join(" and ");
+    state.models.forEach((id, i) => {  // a second model (--compare-model) is sample 2's default
+      for (const n of [1, 2]) {
+        const select = $(`cmp${n}-model`);
+        if (![...select.options].some((o) => o.value === id)) select.add(new Option(id, id));
+        if (n === 2 && i === 1) select.value = id;
+      }
+    });
     status("ready");
   } catch (err) {
     status(String(err.message || err), true);
