@@ -1,4 +1,4 @@
-"""``scratchllm finetune {classify,instruct,dpo}``: the book's stage 3 (ch. 6, ch. 7, DPO bonus).
+"""``scratchllm finetune {classify,instruct,dpo,ppo,reward}``: the book's stage 3 (ch. 6-8).
 
 Each fine-tuning method lives in its own module exposing ``register(subparsers)``, like the
 top-level commands; this module only groups them under one ``finetune`` command.
@@ -21,9 +21,10 @@ FINETUNE_MODULES: list[str] = [
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "finetune",
-        help="fine-tune a model: classify, instruct or dpo",
+        help="fine-tune a model: classify, instruct, dpo, reward or ppo",
         description="Fine-tune a pretrained model directory for classification (book ch. 6), "
-        "instruction following (ch. 7) or preferences (DPO).",
+        "instruction following (ch. 7), preferences (DPO), or train a reward model and align "
+        "with it by PPO/GRPO (ch. 8).",
     )
     methods = p.add_subparsers(dest="method", metavar="METHOD")
     for name in FINETUNE_MODULES:
