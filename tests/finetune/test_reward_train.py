@@ -133,6 +133,8 @@ def test_reference_responses_file_sets_the_normalisation(tiny_gpt_dir, toy_pairs
                         progress=False)
     with pytest.raises(ConfigError, match="margin"):
         finetune_reward(tiny_gpt_dir, toy_pairs, tmp_path / "bad", margin=-1.0, progress=False)
+    with pytest.raises(ConfigError, match="max_length"):
+        finetune_reward(tiny_gpt_dir, toy_pairs, tmp_path / "bad", max_length=0, progress=False)
 
 
 def test_lora_reward_model_on_llama(toy_pairs, gpt2_tok, tmp_path):

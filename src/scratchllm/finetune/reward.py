@@ -135,6 +135,10 @@ def finetune_reward(model_dir: str | os.PathLike, data_file: str | os.PathLike,
     if train_mode not in TRAIN_MODES:
         raise ConfigError(f"unknown train mode {train_mode!r}; choose one of "
                           f"{', '.join(TRAIN_MODES)}")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                   or max_length < 2):
+        raise ConfigError(f"max_length must be an integer >= 2 (tokens of prompt + response + "
+                          f"end), got {max_length!r}")
     if isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1:
         raise ConfigError(f"eval_batches must be a positive integer, got {eval_batches!r}")
     loop_settings = LoopSettings(epochs=epochs, batch_size=batch_size, lr=lr,
