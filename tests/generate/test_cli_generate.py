@@ -121,3 +121,49 @@ def test_dtype_loads_the_weights_in_that_dtype(model, tokenizer, tmp_path, capsy
         assert code == 0 and out == PROMPT + tokenizer.decode(new) + "\n", flag
     with pytest.raises(SystemExit):
         _run(capsys, "--model", str(directory), "--dtype", "int8")
+
+
+def test_quantize_int8_is_the_library_s_int8_model(model, tokenizer, tmp_path, capsys):
+    """--quantize int8 prints what open_model(quantize="int8") + generate gives, and that
+    model's linear layers (the untied head too) really are int8."""
+    from scratchllm.weights.auto import open_model
+
+    directory = save_model_dir(tmp_path / "m", model, tokenizer=tokenizer)
+    int8 = open_model(directory, quantize="int8").model
+    assert type(int8.out_head).__name__ == "Linear" and int8.out_head.weight().dtype == torch.qint8
+    new = generate(int8, _reference_ids(tokenizer), NEW)[-NEW:]
+    code, out, err = _run(capsys, "--model", str(directory), "--quantize", "int8", "--no-eos-stop")
+    assert code == 0 and out == PROMPT + tokenizer.decode(new) + "\n" and err == ""
+    code, _, err = _run(capsys, "--model", str(directory), "--quantize", "int8", "--dtype", "bf16")
+    assert code == 2 and "--dtype" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        _run(capsys, "--model", str(directory), "--quantize", "int4")
+
+
+def test_stats_go_to_stderr_and_leave_stdout_alone(model, tokenizer, tmp_path, capsys):
+    directory = save_model_dir(tmp_path / "m", model, tokenizer=tokenizer)
+    code, plain, _ = _run(capsys, "--model", str(directory), "--no-eos-stop")
+    code, out, err = _run(capsys, "--model", str(directory), "--no-eos-stop", "--stats")
+    assert code == 0 and out == plain
+    fields = dict(line.split(":", 1) for line in err.strip().splitlines())
+    fields = {k: v.split()[0] for k, v in fields.items()}
+    assert int(fields["prompt tokens"]) == len(_reference_ids(tokenizer))
+    assert int(fields["generated tokens"]) == NEW
+    assert float(fields["time to first token"]) > 0 and float(fields["decode rate"]) > 0
+    assert {"load time", "prompt rate", "decode time"} <= set(fields)
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_says_so(model, tokenizer, tmp_path, capsys,
+                                                         monkeypatch):
+    from scratchllm.model import quantize
+
+    directory = save_model_dir(tmp_path / "m", model, tokenizer=tokenizer)
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: {"avx2": True, "avx512_vnni": False,
+                                                        "avx512_bf16": False, "amx": False})
+    code, out, err = _run(capsys, "--model", str(directory), "--dtype", "bf16", "--device", "cpu")
+    assert code == 0 and out.startswith(PROMPT)
+    assert err.startswith("note: this CPU has no bf16 instructions") and err.count("\n") == 1
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: {"avx2": True, "avx512_vnni": True,
+                                                        "avx512_bf16": True, "amx": True})
+    code, _, err = _run(capsys, "--model", str(directory), "--dtype", "bf16", "--device", "cpu")
+    assert code == 0 and err == ""

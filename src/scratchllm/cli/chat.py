@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from scratchllm.cli.generate import DTYPES
+from scratchllm.cli.generate import add_precision_flags, precision
 from scratchllm.errors import ConfigError, ScratchLLMError
 
 HELP = "Commands: /reset clears the history, /system TEXT sets the system message, /quit exits"
@@ -49,8 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-p", type=float, default=None,
                    help="drop tokens below min_p x the top token's probability")
     p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
-    p.add_argument("--dtype", default="auto", type=str.lower, choices=sorted(DTYPES),
-                   help="weights' dtype: auto (as saved, default), bf16, fp16, fp32")
+    add_precision_flags(p)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
     p.set_defaults(func=run)
 
@@ -122,8 +121,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    loaded = open_model(args.model, device=resolve_device(args.device),
-                        dtype=DTYPES[args.dtype], require_tokenizer=True, adapter=args.adapter)
+    device = resolve_device(args.device)
+    loaded = open_model(args.model, device=device, require_tokenizer=True, adapter=args.adapter,
+                        **precision(args, device))
     prompt_format = choose_format(loaded.tokenizer, loaded.metadata, args.prompt_style)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                         args.min_p, args.seed)

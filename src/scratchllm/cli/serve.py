@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from scratchllm.cli.generate import DTYPES
+from scratchllm.cli.generate import add_precision_flags, precision
 from scratchllm.errors import ConfigError
 
 
@@ -47,8 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    choices=["template", "alpaca", "phi3", "plain"],
                    help="chat prompt format (default: what the model was fine-tuned with, "
                    "else its chat template, else plain User:/Assistant: lines)")
-    p.add_argument("--dtype", default="auto", type=str.lower, choices=sorted(DTYPES),
-                   help="weights' dtype (default: as saved); sampling is always float32")
+    add_precision_flags(p)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
     p.set_defaults(func=run)
 
@@ -73,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.serve.ratings import RatingsFile
 
     ratings = RatingsFile(args.ratings)  # refuses a wrong file before the model loads
+    device = resolve_device(args.device)
     engine, model_id, metadata = build_engine(
-        args.model, device=resolve_device(args.device), dtype=DTYPES[args.dtype],
-        max_batch=args.max_batch, max_queue=args.max_queue)
+        args.model, device=device, max_batch=args.max_batch, max_queue=args.max_queue,
+        **precision(args, device))
     config = ServerConfig(args.model_name or model_id, args.api_key, args.max_request_bytes,
                           metadata, args.prompt_style, ratings)
     print(f"scratchllm serve: {config.model_id} on http://{args.host}:{args.port}/v1 "

@@ -5,11 +5,13 @@
   prompts of different lengths, decoded together with left padding.
 * ``stream(model, ids, max_new_tokens, ..., tokenizer=None)``: new token ids (or text
   pieces) one at a time, as they are produced.
+* ``DecodeStats``: time to first token and tokens/s of a ``stream(..., stats=...)``.
 * ``cut_at_stop_strings(pieces, stops)``: streamed text up to, not including, a stop string.
 * ``sampling``: the temperature, top-k, top-p and min-p filters on their own (book 5.3).
 """
 
 from scratchllm.generate.api import generate, generate_batch, stream
+from scratchllm.generate.stats import DecodeStats
 from scratchllm.generate.stopping import cut_at_stop_strings
 from scratchllm.generate.sampling import (
     apply_temperature,
@@ -21,6 +23,7 @@ from scratchllm.generate.sampling import (
 )
 
 __all__ = [
+    "DecodeStats",
     "apply_temperature",
     "check_sampling_args",
     "cut_at_stop_strings",

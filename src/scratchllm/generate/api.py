@@ -35,6 +35,7 @@ from scratchllm.generate.loop import (
     make_picker,
     model_device,
 )
+from scratchllm.generate.stats import DecodeStats
 from scratchllm.generate.stopping import StopState, normalize_stop_strings
 
 TokenIds = list[int] | torch.Tensor
@@ -107,13 +108,15 @@ def stream(model: nn.Module, token_ids: TokenIds, max_new_tokens: int,
            eos_id: EosIds = None, use_cache: bool = True, *,
            min_p: float | None = None, stop_strings: str | Sequence[str] | None = None,
            tokenizer: object | None = None, seed: int | None = None,
-           generator: torch.Generator | None = None) -> Iterator[int] | Iterator[str]:
+           generator: torch.Generator | None = None,
+           stats: DecodeStats | None = None) -> Iterator[int] | Iterator[str]:
     """Yield each new token id as soon as it is chosen, or text pieces if ``tokenizer`` is given.
 
     Text pieces hold only complete UTF-8 characters (a character split over two tokens
     comes out once both arrived); joined, they equal ``tokenizer.decode(new_ids)``. One
     sequence only: a list, a (T,) tensor or a (1, T) tensor. Arguments are checked now; the
-    model stays in eval mode until the iterator is exhausted or closed.
+    model stays in eval mode until the iterator is exhausted or closed. ``stats`` (a
+    ``DecodeStats``) records the time to the first token and the decode rate.
     """
     check_count(max_new_tokens)
     eos_ids = check_eos(eos_id)
@@ -128,14 +131,19 @@ def stream(model: nn.Module, token_ids: TokenIds, max_new_tokens: int,
         )
     pick = make_picker(temperature, top_k, top_p, min_p, seed, generator, device)
     state = StopState(eos_ids, stops, tokenizer)
-    return _stream(model, batch, max_new_tokens, pick, use_cache, state, tokenizer is not None)
+    return _stream(model, batch, max_new_tokens, pick, use_cache, state, tokenizer is not None,
+                   stats)
 
 
 def _stream(model, batch, max_new_tokens, pick, use_cache, state: StopState,
-            as_text: bool) -> Iterator[int] | Iterator[str]:
+            as_text: bool, stats: DecodeStats | None) -> Iterator[int] | Iterator[str]:
+    if stats is not None:
+        stats.begin(batch.shape[1])
     with eval_mode(model):
         for next_ids in decode_steps(model, batch, max_new_tokens, pick, use_cache=use_cache):
-            token = int(next_ids[0])
+            token = int(next_ids[0])  # on a GPU this waits for the step: the clock is honest
+            if stats is not None:
+                stats.token()
             step = state.step(token)
             if step.keep:
                 if not as_text:

@@ -21,14 +21,17 @@ from scratchllm.serve.engine import Engine
 
 
 def build_engine(source: str | os.PathLike, *, device: Any = None, dtype: Any = None,
-                 max_batch: int = 8, max_queue: int = 64) -> tuple[Engine, str, dict]:
-    """An engine for any model ``open_model`` reads, the id clients name it by (the
-    directory's name, or the Hub name as given) and the model's metadata."""
+                 max_batch: int = 8, max_queue: int = 64,
+                 quantize: str | None = None) -> tuple[Engine, str, dict]:
+    """An engine for any model ``open_model`` reads (``quantize="int8"``: int8 linear
+    layers), the id clients name it by (the directory's name, or the Hub name as given)
+    and the model's metadata."""
     from pathlib import Path
 
     from scratchllm.weights.auto import open_model
 
-    loaded = open_model(source, device=device, dtype=dtype, require_tokenizer=True)
+    loaded = open_model(source, device=device, dtype=dtype, require_tokenizer=True,
+                        quantize=quantize)
     engine = Engine(loaded.model, loaded.tokenizer, loaded.eos_ids, max_batch=max_batch,
                     max_queue=max_queue)
     path = Path(source)

@@ -162,14 +162,19 @@ def _open_scratchllm(directory: Path, device: Any, dtype: Any) -> LoadedModel:
 def open_model(source: str | os.PathLike, *, device: torch.device | str | None = None,
                dtype: torch.dtype | str | None = None,
                require_tokenizer: bool = False, adapter: str | os.PathLike | None = None,
-               merge_adapter: bool = True) -> LoadedModel:
+               merge_adapter: bool = True, quantize: str | None = None) -> LoadedModel:
     """Open any model scratchllm reads; see the module docstring for what ``source`` may be.
 
     ``require_tokenizer`` turns a model without a tokenizer into a clear error (every
     command that reads or writes text needs one). ``adapter`` is a LoRA adapter directory
     (PEFT's layout, written by scratchllm or peft) applied on top: merged into the weights,
-    or kept as LoRA layers with ``merge_adapter=False``.
+    or kept as LoRA layers with ``merge_adapter=False``. ``quantize="int8"`` turns every
+    linear layer into int8 for generation (``scratchllm.model.quantize``), after the adapter
+    is merged; a bad combination (a dtype, a device) is refused before any weight is read.
     """
+    from scratchllm.model.quantize import check_quantize, quantize_model
+
+    check_quantize(quantize, dtype, device)
     directory, kind = resolve_source(source)
     opener = _open_hf if kind == "hf" else _open_scratchllm
     loaded = opener(directory, device, dtype)
@@ -177,6 +182,8 @@ def open_model(source: str | os.PathLike, *, device: torch.device | str | None =
         from scratchllm.weights.lora_adapter import open_adapter
 
         loaded.metadata["adapter"] = str(open_adapter(loaded.model, adapter, merge=merge_adapter))
+    if quantize is not None:
+        quantize_model(loaded.model, quantize)
     if require_tokenizer and loaded.tokenizer is None:
         raise CheckpointError(
             f"{loaded.source} has no tokenizer (no tokenizer.json, vocab.json + merges.txt, or "
