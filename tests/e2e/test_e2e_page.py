@@ -102,11 +102,14 @@ def _chat_answer(base: str, prompt: str, max_tokens: int) -> str:
 
 
 @pytest.fixture
-def page(cli_runner, gpt2_hf_dir, tmp_path):
-    """``scratchllm serve --api-key ... --ratings FILE`` on the tiny GPT-2; (base URL, file)."""
+def page(cli_runner, gpt2_hf_dir, llama_hf_dir, tmp_path):
+    """``scratchllm serve --api-key ... --ratings FILE`` on the tiny GPT-2, the tiny Llama
+    beside it (``--compare-model``); (base URL, ratings file)."""
     port, ratings = _free_port(), tmp_path / "my-ratings.json"
     server = cli_runner.start(["serve", "--model", gpt2_hf_dir, "--port", port, "--api-key",
-                               KEY, "--ratings", ratings, "--model-name", "tiny"])
+                               KEY, "--ratings", ratings, "--model-name", "tiny",
+                               "--compare-model", llama_hf_dir, "--compare-model-name",
+                               "tiny-llama"])
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -132,7 +135,8 @@ def test_chat_compare_results_and_attention_in_chromium(browser, page, cli, gpt2
     driver.get(base + "/")
     by_id = lambda name: driver.find_element("id", name)  # noqa: E731
     _type(driver, "api-key", KEY + "\t")  # the key field's change event loads the model list
-    _wait(driver, lambda: by_id("model-name").text == "tiny", "the served model's name")
+    _wait(driver, lambda: by_id("model-name").text == "tiny and tiny-llama",
+          "the served models' names")
 
     # Chat: a greedy answer streams in over several chunks and equals the API's own answer.
     _type(driver, "chat-temperature", "0")
@@ -151,8 +155,13 @@ def test_chat_compare_results_and_attention_in_chromium(browser, page, cli, gpt2
     assert int(bubble.get_attribute("data-chunks")) >= 2  # streamed, not one block
     assert not driver.find_elements("css selector", ".msg.error")
 
-    # Compare & rate: two samples side by side, A wins, the row lands in the ratings file.
+    # Compare & rate: GPT-2 greedy against the Llama sampled (the defaults once a compare
+    # model is served), A wins, the row lands in the ratings file.
     by_id("tab-compare").click()
+    from selenium.webdriver.support.ui import Select
+
+    assert Select(by_id("cmp1-model")).first_selected_option.text == "tiny"
+    assert Select(by_id("cmp2-model")).first_selected_option.text == "tiny-llama"
     prompt = "Name a colour."
     _type(driver, "cmp-prompt", prompt)
     _type(driver, "cmp1-seed", "11")
@@ -170,7 +179,7 @@ def test_chat_compare_results_and_attention_in_chromium(browser, page, cli, gpt2
     assert (entry["instruction"], entry["input"]) == (prompt, "")
     assert (entry["chosen"], entry["rejected"]) == (answer_a, answer_b) and answer_a.strip()
     labels = {entry["chosen_model"], entry["rejected_model"]}
-    assert labels == {"tiny · temperature 0, top-p 1", "tiny · temperature 1, top-p 0.9"}
+    assert labels == {"tiny · temperature 0, top-p 1", "tiny-llama · temperature 1, top-p 0.9"}
     # A tie goes to the sibling file, never into the pairs DPO trains on.
     by_id("cmp-run").click()
     _wait(driver, lambda: by_id("rate-tie").is_enabled(), "a second pair ready to rate")
@@ -195,13 +204,13 @@ def test_chat_compare_results_and_attention_in_chromium(browser, page, cli, gpt2
     by_id("tab-attention").click()
     _wait(driver, lambda: len(by_id("att-layer").find_elements("tag name", "option")) == 2,
           "the layer choices")
-    from selenium.webdriver.support.ui import Select
-
     Select(by_id("att-layer")).select_by_value("1")
     Select(by_id("att-head")).select_by_value("1")
     _type(driver, "att-prompt", "Every effort moves you")
     by_id("att-run").click()
     _wait(driver, lambda: by_id("att-canvas").get_attribute("data-tokens"), "a heatmap")
+    # The view shows --model's attention: GPT-2's 2 heads, not the compare Llama's 4.
+    assert len(by_id("att-head").find_elements("tag name", "option")) == 2
     shape = httpx.post(f"{base}/v1/attention", trust_env=False, json={
         "prompt": "Every effort moves you", "layer": 1, "head": 1},
         headers={"Authorization": f"Bearer {KEY}"}).json()

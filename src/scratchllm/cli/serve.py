@@ -43,6 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "`scratchllm finetune dpo --data FILE` reads; ties go to FILE's .ties.json "
                    "sibling (default: runs/ratings/preferences.json). An existing FILE must "
                    "already be such a list")
+    p.add_argument("--compare-model", default=None, metavar="DIR",
+                   help="a second model served beside --model (any source --model takes), so "
+                   "the web page's compare tab can rate one model's answers against the "
+                   "other's; clients name it by --compare-model-name")
+    p.add_argument("--compare-model-name", default=None, metavar="NAME",
+                   help="the id of --compare-model (default: its directory's name)")
     p.add_argument("--prompt-style", default=None,
                    choices=["template", "alpaca", "phi3", "plain"],
                    help="chat prompt format (default: what the model was fine-tuned with, "
@@ -78,6 +84,18 @@ def run(args: argparse.Namespace) -> int:
         **precision(args, device))
     config = ServerConfig(args.model_name or model_id, args.api_key, args.max_request_bytes,
                           metadata, args.prompt_style, ratings)
+    if args.compare_model is not None:
+        from scratchllm.serve import CompareModel
+
+        other, other_id, other_metadata = build_engine(
+            args.compare_model, device=device, max_batch=args.max_batch,
+            max_queue=args.max_queue, **precision(args, device))
+        config.compare = CompareModel(other, args.compare_model_name or other_id,
+                                      other_metadata)
+        if config.compare.model_id == config.model_id:
+            raise ConfigError(f"--model and --compare-model are both named "
+                              f"{config.model_id!r}; give one --model-name or "
+                              "--compare-model-name")
     print(f"scratchllm serve: {config.model_id} on http://{args.host}:{args.port}/v1 "
           f"(batch {args.max_batch}, queue {args.max_queue}); web page: "
           f"http://{args.host}:{args.port}/, ratings: {ratings.path}", flush=True)
