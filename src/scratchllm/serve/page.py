@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from scratchllm.serve.errors import APIError, bad_param
 from scratchllm.serve.ratings import RatingsError, RatingsFile, parse_rating
+from scratchllm.serve.sequence import token_text
 
 STATIC = Path(__file__).parent / "static"
 # Exactly these files, so no request path ever reaches the file system.
@@ -110,14 +111,6 @@ def _attention_map(engine: Any, prompt: str, layer: int, head: int) -> dict[str,
                        f"{limit}; shorten the prompt", param="prompt",
                        code="context_length_exceeded")
     weights = attention_weights(engine.model, ids, layer, head)
-    return {"tokens": [_token_text(tokenizer, i) for i in ids], "layer": layer, "head": head,
+    return {"tokens": [token_text(tokenizer, i)[0] for i in ids], "layer": layer, "head": head,
             "weights": [[round(float(w), 5) for w in row[:i + 1]]
                         for i, row in enumerate(weights)]}
-
-
-def _token_text(tokenizer: Any, token: int) -> str:
-    """One token's text; a byte-level token holding part of a character shows U+FFFD."""
-    to_bytes = getattr(tokenizer, "decode_bytes", None)
-    if to_bytes is not None and getattr(tokenizer, "has_byte_decoding", True):
-        return bytes(to_bytes([token])).decode("utf-8", errors="replace")
-    return tokenizer.decode([token])

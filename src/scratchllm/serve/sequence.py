@@ -177,13 +177,17 @@ class SequenceState:
         return TokenLogprob(text, raw, _finite(float(logprobs[token])), top)
 
     def _token_text(self, token: int) -> tuple[str, list[int]]:
-        """A single token's text and bytes (a token may hold part of a character)."""
-        to_bytes = getattr(self.tokenizer, "decode_bytes", None)
-        if to_bytes is not None and getattr(self.tokenizer, "has_byte_decoding", True):
-            raw = bytes(to_bytes([token]))
-            return raw.decode("utf-8", errors="replace"), list(raw)
-        text = self.tokenizer.decode([token])
-        return text, list(text.encode("utf-8"))
+        return token_text(self.tokenizer, token)
+
+
+def token_text(tokenizer: object, token: int) -> tuple[str, list[int]]:
+    """A single token's text and bytes (a token may hold part of a character: U+FFFD)."""
+    to_bytes = getattr(tokenizer, "decode_bytes", None)
+    if to_bytes is not None and getattr(tokenizer, "has_byte_decoding", True):
+        raw = bytes(to_bytes([token]))
+        return raw.decode("utf-8", errors="replace"), list(raw)
+    text = tokenizer.decode([token])
+    return text, list(text.encode("utf-8"))
 
 
 def _finite(value: float) -> float:
