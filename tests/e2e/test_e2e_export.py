@@ -75,12 +75,13 @@ def readme_section(title: str) -> str:
 
 @pytest.fixture(scope="module")
 def sft_hf(cli, gpt2_hf_dir, instruct_file, e2e_root):
-    """``finetune instruct --prompt-style phi3`` on the tiny GPT-2, then ``export --to hf``."""
+    """``finetune instruct --prompt-style phi3`` (with checkpoints) on the tiny GPT-2, then
+    ``export --to hf``."""
     run, out = e2e_root / "sft" / "phi3-for-export", e2e_root / "exports" / "phi3-hf"
     cli(["finetune", "instruct", "--model", gpt2_hf_dir, "--data", instruct_file, "--out", run,
          "--prompt-style", "phi3", "--no-test-responses", "--epochs", "1", "--batch-size", "4",
          "--max-length", "192", "--eval-every", "2", "--lr", "1e-3", "--device", "cpu",
-         "--precision", "fp32", "--quiet"])
+         "--precision", "fp32", "--quiet", "--save-every", "2"])
     cli(["export", run, "--to", "hf", out])
     return run, out
 
@@ -120,9 +121,12 @@ def _chat_answer(cli, model, question: str, tokens: int) -> str:
 
 def test_export_remembers_the_prompt_format(sft_hf, transformers_serve):
     run, out = sft_hf
-    for model in ("latest", "best"):
+    checkpoints = sorted((run / "checkpoints").iterdir())  # what latest/ is after a Ctrl-C
+    assert checkpoints
+    for model in ("latest", "best", *checkpoints):
         config = json.loads((run / model / "config.json").read_text())
         assert config["metadata"]["prompt_style"] == "phi3", model
+        assert config["generation"]["eos_ids"] == [scratchllm.load(run)[1].eot_id], model
     tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
     assert "<|assistant|>:" in tokenizer_config["chat_template"]
     generation = json.loads((out / "generation_config.json").read_text())

@@ -214,6 +214,7 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
     setup = start_run(model_dir, out_dir, device=device, precision=precision, seed=seed,
                       overwrite=overwrite, resume=resume)
     policy, tokenizer = setup.model, setup.tokenizer
+    setup.model_metadata["prompt_style"] = prompt_style  # what chat and export read
     context = policy.config.context_length
     max_length = min(max_length or context, context)
     collate = with_reference(partial(preference_collate, pad_id=tokenizer.eot_id,
@@ -237,8 +238,7 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
         reference = reference_model(policy)  # the base under the adapters, no copy
     task = DPOTask(policy, reference, train_set, collate, evals, beta=beta,
                    average=average_logprobs, device=setup.device, eval_batches=eval_batches,
-                   save=model_saver(setup, {"prompt_style": prompt_style}),
-                   plot=partial(plot_run, setup))
+                   save=model_saver(setup), plot=partial(plot_run, setup))
     recipe = {"method": "dpo", "model": source_name(model_dir),
               "data_file": source_name(data_file), "beta": beta,
               "prompt_style": prompt_style, "max_length": max_length,

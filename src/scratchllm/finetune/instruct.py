@@ -175,6 +175,7 @@ def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str
     setup = start_run(model_dir, out_dir, device=device, precision=precision, seed=seed,
                       overwrite=overwrite, resume=resume)
     model, tokenizer = setup.model, setup.tokenizer
+    setup.model_metadata["prompt_style"] = prompt_style  # what chat and export read
     context = model.config.context_length
     max_length = min(max_length or context, context)
     collate = partial(instruction_collate, pad_id=tokenizer.eot_id, max_length=max_length,
@@ -185,8 +186,7 @@ def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str
              "val": eval_loader(val_set, batch_size, collate)}
     maybe_apply_lora(model, lora)
     task = InstructTask(model, train_set, collate, evals, device=setup.device,
-                        eval_batches=eval_batches,
-                        save=model_saver(setup, {"prompt_style": prompt_style}),
+                        eval_batches=eval_batches, save=model_saver(setup),
                         plot=partial(plot_run, setup))
     recipe = {"method": "instruct", "model": source_name(model_dir),
               "data_file": source_name(data_file), "prompt_style": prompt_style,

@@ -32,6 +32,7 @@ from scratchllm.train.optim import build_optimizer, build_scheduler
 from scratchllm.train.run_control import StopRequest
 from scratchllm.train.state import TrainingState, load_checkpoint, read_trainer_record, save_checkpoint
 from scratchllm.train.steps import autocast_for, grad_scaler_for, optimizer_step
+from scratchllm.weights.auto import generation_header
 
 
 class FinetuneTask(Protocol):
@@ -183,7 +184,9 @@ class FinetuneLoop:
             self.setup.out_dir, model=self.model, optimizer=self.optimizer,
             scheduler=self.scheduler, state=self.state, tokenizer=self.setup.tokenizer,
             train_config=self.recipe, val_loss=None, keep_last=self.settings.keep_last,
-            scaler=self.scaler, update_best=False)  # best/ is ours (finetune.best)
+            scaler=self.scaler, update_best=False,  # best/ is ours (finetune.best)
+            metadata=self.setup.model_metadata,
+            generation=generation_header(self.setup.eos_ids))
         self.task.plot()
 
     # ------------------------------------------------------------------------ one step

@@ -11,7 +11,7 @@ loop itself is ``finetune.loop``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,9 @@ class RunSetup:
     eos_ids: tuple[int, ...] = ()   # every end id of the source model (kept in saved copies)
     checkpoint: Path | None = None  # the checkpoint a --resume continues from
     source: str | None = None       # the base model as given (recorded in LoRA adapters)
+    # What every model the run saves records (latest/, best/, checkpoints): e.g. the
+    # prompt_style that chat and export read.
+    model_metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def source_name(path: str | Path) -> str:
@@ -141,13 +144,12 @@ def eval_loader(dataset, batch_size: int, collate: Callable) -> torch.utils.data
                                        drop_last=False, collate_fn=collate)
 
 
-def model_saver(setup: RunSetup, always: dict[str, Any] | None = None
-                ) -> Callable[[Path, nn.Module, dict], Path]:
-    """Save a language model directory that keeps the source model's every end id, with
-    ``always`` in its metadata too (e.g. the ``prompt_style`` that chat and export read, so
-    ``OUT/best/`` remembers its prompt format as ``OUT/latest/`` does)."""
+def model_saver(setup: RunSetup) -> Callable[[Path, nn.Module, dict], Path]:
+    """Save a language model directory that keeps the source model's every end id and the
+    run's ``model_metadata`` (so ``OUT/best/`` remembers its prompt format as ``latest/`` does)."""
     def save(directory: Path, model: nn.Module, metadata: dict) -> Path:
-        return save_model_dir(directory, model, setup.tokenizer, {**(always or {}), **metadata},
+        return save_model_dir(directory, model, setup.tokenizer,
+                              {**setup.model_metadata, **metadata},
                               generation_header(setup.eos_ids))
     return save
 

@@ -135,7 +135,8 @@ def save_checkpoint(run_dir: PathLike, *, model: nn.Module, optimizer, scheduler
                     state: TrainingState, tokenizer: Any = None,
                     train_config: dict | None = None, val_loss: float | None = None,
                     keep_last: int | None = 3, scaler=None,
-                    update_best: bool | None = None) -> Path:
+                    update_best: bool | None = None, metadata: dict | None = None,
+                    generation: dict | None = None) -> Path:
     """Write ``RUN_DIR/checkpoints/step-{step:08d}/`` and refresh latest/, best/ and LATEST.
 
     ``keep_last`` newest checkpoints (by step) survive, plus the one just written; None keeps
@@ -143,6 +144,9 @@ def save_checkpoint(run_dir: PathLike, *, model: nn.Module, optimizer, scheduler
     ``state.best_val_loss``); None decides from the files: best/ moves when ``val_loss`` is
     finite and lower than best/'s recorded one, and the saved ``best_val_loss`` is the lowest
     of state.best_val_loss, best/'s and val_loss. ``scaler`` (optional) is an AMP GradScaler.
+    ``metadata`` and ``generation`` go into the model directory's config.json as
+    ``save_model_dir`` writes them (a fine-tuned model's prompt format, its end ids), so a
+    run stopped early leaves a ``latest/`` that chats and exports as a finished one does.
     A full disk raises ``DiskFullError`` with the previous checkpoint left as it was.
     Returns the checkpoint directory.
     """
@@ -167,8 +171,9 @@ def save_checkpoint(run_dir: PathLike, *, model: nn.Module, optimizer, scheduler
     if scheduler is not None:
         _check_weights_only(scheduler.state_dict(), "scheduler.state_dict()")
     name = f"step-{state.step:08d}"
-    metadata = {"step": state.step, "tokens_seen": state.tokens_seen, "epoch": state.epoch,
-                "val_loss": val_loss, "checkpoint": f"{CHECKPOINTS_DIR}/{name}"}
+    metadata = {**(metadata or {}), "step": state.step, "tokens_seen": state.tokens_seen,
+                "epoch": state.epoch, "val_loss": val_loss,
+                "checkpoint": f"{CHECKPOINTS_DIR}/{name}"}
 
     ckpt_root = run_dir / CHECKPOINTS_DIR
     remove_stale_temps(ckpt_root)
@@ -178,7 +183,7 @@ def save_checkpoint(run_dir: PathLike, *, model: nn.Module, optimizer, scheduler
     stage = "write"
     try:
         with atomic_directory(ckpt_dir) as tmp:
-            write_model_files(tmp, model, tokenizer, metadata)
+            write_model_files(tmp, model, tokenizer, metadata, generation)
             _write_trainer_state(tmp / TRAINER_DIR, optimizer, scheduler, scaler, record)
         stage = "point"
         write_pointer(run_dir, name)
