@@ -256,8 +256,9 @@ async function loadResults() {
       tr.appendChild(td);
       body.appendChild(tr);
     }
-    $("results-files").textContent = `${summary.pairs} preference pairs in ${summary.file}; ` +
-      `${summary.ties} ties in ${summary.ties_file}`;
+    const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+    $("results-files").textContent = `${plural(summary.pairs, "preference pair")} in ` +
+      `${summary.file}; ${plural(summary.ties, "tie")} in ${summary.ties_file}`;
     $("results-dpo").textContent =
       `scratchllm finetune dpo --model DIR --data ${summary.file} --out runs/dpo`;
   } catch (err) {
@@ -295,8 +296,8 @@ async function showAttention() {
   }
 }
 
-function shown(token) {
-  return JSON.stringify(token).slice(1, -1).replace(/\\"/g, '"');  // spaces and \n visible
+function shown(token) {  // spaces as "·", newlines as "\n": a token's edges stay visible
+  return JSON.stringify(token).slice(1, -1).replace(/\\"/g, '"').replace(/ /g, "·");
 }
 
 function drawHeatmap({ tokens, weights }) {
