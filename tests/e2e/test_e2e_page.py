@@ -36,19 +36,24 @@ TIMEOUT = 60
 
 def _browser_or_skip() -> None:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if not missing:
-        return
     message = (f"no {' or '.join(missing)}: install Debian's browser with `apt-get install -y "
                "chromium chromium-driver` (make test does)")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium")
+        message = "no selenium: pip install -e '.[test]' (make test does)"
+    if not missing:
+        return
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI is set but {message}")
+        pytest.fail(f"CI is set but there is {message}")
     pytest.skip(message)
 
 
 @pytest.fixture
 def browser(tmp_path):
     _browser_or_skip()
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -238,3 +243,12 @@ def test_chat_compare_results_and_attention_in_chromium(browser, page, cli, gpt2
          "--quiet"])
     metrics = [json.loads(line) for line in (dpo_out / "metrics.jsonl").read_text().splitlines()]
     assert metrics and (dpo_out / "latest").exists()
+
+
+@pytest.mark.parametrize("ci,outcome", [("", pytest.skip.Exception),
+                                        ("true", pytest.fail.Exception)])
+def test_a_missing_browser_skips_only_outside_ci(monkeypatch, ci, outcome):
+    monkeypatch.setitem(globals(), "CHROMIUM", Path("/nowhere/chromium"))
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="/nowhere/chromium"):
+        _browser_or_skip()
