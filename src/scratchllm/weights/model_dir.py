@@ -46,6 +46,7 @@ FAMILY = "gpt"  # the default family; others come from scratchllm.model.registry
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LATEST_DIR = "latest"
+HEADED_SUBDIR = "model"  # where finetune classify/reward put their model
 
 PathLike = str | os.PathLike
 
@@ -228,6 +229,8 @@ def resolve_model_dir(path: PathLike) -> Path:
         return directory / LATEST_DIR
     from scratchllm.train.state import latest_checkpoint  # a run dir whose latest/ is gone
     newest = latest_checkpoint(directory)
+    if newest is None and (directory / HEADED_SUBDIR / CONFIG_FILE).exists():
+        return directory / HEADED_SUBDIR  # a classifier / reward-model run keeps it in model/
     return newest if newest is not None else directory
 
 
@@ -249,10 +252,17 @@ def load_model_dir(path: PathLike, *, device: torch.device | str | None = None,
     """
     directory = resolve_model_dir(path)
     header = read_header(directory)
-    if "classifier" in (header.get("metadata") or {}):
+    metadata = header.get("metadata") or {}
+    if "classifier" in metadata:
         raise CheckpointError(
             f"{directory} holds a classifier (its output head predicts labels, not tokens); "
             "use `scratchllm classify` / scratchllm.finetune.classifier_model.load_classifier"
+        )
+    if "reward_model" in metadata:  # finetune.reward_model.REWARD_KEY (no import upward)
+        raise CheckpointError(
+            f"{directory} holds a reward model (its head scores answers, it predicts no "
+            "tokens), not a language model; use it with `scratchllm evaluate reward "
+            "--reward-model DIR` or `scratchllm finetune ppo --reward-model DIR`"
         )
     config = config_from_header(header, directory)
     weights = read_weights(directory)
