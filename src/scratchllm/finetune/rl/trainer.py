@@ -86,7 +86,7 @@ class RLTrainer:
         self.state = TrainingState()
         self.checkpoint: Path | None = None
         self.last: dict[str, Any] = {}
-        self.progress = Progress(settings.max_steps, every=1) if progress else None
+        self.progress = Progress(settings.max_steps, every=10) if progress else None
 
     def say(self, text: str) -> None:
         if self.progress is not None:
