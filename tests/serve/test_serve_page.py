@@ -123,6 +123,14 @@ def test_a_file_that_is_not_preference_data_is_refused_untouched(tmp_path, conte
     assert main(["serve", "--model", str(tmp_path / "nowhere"), "--ratings", str(path)]) == 2
 
 
+def test_a_folder_or_a_path_through_a_file_is_refused(tmp_path):
+    with pytest.raises(RatingsError, match="is a folder"):
+        RatingsFile(tmp_path)
+    (tmp_path / "plain.txt").write_text("x")
+    with pytest.raises(RatingsError, match="plain.txt is a file, not a folder"):
+        RatingsFile(tmp_path / "plain.txt" / "ratings.json")
+
+
 def test_a_foreign_ties_sibling_is_refused(tmp_path):
     (tmp_path / "prefs.ties.json").write_text('{"mine": true}')
     with pytest.raises(RatingsError, match="prefs.ties.json"):

@@ -82,6 +82,10 @@ class RatingsFile:
         self.ties = ties_path(self.path)
         if self.path.is_dir():
             raise RatingsError(f"--ratings {self.path} is a folder; name a .json file")
+        above = next((p for p in self.path.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise RatingsError(f"--ratings {self.path}: {above} is a file, not a folder; "
+                               "choose another path")
         if self.owned:
             check_output_dir(self.path.parent, RATINGS_KIND, resume=True,
                              what="the ratings folder")
