@@ -18,7 +18,7 @@ the loss per character at nanoGPT's wall time T (the last checkpoint at or befor
 first time scratchllm's loss per character is at or below L. nanoGPT's L is its own estimate
 (20 random 64-character windows per split); ours is the whole validation split.
 
-    .venv/bin/python benchmarks/speedrun.py [--threads 2] [--every 100]
+    .venv/bin/python benchmarks/speedrun.py [--threads 2] [--every 25]
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def score_checkpoints(run: Path, val_text: str, offset: float) -> list[tuple[int
     from scratchllm.weights.auto import open_model
 
     elapsed = {r["step"]: r["elapsed"] for r in read_metrics(run / "metrics.jsonl")
-               if r.get("event") == "train"}
+               if r.get("event") in ("train", "eval")}  # the last step has an eval record
     rows = []
     for checkpoint in sorted((run / "checkpoints").iterdir()):
         step = int(checkpoint.name.split("-")[1])
@@ -111,7 +111,7 @@ def score_checkpoints(run: Path, val_text: str, offset: float) -> list[tuple[int
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both (default 2)")
-    parser.add_argument("--every", type=int, default=100, help="checkpoint every N steps")
+    parser.add_argument("--every", type=int, default=25, help="checkpoint every N steps")
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--skip-nanogpt", nargs=2, type=float, metavar=("WALL_S", "LOSS"),
                         help="use these nanoGPT figures instead of running it (for tuning only)")
