@@ -87,13 +87,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 valid = valid_all[start:start + rows]
                 safe = torch.where(valid, t, 0)[:, None]
                 logits = F.linear(h, w, b).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                picked = logits.gather(1, safe).squeeze(1)
-                total += torch.where(valid, lse - picked, 0.0).sum()
+                # PyTorch's fused log-softmax: one kernel where logsumexp takes several passes
+                logp = torch.log_softmax(logits, dim=-1)
+                picked = logp.gather(1, safe).squeeze(1)
+                total -= torch.where(valid, picked, 0.0).sum()
                 if not (need_h or need_w or need_b):
                     continue
-                # d loss / d logits = (softmax - one_hot) / count on scored rows, 0 elsewhere
-                grad = logits.sub_(lse[:, None]).exp_()
+                # d loss / d logits = (softmax - one_hot) / count on scored rows, 0 elsewhere;
+                # written over the logits, which are not needed any more
+                grad = torch.exp(logp, out=logits)
+                del logp
                 grad.scatter_add_(1, safe, torch.full_like(picked, -1.0)[:, None])
                 grad.mul_((valid.float() * inv_count)[:, None])
                 grad = grad.to(dtype)
@@ -143,24 +146,25 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.
 
 
 class _PickedLogProb(torch.autograd.Function):
-    """``log_softmax(logits)[target]`` per row (0 where ``ignore_index``), without a second
-    (rows, vocab) tensor in the forward pass; the backward builds one, in place."""
+    """``log_softmax(logits)[target]`` per row (0 where ``ignore_index``). The backward
+    forms ``g * (one_hot - softmax)`` in one buffer, where autograd's gather + log-softmax
+    backward would write a zero-filled scatter target and then a second tensor."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int):
         valid = targets != ignore_index
         safe = torch.where(valid, targets, 0)[:, None]
-        lse = torch.logsumexp(logits, dim=-1)
-        out = torch.where(valid, logits.gather(1, safe).squeeze(1) - lse, 0.0)
-        ctx.save_for_backward(logits, lse, safe, valid)
+        logp = torch.log_softmax(logits, dim=-1)
+        out = torch.where(valid, logp.gather(1, safe).squeeze(1), 0.0)
+        ctx.save_for_backward(logp, safe, valid)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        logits, lse, safe, valid = ctx.saved_tensors
+        logp, safe, valid = ctx.saved_tensors
         g = torch.where(valid, grad_out, 0.0)
-        grad = (logits - lse[:, None]).exp_().mul_(-g[:, None])  # -g * softmax
-        grad.scatter_add_(1, safe, g[:, None])                    # +g at the target
+        grad = torch.exp(logp).mul_(-g[:, None])  # -g * softmax
+        grad.scatter_add_(1, safe, g[:, None])    # +g at the target
         return grad, None, None
 
 

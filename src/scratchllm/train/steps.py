@@ -8,18 +8,21 @@ import math
 from typing import Any, Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ConfigError
+from scratchllm.model.loss import next_token_loss
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def batch_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of one batch (book 5.1.2 ``calc_loss_batch``)."""
-    logits = model(inputs)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    """Mean next-token cross-entropy of one batch (book 5.1.2 ``calc_loss_batch``).
+
+    The head and the loss run a few positions at a time (``model.loss.next_token_loss``):
+    the same value and gradients without the (B, T, vocab) fp32 logits and their gradient.
+    """
+    return next_token_loss(model, inputs, targets)
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
