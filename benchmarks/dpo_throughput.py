@@ -15,7 +15,7 @@ x step time. "before" runs a frozen deep copy of the model forward at every step
 materialises the (2B, T, vocab) fp32 log-probabilities; "after" runs the policy alone, a few
 hundred positions at a time.
 
-Run: ``python benchmarks/dpo_throughput.py [--rounds 2] [--steps 12] [--before REV]``.
+Run: ``python benchmarks/dpo_throughput.py [--rounds 2] [--steps 8] [--before REV]``.
 """
 
 from __future__ import annotations
@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", default="b2b9139~1",
                         help="git revision of the 'before' code (default: before the change)")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=12, help="DPO steps per run (batch 8)")
+    parser.add_argument("--steps", type=int, default=8, help="DPO steps per run (batch 8)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--emb-dim", type=int, default=256)
-    parser.add_argument("--n-layers", type=int, default=4)
+    parser.add_argument("--emb-dim", type=int, default=128)
+    parser.add_argument("--n-layers", type=int, default=2)
     parser.add_argument("--n-heads", type=int, default=4)
     parser.add_argument("--context-length", type=int, default=256)
     parser.add_argument("--data", type=Path, default=DATA)
