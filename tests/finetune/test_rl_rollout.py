@@ -130,6 +130,9 @@ def test_json_prompts_split_and_format_like_finetune_instruct(tmp_path):
     assert test[0].entry["instruction"] == "Say 17."
     phi3, _ = load_prompts(path, "phi3")
     assert phi3[0].model_text == format_prompt(entries[0], "phi3")
+    path.write_text(json.dumps([{"instruction": "x", "input": 3}] * 4), encoding="utf-8")
+    with pytest.raises(DataError, match="entry 0 has a non-text input"):
+        load_prompts(path, "alpaca")
 
 
 def test_text_prompts_one_per_line(tmp_path):
@@ -160,6 +163,11 @@ def test_reward_fn_specs(tmp_path):
                                 "bad, score")]:
         with pytest.raises(error, match=match):
             load_reward_fn(spec)
+    (tmp_path / "raises.py").write_text(
+        "from dataclasses import dataclass\n@dataclass\nclass Rule:\n    n: int = 0\n"
+        "def score(prompt, response):\n    return 1 / Rule().n\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="raises.py:score raised ZeroDivisionError"):
+        load_reward_fn(f"{tmp_path / 'raises.py'}:score").score(["a"], ["b"])
     (tmp_path / "broken.py").write_text("import not_a_module_anywhere\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="ModuleNotFoundError"):
         load_reward_fn(f"{tmp_path / 'broken.py'}:score")

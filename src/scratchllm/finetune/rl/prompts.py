@@ -65,6 +65,10 @@ def load_prompts(path: str | os.PathLike, style: str = "alpaca", *, shuffle_spli
                                "JSON or a text file with one prompt per line")
     if path.suffix.lower() == ".json":
         entries = load_json_entries(path, ("instruction",))
+        for index, entry in enumerate(entries):
+            if not isinstance(entry.get("input", ""), str):
+                raise DataError(f"{path}: entry {index} has a non-text input; use a string "
+                                "(\"\" for none)")
         train, _, test = split_entries(entries, shuffle=shuffle_split, seed=seed)
         if not train:
             raise DataError(f"{path}: {len(entries)} entries leave no training prompts after "

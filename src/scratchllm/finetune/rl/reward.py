@@ -53,7 +53,12 @@ class FunctionReward:
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         values = []
         for prompt, response in zip(prompts, responses, strict=True):
-            value = self.fn(prompt, response)
+            try:
+                value = self.fn(prompt, response)
+            except Exception as err:  # the user's code: one line that says where, not a trace
+                raise ConfigError(f"{self.name} raised {type(err).__name__}: {err} (prompt "
+                                  f"{prompt!r:.40}, response {response!r:.40}); fix the "
+                                  "function") from err
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not math.isfinite(value):
                 raise ConfigError(f"{self.name} returned {value!r:.60} for a response; it must "
@@ -77,9 +82,11 @@ def load_reward_fn(spec: str) -> FunctionReward:
     module_name = f"_scratchllm_reward_{abs(hash(str(path.resolve())))}"
     loader_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[module_name] = module  # before running it, as an import would (dataclasses)
     try:
         loader_spec.loader.exec_module(module)
     except Exception as err:  # the user's module failed to import: say where, in one line
+        sys.modules.pop(module_name, None)
         raise ConfigError(f"--reward-fn: importing {path} failed ({type(err).__name__}: "
                           f"{err}); fix that file") from err
     fn = getattr(module, name, None)
@@ -87,7 +94,6 @@ def load_reward_fn(spec: str) -> FunctionReward:
         found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
         raise ConfigError(f"--reward-fn: {path} defines no function {name!r} (callables there: "
                           f"{', '.join(found[:8]) or 'none'})")
-    sys.modules.setdefault(module_name, module)
     return FunctionReward(fn, f"{path.name}:{name}")
 
 
