@@ -162,9 +162,10 @@ class RLTrainer:
         lengths = rollout.lengths.float()
         self.state.step += 1
         self.state.tokens_seen += int(lengths.sum())
+        spread = float(raw.std()) if len(raw) > 1 else 0.0
         record = {"event": "train", "step": self.state.step, "tokens_seen": self.state.tokens_seen,
-                  "reward_mean": float(raw.mean()), "reward_std": float(raw.std()) if len(raw) > 1
-                  else 0.0, "score_mean": float(scores.mean()), **stats,
+                  "reward_mean": float(raw.mean()), "reward_std": spread,
+                  "score_mean": float(scores.mean()), **stats,
                   "response_len_mean": float(lengths.mean()),
                   "eos_rate": float(rollout.ended.float().mean()),
                   "seconds": round(time.perf_counter() - tic, 3),
