@@ -45,6 +45,7 @@ from scratchllm.finetune.dpo_reference import (
     reference_model,
     with_reference,
 )
+from scratchllm.finetune.instruct import RESPONSES_FILE, generate_responses
 from scratchllm.finetune.logprobs import pair_logprobs, sequence_logprobs
 from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
 from scratchllm.finetune.runs import (
@@ -57,6 +58,7 @@ from scratchllm.finetune.runs import (
     start_run,
 )
 from scratchllm.train.steps import autocast_for
+from scratchllm.utils.atomic import atomic_write_json
 
 
 def dpo_losses(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
@@ -156,6 +158,9 @@ def check_responses_fit(train_set: PreferenceDataset, collate, data_file, max_le
                         ) -> None:
     """Refuse a run in which truncation leaves no response token to score: DPO would log
     ln 2 forever and save the model unchanged."""
+    if len(train_set) == 0:
+        raise DataError(f"{data_file}: the 85/5/10 split leaves no training pair; DPO needs "
+                        f"at least 2 preference records (rate more answers or add pairs)")
     for start in range(0, len(train_set), 64):
         batch = collate([train_set[i] for i in range(start, min(start + 64, len(train_set)))])
         if bool(batch["chosen_mask"].any(dim=1).logical_and(
@@ -178,6 +183,7 @@ class DPOResult:
     steps: int = 0
     interrupted: bool = False         # stopped early (Ctrl-C, SIGTERM, stop_at): resume=True
     stop_signal: int | None = None    # the signal that stopped it, if one did
+    responses_file: Path | None = None  # OUT/test_responses.json, as finetune instruct writes
 
 
 def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
@@ -191,7 +197,8 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
                  micro_batch_size: int | None = None, warmup_steps: int = 0,
                  min_lr: float | None = None, grad_clip: float | None = None,
                  save_every: int = 0, keep_last: int = 3,
-                 stop_at: int | None = None, cache_reference: bool = True) -> DPOResult:
+                 stop_at: int | None = None, cache_reference: bool = True,
+                 generate_test: bool = True, max_new_tokens: int = 256) -> DPOResult:
     """Preference-tune an (instruction-tuned) model directory with DPO; save ``out_dir/latest``.
 
     Defaults follow the book's DPO notebook (beta 0.1, 1 epoch, AdamW lr 5e-6, weight decay
@@ -199,10 +206,17 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
     accuracy (how often the chosen answer earns the higher implicit reward). The loop options
     are those of ``finetune.loop.LoopSettings``. ``cache_reference`` (module docstring):
     reference log-probs computed once before training instead of a reference model per step.
+    ``out_dir/test_responses.json`` gets the aligned policy's greedy answers to the test split
+    (``generate_test``), in ``finetune instruct``'s format, so ``evaluate reward`` can compare
+    the two models' answers prompt by prompt.
     """
     check_style(prompt_style)
     if beta <= 0:
         raise ConfigError(f"beta must be positive, got {beta}; the book uses 0.1")
+    if generate_test and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+                          or max_new_tokens < 1):
+        raise ConfigError(f"max_new_tokens must be a positive integer (the longest test answer), "
+                          f"got {max_new_tokens!r}")
     settings = LoopSettings(epochs=epochs, batch_size=batch_size, lr=lr,
                             weight_decay=weight_decay, seed=seed, eval_every=eval_every,
                             micro_batch_size=micro_batch_size, warmup_steps=warmup_steps,
@@ -210,7 +224,8 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
                             keep_last=keep_last, progress=progress, stop_at=stop_at)
     settings.check()
     entries = load_preference_data(data_file)
-    train_entries, val_entries, _ = split_entries(entries, shuffle=shuffle_split, seed=seed)
+    train_entries, val_entries, test_entries = split_entries(entries, shuffle=shuffle_split,
+                                                             seed=seed)
     setup = start_run(model_dir, out_dir, device=device, precision=precision, seed=seed,
                       overwrite=overwrite, resume=resume)
     policy, tokenizer = setup.model, setup.tokenizer
@@ -252,6 +267,12 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
         metadata = {**recipe, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                     "weight_decay": weight_decay, "seed": seed, "steps": result.step, **last}
         saved = finish_run(setup, result, lora=lora, metadata=metadata)
+    responses_path = None
+    if generate_test and test_entries and not result.interrupted:
+        answers = generate_responses(policy, tokenizer, test_entries, style=prompt_style,
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                     progress=progress, eos_ids=setup.eos_ids)
+        responses_path = atomic_write_json(setup.out_dir / RESPONSES_FILE, answers)
     return DPOResult(setup.out_dir, saved, last.get("train_loss", nan), last.get("val_loss", nan),
                      last.get("val_reward_margin", nan), last.get("val_reward_accuracy", nan),
-                     result.step, result.interrupted, result.stop_signal)
+                     result.step, result.interrupted, result.stop_signal, responses_path)
