@@ -10,7 +10,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _PACKAGES = ("tokenizers", "data", "model", "generate", "train", "weights", "finetune",
-             "evaluate", "utils", "chat")
+             "evaluate", "utils", "chat", "serve", "cli")
 # `module.path:Name` or `module.path:Name.attr`, module paths relative to scratchllm.
 _REF = re.compile(r"`((?:%s)(?:\.[a-z_0-9]+)*):([A-Za-z_]\w*(?:\.\w+)?)" % "|".join(_PACKAGES))
 
