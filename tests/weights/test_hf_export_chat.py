@@ -67,11 +67,21 @@ asked = st.builds(lambda head, last: head + [{"role": "user", "content": last}],
                   messages, content)  # what a chat request sends: ends with the user's message
 
 
-def train_bpe(specials: list[str]) -> "tokenizers.Tokenizer":
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+# Llama 3's pre-tokenizer split: punctuation takes the newlines after it ("?\n\n" is one
+# piece), so text encoded in parts differs from the whole more often than with GPT-2's.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def train_bpe(specials: list[str], llama3: bool = False) -> "tokenizers.Tokenizer":
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if llama3:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -148,13 +158,13 @@ def test_a_book_conversation_byte_for_byte(gpt2_export):
 # ------------------------------------------------------------------ a Llama-3-style template
 @pytest.fixture(scope="module")
 def llama_source(tmp_path_factory) -> Path:
-    """A Llama-3-style HF directory written by transformers: BOS-adding tokenizer.json, Meta's
-    chat template, two end ids."""
+    """A Llama-3-style HF directory written by transformers: BOS-adding tokenizer.json with
+    Llama 3's pre-tokenizer, Meta's chat template, two end ids."""
     from tokenizers import processors
     from transformers import (GenerationConfig, LlamaConfig, LlamaForCausalLM,
                               PreTrainedTokenizerFast)
 
-    bpe = train_bpe(LLAMA_SPECIALS)
+    bpe = train_bpe(LLAMA_SPECIALS, llama3=True)
     bos, end, eot = (bpe.token_to_id(t) for t in (BOS, END, EOT))
     bpe.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos)])
@@ -216,22 +226,40 @@ def test_llama_export_lists_every_end_id(llama_source, llama_export):
     assert generation.bos_token_id == source["bos_token_id"]
 
 
-def test_llama_tuned_with_alpaca_exports_alpaca(llama_source, tmp_path):
-    """Fine-tuned with Alpaca prompts, a model with a chat template exports the Alpaca format
-    (ending answers with its end token), as ``scratchllm chat`` uses it; no BOS, as trained."""
+@pytest.fixture(scope="module")
+def llama_alpaca(llama_source, tmp_path_factory):
+    """The Llama saved as fine-tuned with Alpaca prompts, reopened, and its HF export."""
     loaded = open_model(llama_source)
-    tuned = save_model_dir(tmp_path / "tuned", loaded.model, loaded.tokenizer,
+    root = tmp_path_factory.mktemp("llama-alpaca")
+    tuned = save_model_dir(root / "tuned", loaded.model, loaded.tokenizer,
                            metadata={"prompt_style": "alpaca"},
                            generation=generation_header(loaded))
-    out = export(tuned, tmp_path / "hf")
-    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    reopened = open_model(tuned)
+    out = export(tuned, root / "hf")
+    return open_model(tuned), transformers.AutoTokenizer.from_pretrained(out)
+
+
+def test_llama_tuned_with_alpaca_exports_alpaca(llama_alpaca):
+    """Fine-tuned with Alpaca prompts, a model with a chat template exports the Alpaca format
+    (ending answers with its end token), as ``scratchllm chat`` uses it; no BOS, as trained."""
+    reopened, hf_tok = llama_alpaca
     assert chat_template_for(reopened.metadata, reopened.tokenizer) == \
         instruction_template("alpaca", EOT)
     ids = hf_tok.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=True,
                                      return_dict=False)
     assert ids == chat_prompt(choose_format(reopened.tokenizer, reopened.metadata), CONVERSATION)
     assert ids[0] != reopened.tokenizer.bos_id and ids.count(reopened.tokenizer.eot_id) == 1
+
+
+@settings(max_examples=30)
+@given(conversation=asked)
+def test_llama_alpaca_ids_for_any_chat(llama_alpaca, conversation):
+    """Llama 3's pre-tokenizer joins punctuation and the newlines after it, across the line
+    between a message and the format's text: chat encodes the text whole, as transformers."""
+    reopened, hf_tok = llama_alpaca
+    prompt_format = choose_format(reopened.tokenizer, reopened.metadata)
+    assert hf_tok.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
+                                      return_dict=False) == chat_prompt(prompt_format,
+                                                                        conversation)
 
 
 # ------------------------------------------------------------------ answers: generate vs chat
