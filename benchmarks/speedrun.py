@@ -52,16 +52,24 @@ def cpu_flags() -> str:
 
 def thread_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     return env
 
 
 def run_nanogpt(threads: int) -> tuple[float, float]:
     """nanoGPT's wall time and final validation loss, from its script's last two lines."""
-    proc = subprocess.run(["bash", str(NANOGPT), sys.executable], capture_output=True, text=True,
-                          env=thread_env(threads), check=True)
-    wall = float(re.search(r"^nanogpt_wall_s: ([0-9.]+)", proc.stdout, re.M).group(1))
-    loss = float(re.search(r"^nanogpt_val_loss: ([0-9.]+)", proc.stdout, re.M).group(1))
+    proc = subprocess.Popen(["bash", str(NANOGPT), sys.executable], stdout=subprocess.PIPE,
+                            text=True, env=thread_env(threads))
+    lines = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        lines.append(line)
+        if line.startswith("step "):  # its evaluations, as they come: progress on a busy machine
+            print(f"  nanoGPT {line.strip()}", flush=True)
+    if proc.wait() != 0:
+        raise SystemExit(f"{NANOGPT} failed (exit {proc.returncode})")
+    out = "".join(lines)
+    wall = float(re.search(r"^nanogpt_wall_s: ([0-9.]+)", out, re.M).group(1))
+    loss = float(re.search(r"^nanogpt_val_loss: ([0-9.]+)", out, re.M).group(1))
     return wall, loss
 
 
