@@ -1,0 +1,91 @@
+"""README's decoding flags as typed: ``--quantize int8`` for generate, chat and serve, and
+``generate --stats``. The reference is the library's own int8 model
+(``open_model(..., quantize="int8")``): the commands must print exactly what it generates."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+import pytest
+
+from e2e_support import PROMPT, generated
+
+pytestmark = pytest.mark.slow
+
+NEW = 12
+
+
+def _int8(directory):
+    from scratchllm.weights.auto import open_model
+
+    return open_model(directory, quantize="int8", require_tokenizer=True)
+
+
+def _int8_text(directory, prompt: str, new: int) -> str:
+    from scratchllm.generate import generate
+
+    loaded = _int8(directory)
+    ids = loaded.tokenizer.encode_prompt(prompt, allowed_special="all")
+    out = generate(loaded.model, ids, new, eos_id=list(loaded.eos_ids))
+    return loaded.tokenizer.decode(out[len(ids):])
+
+
+def test_generate_quantize_int8_with_stats(cli, gpt2_hf_dir):
+    """README: ``generate --quantize int8 --stats``: GPT-2's tied head is int8 too; the text
+    is the library's int8 continuation and the timings go to stderr."""
+    proc = cli(["generate", "--model", gpt2_hf_dir, "--quantize", "int8", "--stats",
+                "--max-new-tokens", NEW, PROMPT])
+    assert generated(proc) == PROMPT + _int8_text(gpt2_hf_dir, PROMPT, NEW)
+    stats = dict(line.split(":", 1) for line in proc.stderr.strip().splitlines()[-7:])
+    assert {"prompt tokens", "time to first token", "decode rate"} <= set(stats), proc.stderr
+    assert float(stats["decode rate"].split()[0]) > 0
+
+
+def test_chat_quantize_int8(cli, llama_hf_dir):
+    from scratchllm.chat import ChatSession, Sampling, choose_format
+
+    proc = cli(["chat", "--model", llama_hf_dir, "--quantize", "int8", "--max-new-tokens", 8],
+               stdin="Hello there\n/quit\n")
+    loaded = _int8(llama_hf_dir)
+    session = ChatSession(loaded.model, loaded.tokenizer, choose_format(loaded.tokenizer),
+                          eos_ids=loaded.eos_ids, sampling=Sampling(8))
+    reply = "".join(session.ask("Hello there"))
+    assert reply.strip() and proc.stdout.strip() == reply.strip()
+
+
+def test_serve_quantize_int8(cli_runner, gpt2_hf_dir):
+    """One slot (--max-batch 1): int8's activation scale is per call, so with one row the
+    served text equals the library's batch-of-one int8 continuation."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = cli_runner.start(["serve", "--model", gpt2_hf_dir, "--port", port, "--quantize",
+                               "int8", "--max-batch", 1, "--model-name", "tiny"])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, cli_runner.finish(server, timeout=1).stderr
+            time.sleep(0.2)
+        answer = httpx.post(f"{base}/v1/completions", trust_env=False, timeout=60, json={
+            "model": "tiny", "prompt": PROMPT, "max_tokens": NEW, "temperature": 0}).json()
+    finally:
+        cli_runner.signal(server, signal.SIGTERM)
+        done = cli_runner.finish(server, timeout=60)
+    assert answer["choices"][0]["text"] == _int8_text(gpt2_hf_dir, PROMPT, NEW)
+    assert "Traceback" not in done.stderr
+
+
+def test_quantize_with_bf16_is_one_line(cli_error, gpt2_hf_dir):
+    line = cli_error(["generate", "--model", gpt2_hf_dir, "--quantize", "int8", "--dtype",
+                      "bf16", "--device", "cpu", PROMPT], "generate")
+    assert "--quantize int8" in line and "drop --dtype" in line
