@@ -25,8 +25,9 @@ from torch import nn
 
 from scratchllm.errors import ConfigError
 from scratchllm.finetune.batching import EpochBatches
-from scratchllm.finetune.best import BEST_DIR, BestModel
-from scratchllm.finetune.runs import RunSetup
+from scratchllm.finetune.best import BEST_DIR, BestModel, merged_copy
+from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup
+from scratchllm.model.lora import lora_layers
 from scratchllm.train.metrics import Progress
 from scratchllm.train.optim import build_optimizer, build_scheduler
 from scratchllm.train.run_control import StopRequest
@@ -187,6 +188,12 @@ class FinetuneLoop:
             scaler=self.scaler, update_best=False,  # best/ is ours (finetune.best)
             metadata=self.setup.model_metadata,
             generation=generation_header(self.setup.eos_ids))
+        if lora_layers(self.model):
+            # The checkpoint keeps LoRA's layout for --resume; latest/ gets the merged model,
+            # which open_model (generate, chat, export) reads like any model directory.
+            self.task.save_model(self.setup.out_dir / MODEL_SUBDIR, merged_copy(self.model),
+                                 {"step": self.state.step, "checkpoint": self.checkpoint.relative_to(
+                                     self.setup.out_dir).as_posix()})
         self.task.plot()
 
     # ------------------------------------------------------------------------ one step
