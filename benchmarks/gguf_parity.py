@@ -61,12 +61,32 @@ def export_gguf_file(model: torch.nn.Module, path: Path, type_name: str = "f32",
 
 
 def llama_cpp_model(path: Path, *, n_ctx: int, threads: int = THREADS,
-                    logits_all: bool = False) -> Any:
-    """A ``llama_cpp.Llama`` on ``path`` with ``threads`` threads for prompt and decode."""
-    from llama_cpp import Llama
+                    logits_all: bool = False, f32_cache: bool = False) -> Any:
+    """A ``llama_cpp.Llama`` on ``path`` with ``threads`` threads for prompt and decode.
 
-    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                 logits_all=logits_all, n_batch=max(n_ctx, 32), verbose=False)
+    ``f32_cache`` keeps keys and values in float32 (parity); llama.cpp's default, used for
+    speed, is a float16 KV cache, which alone moves logits by ~1e-3."""
+    import llama_cpp
+    import llama_cpp.llama as llama_module
+
+    cache = dict(type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32) \
+        if f32_cache else {}
+    defaults = llama_module.llama_cpp.llama_model_default_params
+
+    def without_repacking() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    # llama.cpp's weight repacking ("extra buffer types") segfaults on q8_0 models in this
+    # build (GGML_NATIVE on an AMX CPU), with llama.cpp's own convert_hf_to_gguf.py files too.
+    llama_module.llama_cpp.llama_model_default_params = without_repacking
+    try:
+        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
+                               n_threads_batch=threads, logits_all=logits_all,
+                               n_batch=max(n_ctx, 32), verbose=False, **cache)
+    finally:
+        llama_module.llama_cpp.llama_model_default_params = defaults
 
 
 def llama_cpp_greedy(llm: Any, prompt: list[int], new_tokens: int) -> list[int]:
@@ -112,7 +132,7 @@ def parity(name: str, model: torch.nn.Module, folder: Path, prompt: list[int]) -
     row: dict = {"model": name}
     for type_name in ("f32", "q8_0"):
         path = export_gguf_file(model, folder / f"{name}-{type_name}.gguf", type_name)
-        llm = llama_cpp_model(path, n_ctx=n_ctx, logits_all=True)
+        llm = llama_cpp_model(path, n_ctx=n_ctx, logits_all=True, f32_cache=True)
         theirs = llama_cpp_greedy(llm, prompt, PARITY_TOKENS)
         agree = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), len(ours))
         row[f"{type_name}_same_tokens"] = theirs == ours
@@ -156,8 +176,12 @@ def speed(model: torch.nn.Module, folder: Path, prompt: list[int], new_tokens: i
     """Tokens/s: scratchllm fp32 and llama.cpp f32/q8_0 on the same weights, alternated."""
     from scratchllm.generate import generate
 
-    llms = {t: llama_cpp_model(export_gguf_file(model, folder / f"speed-{t}.gguf", t),
-                               n_ctx=len(prompt) + new_tokens + 8) for t in ("f32", "q8_0")}
+    llms = {}
+    for t in ("f32", "q8_0"):
+        path = folder / f"gpt2-124M-{t}.gguf"  # written by the parity run, if it ran
+        if not path.exists():
+            export_gguf_file(model, path, t)
+        llms[t] = llama_cpp_model(path, n_ctx=len(prompt) + new_tokens + 8)
     batch = torch.tensor([prompt])
     with torch.no_grad():
         generate(model, batch, 8)  # warm-up

@@ -27,22 +27,26 @@ TEXT = "What is the capital of France? Paris is the capital."
 NEW = 12
 
 
-def _llama(path, n_ctx=128):
+def _llama(path, n_ctx=64):
+    """f32 keys and values in the KV cache: llama.cpp's default f16 cache alone moves logits
+    by ~1e-3."""
     return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=1, n_threads_batch=1,
-                           n_batch=n_ctx, logits_all=True, verbose=False)
+                           n_batch=n_ctx, logits_all=True, verbose=False,
+                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
 
 
 def _scaled(model):
-    """Weights scaled down (norms kept): logits of a few units, as a trained model's, so
-    float32 summation-order differences stay far below 1e-3."""
+    """Weights scaled down (norms kept): logits of about one unit. (llama.cpp computes GELU
+    from a float16 table, which alone moves a GPT-2's logits by ~3e-4 at this size and ~1e-3
+    at three times it; Llama and Qwen3 agree to ~1e-6.)"""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" not in name:
-                param.mul_(0.3)
+                param.mul_(0.1)
     return model
 
 
-def _parity(tmp_path, loaded):
+def _parity(tmp_path, loaded, tolerance=1e-3):
     tok = loaded.tokenizer
     prompt = tok.encode_prompt(TEXT)
     with torch.no_grad():
@@ -57,7 +61,7 @@ def _parity(tmp_path, loaded):
     llm.reset()
     llm.eval(ours)
     diff = np.abs(np.asarray(llm.scores[:len(ours)]) - our_logits).max()
-    assert diff <= 1e-3, f"max logit difference {diff:.2e}"
+    assert diff <= tolerance, f"max logit difference {diff:.2e}"
 
 
 def test_gpt2_runs_in_llama_cpp_like_in_scratchllm(tmp_path):
@@ -68,9 +72,10 @@ def test_gpt2_runs_in_llama_cpp_like_in_scratchllm(tmp_path):
 def test_llama3_runs_in_llama_cpp_like_in_scratchllm(tmp_path):
     tok = hf_tokenizer(LLAMA_SPECIALS, bos="<|begin_of_text|>", eos="<|end_of_text|>",
                        template=LLAMA3_TEMPLATE)
-    _parity(tmp_path, loaded_model(_scaled(tiny_llama(tok.vocab_size)), tok))
+    _parity(tmp_path, loaded_model(_scaled(tiny_llama(tok.vocab_size)), tok), tolerance=1e-5)
 
 
 def test_qwen3_runs_in_llama_cpp_like_in_scratchllm(tmp_path):
     tok = hf_tokenizer()
-    _parity(tmp_path, loaded_model(_scaled(tiny_llama(tok.vocab_size, qwen3=True)), tok))
+    _parity(tmp_path, loaded_model(_scaled(tiny_llama(tok.vocab_size, qwen3=True)), tok),
+            tolerance=1e-5)
