@@ -313,3 +313,34 @@ def test_transformers_generate_answers_as_scratchllm_chat(answering_dir, tmp_pat
         history.append({"role": "assistant", "content": answers[-1]})
         if len(history) == 2:  # the taught answer, ended by the end token
             assert stopped and answers[0] == "Red, green, blue."
+
+
+@settings(max_examples=30)
+@given(instruction=content.filter(lambda text: text.strip() != ""))
+def test_training_prompt_is_the_prompt_chat_sends(llama_alpaca, instruction):
+    """Fine-tuning learns from the prompt ids chat and transformers later send: the prompt is
+    encoded whole ("?\\n\\n" is one Llama 3 piece), never instruction and header apart."""
+    from scratchllm.data.instruction import encode_example
+
+    reopened, hf_tok = llama_alpaca
+    example = encode_example({"instruction": instruction, "input": "", "output": "Yes."},
+                             reopened.tokenizer, "alpaca")
+    asked = [{"role": "user", "content": instruction}]
+    sent = hf_tok.apply_chat_template(asked, add_generation_prompt=True, tokenize=True,
+                                      return_dict=False)
+    assert example["ids"][:example["prompt_len"]] == sent
+    assert example["ids"][example["prompt_len"]:] == reopened.tokenizer.encode_ordinary("Yes.")
+    assert 0 < example["input_len"] <= example["prompt_len"]
+
+
+def test_parts_encoded_apart_would_differ(llama_alpaca):
+    """Why the prompt is encoded whole: with Llama 3's split, instruction and header encoded
+    apart give other ids than the prompt chat sends."""
+    from scratchllm.data.instruction import encode_example, format_input, response_prefix
+
+    tokenizer = llama_alpaca[0].tokenizer  # this small BPE learned ":\n\n" as a piece
+    entry = {"instruction": "Answer:", "input": "", "output": "Yes."}
+    apart = tokenizer.encode_ordinary(format_input(entry)) + \
+        tokenizer.encode_ordinary(response_prefix("alpaca"))
+    example = encode_example(entry, tokenizer, "alpaca")
+    assert apart != example["ids"][:example["prompt_len"]]

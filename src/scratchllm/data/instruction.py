@@ -129,16 +129,29 @@ def encode_example(entry: dict[str, Any], tokenizer: Any, style: str = "alpaca",
     """Token ids of one example and where its parts end.
 
     Returns ``{"ids", "input_len", "prompt_len"}``: ``input_len`` tokens are instruction+input,
-    ``prompt_len`` adds the response header. The three parts are encoded separately and joined,
-    so the prompt's tokens are exactly a prefix of the example's (the masks below rely on it).
-    User text is encoded as ordinary text: a literal "<|endoftext|>" in the data cannot
-    become a control token.
+    ``prompt_len`` adds the response header. The prompt (instruction, input and response
+    header) is encoded as ONE string, exactly as ``chat``, ``serve`` and an exported chat
+    template encode it at inference (a Llama 3 tokenizer merges "?" with the "\n\n" that
+    follows); the response is encoded on its own and appended, so the prompt's tokens are
+    exactly a prefix of the example's (the masks below rely on it). ``input_len`` counts the
+    prompt tokens that lie wholly inside the instruction and input text. User text is
+    encoded as ordinary text: a literal "<|endoftext|>" in the data cannot become a control
+    token.
     """
-    head = tokenizer.encode_ordinary(format_input(entry, style))
-    prefix = tokenizer.encode_ordinary(response_prefix(style))
+    head_text = format_input(entry, style)
+    prompt = tokenizer.encode_ordinary(head_text + response_prefix(style))
     body = tokenizer.encode_ordinary(entry[response_key]) if response_key else []
-    return {"ids": head + prefix + body, "input_len": len(head),
-            "prompt_len": len(head) + len(prefix)}
+    return {"ids": prompt + body, "input_len": _tokens_within(tokenizer, prompt, head_text),
+            "prompt_len": len(prompt)}
+
+
+def _tokens_within(tokenizer: Any, ids: list[int], text: str) -> int:
+    """How many leading ``ids`` decode to a prefix of ``text`` (a token that straddles its
+    end, like a merged "?\n\n", is not counted)."""
+    k = min(len(ids), len(tokenizer.encode_ordinary(text)))
+    while k > 0 and not text.startswith(tokenizer.decode(ids[:k])):
+        k -= 1
+    return k
 
 
 class InstructionDataset(torch.utils.data.Dataset):
