@@ -57,9 +57,10 @@ def add_precision_flags(p: argparse.ArgumentParser) -> None:
                    help="weights' dtype: auto (as saved, default), bfloat16/bf16, "
                    "float16/fp16, float32/fp32; sampling is always done in float32")
     p.add_argument("--quantize", default=None, type=str.lower, choices=["int8"],
-                   help="int8: every linear layer (the output head too) in int8, about 3x "
-                   "the tokens/s of float32 on a CPU, a quarter of the weight memory; "
-                   "float32 activations, KV cache and sampling (CUDA: needs torchao)")
+                   help="int8: every linear layer (the output head too) in int8, a quarter "
+                   "of float32's weight bytes (about 2.5x its tokens/s on a CPU, see "
+                   "benchmarks/decode.py); float32 activations, KV cache and sampling "
+                   "(CUDA: needs torchao)")
 
 
 def precision(args: argparse.Namespace, device: Any) -> dict[str, Any]:

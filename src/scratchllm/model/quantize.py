@@ -1,12 +1,12 @@
 """int8 weights for generation, and what bf16 does on this CPU.
 
 Decoding one token reads every weight once, so its speed is set by bytes per token: int8
-weights move a quarter of float32's. Which kernel does it best was measured (GPT-2 124M,
-batch 1, 2 threads, benchmarks/decode.py): on the CPU, PyTorch's dynamic int8 ``Linear``
-(fbgemm; VNNI where the CPU has it) runs several times float32's speed, while int8
-weight-only matmuls (``torch._weight_int8pack_mm``, torchao's ``Int8WeightOnlyConfig``)
-are slower than float32 there. On CUDA, torchao's int8 weight-only layout is the one
-that pays, so that is used when torchao is installed.
+weights move a quarter of float32's. Which kernel does it best was measured on GPT-2 124M's
+shape (batch 1, greedy; benchmarks/decode.py and RESULTS.md): on the CPU, PyTorch's dynamic
+int8 ``Linear`` (fbgemm, VNNI where the CPU has it) decodes about 2.5x float32's tokens/s;
+torchao 0.18's int8 weight-only layout ran at 0.4x float32 there,
+and its dynamic int8 x int8 at 0.6x fbgemm's speed. On CUDA, torchao's int8 weight-only
+layout is the one that pays, so that is used when torchao is installed.
 
 Every ``nn.Linear`` is quantized, the output head included (it is the largest matrix:
 vocab x emb_dim; GPT-2's head shares the token embedding's weight, and the embedding keeps
@@ -114,10 +114,6 @@ def quantize_model(model: nn.Module, quantize: str | None = "int8") -> nn.Module
     return model
 
 
-def is_quantized(model: nn.Module) -> bool:
-    return getattr(model, "quantization", None) is not None
-
-
 def _refuse_training(module: nn.Module, _args) -> None:
     if module.training and torch.is_grad_enabled():
         raise ConfigError(
@@ -150,4 +146,4 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 
 __all__ = ["QUANTIZE_MODES", "bf16_note", "check_quantize", "cpu_flags", "cpu_has_bf16",
-           "is_quantized", "quantize_model"]
+           "quantize_model"]
