@@ -262,19 +262,21 @@ def main() -> None:
     parser.add_argument("--instructions", default=str(SHARED / "instruction-data.json"))
     parser.add_argument("--preferences",
                         default=str(SHARED / "instruction-data-with-preference.json"))
-    parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument("--pretrain-steps", type=int, default=100)
     parser.add_argument("--sft-epochs", type=int, default=1)
     parser.add_argument("--rm-epochs", type=int, default=2)
     parser.add_argument("--rm-lr", type=float, default=3e-4)
     parser.add_argument("--dpo-lr", type=float, default=5e-5)
-    parser.add_argument("--rl-steps", type=int, default=30)
+    parser.add_argument("--rl-steps", type=int, default=20)
     parser.add_argument("--rl-lr", type=float, default=1e-5)
     parser.add_argument("--kl-coef", type=float, default=0.05)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-trl", action="store_true", help="skip the TRL peer")
     parser.add_argument("--results", type=Path, default=HERE / "results",
                         help="folder for rlhf_*.png (and rlhf.json)")
+    parser.add_argument("--workdir", type=Path, help="keep the models here (default: a temporary "
+                        "folder under /var/tmp, removed at the end)")
     parser.add_argument("--limit", type=int, help="use only the first N entries of each file "
                         "(a quick check that everything runs)")
     args = parser.parse_args()
@@ -284,8 +286,12 @@ def main() -> None:
     print(cpu_flags(), flush=True)
     results: dict = {"rm": {}, "methods": {}, "settings": {k: str(v) for k, v in vars(args).items()}}
     wall0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    # Not under /tmp: a shared machine's clean-ups of /tmp/tmp* took a run's models away once.
+    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="scratchllm-rlhf-") as tmp:
         tmp = Path(tmp)
+        if args.workdir is not None:
+            tmp = args.workdir
+            tmp.mkdir(parents=True, exist_ok=True)
         if args.limit:
             for key in ("instructions", "preferences"):
                 entries = json.loads(Path(getattr(args, key)).read_text(encoding="utf-8"))
