@@ -46,7 +46,7 @@ from scratchllm.finetune.dpo_reference import (
     with_reference,
 )
 from scratchllm.finetune.instruct import RESPONSES_FILE, generate_responses
-from scratchllm.finetune.logprobs import pair_logprobs, sequence_logprobs
+from scratchllm.finetune.logprobs import pair_logprobs, sequence_logprobs  # noqa: F401 (re-export)
 from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
 from scratchllm.finetune.runs import (
     source_name,
