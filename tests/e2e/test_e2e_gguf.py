@@ -92,7 +92,8 @@ def test_export_never_replaces_a_file_it_did_not_write(cli, cli_error, alpaca_ru
 
 
 def test_readme_llama_cpp_snippet_answers_as_chat(cli, cli_runner, alpaca_run, tmp_path):
-    """The README's Python lines on an f32 export print ``scratchllm chat``'s greedy answer."""
+    """The README's Python lines on an f32 export print ``scratchllm chat``'s greedy answer:
+    llama-cpp-python renders the GGUF's chat template into scratchllm's very prompt."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it compiles "
                         "llama.cpp from source: pip install llama-cpp-python)")
     path = tmp_path / "f32.gguf"
@@ -103,4 +104,8 @@ def test_readme_llama_cpp_snippet_answers_as_chat(cli, cli_runner, alpaca_run, t
     assert proc.returncode == 0, proc.stderr[-2000:]
     ours = cli(["chat", "--model", alpaca_run, "--max-new-tokens", "40"],
                stdin="Name three colours.\n/quit\n").stdout.strip()
-    assert ours and proc.stdout.strip() == ours
+    # A random tiny model writes tokens that are no whole UTF-8 character: scratchllm shows
+    # each such byte as U+FFFD, llama-cpp-python drops them (and decodes the bytes held back
+    # at the 40-token limit on its own), so the texts agree once those are set aside.
+    ours = ours.replace("\ufffd", "")
+    assert ours and proc.stdout.strip().startswith(ours)
