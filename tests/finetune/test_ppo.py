@@ -159,3 +159,22 @@ def test_sigterm_mid_run_checkpoints_and_resume_finishes(toy, tmp_path):
     assert done.steps == 4 and not done.interrupted
     rows = train_records(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and strip_times(rows[:2]) == strip_times(first)
+
+
+def test_a_stopped_lora_run_leaves_a_merged_latest_that_opens(toy, tmp_path):
+    """Ctrl-C in a LoRA run: latest/ is the merged policy (generate and chat open it) and
+    remembers the run's prompt format; the checkpoint keeps LoRA's layout for --resume."""
+    from scratchllm.weights.auto import open_model
+
+    base, prompts = toy
+    stopped = finetune_rl(base, prompts, tmp_path / "run", reward=FunctionReward(lowercase_fraction),
+                          algorithm="ppo", max_steps=4, stop_at=1, rollout_batch=4, minibatch=4,
+                          ppo_epochs=1, lora={"rank": 4, "alpha": 8},
+                          **{**TOY, "prompt_style": "alpaca"})
+    assert stopped.interrupted
+    latest = tmp_path / "run" / "latest"
+    assert not any("lora" in key for key in read_weights(latest))
+    loaded = open_model(latest, device="cpu")
+    assert loaded.metadata.get("prompt_style") == "alpaca"
+    checkpoint, = (tmp_path / "run" / "checkpoints").iterdir()
+    assert any("lora" in key for key in read_weights(checkpoint))

@@ -66,7 +66,7 @@ def cached_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Te
     if cache is not None:
         past = cache.length
         keys, values = cache.update(layer, keys, values)
-        if mask is None and n_tokens > 1:
+        if mask is None and n_tokens > 1 and past > 0:  # a fresh prefill stays on is_causal
             mask = build_attention_mask(n_tokens, past, device=queries.device)
     return F.scaled_dot_product_attention(
         queries, keys, values, attn_mask=mask, dropout_p=dropout_p,

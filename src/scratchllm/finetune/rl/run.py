@@ -80,6 +80,8 @@ def finetune_rl(policy: str | os.PathLike, prompts_file: str | os.PathLike,
         reward_model=reward_model, reward_fn=reward_fn, device=torch_device)
     setup = start_run(policy, out_dir, device=device, precision=precision, seed=config.seed,
                       overwrite=overwrite, resume=resume)
+    if prompt_style != "raw":
+        setup.model_metadata["prompt_style"] = prompt_style  # what chat and export read
     maybe_apply_lora(setup.model, lora)  # the trainer's reference: adapters off, or a copy
     recipe = {"method": config.algorithm, "model": source_name(policy),
               "prompts": source_name(prompts_file), "prompt_style": prompt_style,

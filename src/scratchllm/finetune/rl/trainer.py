@@ -30,12 +30,15 @@ from scratchllm.finetune.rl.prompts import Prompt
 from scratchllm.finetune.rl.reward import RewardSource, score_with_penalty
 from scratchllm.finetune.rl.rollout import encode_prompt, sample_rollout, step_generator
 from scratchllm.finetune.rl.settings import RLSettings
-from scratchllm.finetune.runs import RunSetup
+from scratchllm.finetune.best import merged_copy
+from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup, model_saver
+from scratchllm.model.lora import lora_layers
 from scratchllm.train.metrics import Progress, read_metrics
 from scratchllm.train.run_control import StopRequest
 from scratchllm.train.state import (TrainingState, load_checkpoint, read_trainer_record,
                                     save_checkpoint)
 from scratchllm.train.steps import autocast_for, grad_scaler_for
+from scratchllm.weights.auto import generation_header
 
 
 @dataclass
@@ -108,7 +111,13 @@ class RLTrainer:
             self.setup.out_dir, model=self.policy, optimizer=learner.optimizer,
             scheduler=learner.scheduler, state=self.state, tokenizer=self.setup.tokenizer,
             train_config=self.recipe, val_loss=None, keep_last=self.settings.keep_last,
-            scaler=learner.scaler, update_best=False)
+            scaler=learner.scaler, update_best=False, metadata=self.setup.model_metadata,
+            generation=generation_header(self.setup.eos_ids))
+        if lora_layers(self.policy):
+            # The checkpoint keeps LoRA's layout for --resume; latest/ gets the merged policy,
+            # which generate, chat and export open like any model directory.
+            model_saver(self.setup)(self.setup.out_dir / MODEL_SUBDIR, merged_copy(self.policy),
+                                    {"step": self.state.step})
         self.plot()
 
     def resume(self, checkpoint: Path) -> None:
