@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                   build_nanogpt(config, device, args.compile),
                   build_book(config, device, args.compile)]
     batches = make_batches(config, args.batch_size)
-    if args.profile:
-        profile_step(contenders[0], batches)
+    if args.profile:  # on a model of its own: the timed one starts untrained, like its peers
+        profile_step(build_ours(config, device, args.compile), batches)
     first, peaks = measure(contenders, precisions, batches,
                            device=device, warmup=args.warmup, window=args.window, rounds=args.rounds)
     print(f"load average after: {load_average()}")
