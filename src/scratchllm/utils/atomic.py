@@ -23,6 +23,7 @@ def _current_umask() -> int:
 
 
 _FILE_MODE = 0o666 & ~_current_umask()  # what a plain open() would give; mkstemp gives 0600
+_DIR_MODE = 0o777 & ~_current_umask()   # what a plain mkdir() would give; mkdtemp gives 0700
 
 
 class AtomicWriter:
@@ -134,6 +135,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a temp dir beside ``final``; on success it replaces ``final``, on error it vanishes."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, _DIR_MODE)  # the finished folder reads like any other the user makes
     try:
         yield tmp
         fsync_dir(tmp)
