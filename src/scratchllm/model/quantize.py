@@ -51,7 +51,7 @@ def cpu_has_bf16() -> bool:
 
 def bf16_note(dtype: torch.dtype | str | None, device: torch.device | str | None) -> str | None:
     """A one-line explanation when bf16 weights on this CPU buy memory but no speed."""
-    if _as_dtype(dtype) != torch.bfloat16 or torch.device(device or "cpu").type != "cpu":
+    if as_dtype(dtype) != torch.bfloat16 or torch.device(device or "cpu").type != "cpu":
         return None
     if cpu_has_bf16():
         return None
@@ -68,7 +68,7 @@ def check_quantize(quantize: str | None, dtype: torch.dtype | str | None = None,
     if quantize not in QUANTIZE_MODES:
         raise ConfigError(f"unknown quantization {quantize!r}; use one of {QUANTIZE_MODES}")
     kind = torch.device(device or "cpu").type
-    wanted = _as_dtype(dtype)
+    wanted = as_dtype(dtype)
     if kind == "cpu":
         if wanted not in (None, torch.float32):
             raise ConfigError(f"--quantize int8 on the CPU runs int8 kernels on float32 "
@@ -136,14 +136,15 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A torch dtype from a dtype or its name ("bfloat16"); None stays None."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     value = getattr(torch, str(dtype), None)
-    if not isinstance(value, torch.dtype):
-        raise ConfigError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    if value not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        raise ConfigError(f"unsupported dtype {dtype!r}; use float32, bfloat16 or float16")
     return value
 
 
-__all__ = ["QUANTIZE_MODES", "bf16_note", "check_quantize", "cpu_flags", "cpu_has_bf16",
+__all__ = ["QUANTIZE_MODES", "as_dtype", "bf16_note", "check_quantize", "cpu_flags", "cpu_has_bf16",
            "quantize_model"]

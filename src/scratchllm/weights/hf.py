@@ -20,6 +20,7 @@ from safetensors import safe_open
 from torch import nn
 
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
+from scratchllm.model.quantize import as_dtype
 from scratchllm.weights.model_dir import tied_aliases
 from scratchllm.weights.adapter import FamilyAdapter
 from scratchllm.weights.contained import contained_file
@@ -153,21 +154,12 @@ def _stream_tensors(files: list[Path], adapter: FamilyAdapter, expected: dict[st
     return loaded
 
 
-def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    value = getattr(torch, str(dtype), None)
-    if value not in _DTYPES.values():
-        raise ConfigError(f"unsupported dtype {dtype!r}; use float32, bfloat16 or float16")
-    return value
-
-
 def load_hf_weights(directory: Path, adapter: FamilyAdapter, config: Any, *,
                     device: torch.device | str | None = None,
                     dtype: torch.dtype | str | None = None) -> nn.Module:
     """Build ``adapter``'s model for ``config`` and fill it from the directory's safetensors."""
     files = weight_files(directory)
-    dtype = _as_dtype(dtype) or _default_dtype(files)
+    dtype = as_dtype(dtype) or _default_dtype(files)
     device = torch.device(device) if device is not None else None
     _check_layer_count(files, adapter, config, directory)
     with empty_weights():

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
+from scratchllm.model.quantize import as_dtype
 from scratchllm.model.registry import build_model, config_from_dict, family_of, get_family
 from scratchllm.weights.contained import contained_file
 from scratchllm.weights.meta import empty_weights, retie
@@ -234,15 +235,6 @@ def resolve_model_dir(path: PathLike) -> Path:
     return newest if newest is not None else directory
 
 
-def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    value = getattr(torch, str(dtype), None)
-    if not isinstance(value, torch.dtype):
-        raise ConfigError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-    return value
-
-
 def load_model_dir(path: PathLike, *, device: torch.device | str | None = None,
                    dtype: torch.dtype | str | None = None) -> tuple[nn.Module, Any]:
     """Rebuild a model (eval mode) and its tokenizer (or None) from a model directory.
@@ -272,7 +264,7 @@ def load_model_dir(path: PathLike, *, device: torch.device | str | None = None,
     aliases = tied_aliases(model)
     model.load_state_dict(weights, strict=False, assign=True)
     retie(model, aliases)  # assign=True replaced the shared tensor
-    model.to(device=device, dtype=_as_dtype(dtype))
+    model.to(device=device, dtype=as_dtype(dtype))
     model.eval()
     return model, tokenizer_from_header(header, directory)
 
