@@ -45,7 +45,7 @@ from scratchllm.finetune.dpo_reference import (
     reference_model,
     with_reference,
 )
-from scratchllm.finetune.instruct import RESPONSES_FILE, generate_responses
+from scratchllm.finetune.instruct import RESPONSES_FILE, check_answer_length, generate_responses
 from scratchllm.finetune.logprobs import pair_logprobs, sequence_logprobs  # noqa: F401 (re-export)
 from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
 from scratchllm.finetune.runs import (
@@ -213,10 +213,8 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
     check_style(prompt_style)
     if beta <= 0:
         raise ConfigError(f"beta must be positive, got {beta}; the book uses 0.1")
-    if generate_test and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
-                          or max_new_tokens < 1):
-        raise ConfigError(f"max_new_tokens must be a positive integer (the longest test answer), "
-                          f"got {max_new_tokens!r}")
+    if generate_test:
+        check_answer_length(max_new_tokens)
     settings = LoopSettings(epochs=epochs, batch_size=batch_size, lr=lr,
                             weight_decay=weight_decay, seed=seed, eval_every=eval_every,
                             micro_batch_size=micro_batch_size, warmup_steps=warmup_steps,

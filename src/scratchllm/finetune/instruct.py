@@ -138,6 +138,14 @@ class InstructTask:
         return (-val,) if event == "eval" and val is not None else None
 
 
+def check_answer_length(max_new_tokens: object) -> None:
+    """Refuse a bad test-answer length before training, not after it (hours later)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be a positive integer (the longest test answer), "
+                          f"got {max_new_tokens!r}")
+
+
 def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
                       epochs: int = 2, batch_size: int = 8, lr: float = 5e-5,
                       weight_decay: float = 0.1, prompt_style: str = "alpaca",
@@ -163,6 +171,8 @@ def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str
     ``resume``, ``stop_at``) are those of ``finetune.loop.LoopSettings``.
     """
     check_style(prompt_style)
+    if generate_test:
+        check_answer_length(max_new_tokens)
     settings = LoopSettings(epochs=epochs, batch_size=batch_size, lr=lr,
                             weight_decay=weight_decay, seed=seed, eval_every=eval_every,
                             micro_batch_size=micro_batch_size, warmup_steps=warmup_steps,
