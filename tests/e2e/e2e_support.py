@@ -62,3 +62,41 @@ def tree_bytes(directory: Path) -> dict[str, bytes]:
     """Every file under ``directory`` by relative path: proof nothing changed."""
     return {str(p.relative_to(directory)): p.read_bytes()
             for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_health(base: str, seconds: float, why, alive=lambda: True) -> None:
+    """Poll ``base``/health until it answers 200; fail with ``why()`` (the server's output)
+    once ``seconds`` pass or ``alive()`` turns false."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        assert alive(), why()
+        try:
+            if httpx.get(f"{base}/health", timeout=2, trust_env=False).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, why()
+        time.sleep(0.2)
+
+
+def start_serve(cli_runner, argv: list) -> tuple[tuple, str]:
+    """``scratchllm serve ARGV --port P`` started and answering /health; (started, base URL).
+    The caller stops it (``cli_runner.signal(started, SIGTERM)`` or ``finish``)."""
+    port = free_port()
+    server = cli_runner.start(["serve", *argv, "--port", port])
+    base = f"http://127.0.0.1:{port}"
+    wait_for_health(base, 120, lambda: cli_runner.finish(server, timeout=1).stderr)
+    return server, base

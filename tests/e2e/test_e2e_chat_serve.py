@@ -8,13 +8,11 @@ prompt.
 from __future__ import annotations
 
 import signal
-import socket
-import time
 
 import pytest
 import torch
 
-from e2e_support import PROMPT, hf_greedy
+from e2e_support import PROMPT, hf_greedy, start_serve
 
 pytestmark = pytest.mark.slow
 
@@ -67,29 +65,12 @@ def test_readme_chat_flags_system_and_sampling(cli, llama_hf_dir):
     assert first.strip() and first == cli(sampled, stdin="Hello there\n/quit\n").stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_serve_completes_like_transformers_and_stops_on_sigterm(cli_runner, gpt2_hf_dir):
     import httpx
 
-    port = _free_port()
-    server = cli_runner.start(["serve", "--model", gpt2_hf_dir, "--port", port,
-                               "--max-batch", "2", "--model-name", "tiny"])
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_serve(cli_runner, ["--model", gpt2_hf_dir, "--max-batch", "2",
+                                            "--model-name", "tiny"])
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2, trust_env=False).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, cli_runner.finish(server, timeout=1).stderr
-            time.sleep(0.2)
         answer = httpx.post(f"{base}/v1/completions", trust_env=False, timeout=60, json={
             "model": "tiny", "prompt": PROMPT, "max_tokens": 12, "temperature": 0}).json()
         models = httpx.get(f"{base}/v1/models", trust_env=False, timeout=10).json()

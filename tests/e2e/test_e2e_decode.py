@@ -5,12 +5,10 @@
 from __future__ import annotations
 
 import signal
-import socket
-import time
 
 import pytest
 
-from e2e_support import PROMPT, generated
+from e2e_support import PROMPT, generated, start_serve
 
 pytestmark = pytest.mark.slow
 
@@ -60,22 +58,9 @@ def test_serve_quantize_int8(cli_runner, gpt2_hf_dir):
     served text equals the library's batch-of-one int8 continuation."""
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = cli_runner.start(["serve", "--model", gpt2_hf_dir, "--port", port, "--quantize",
-                               "int8", "--max-batch", 1, "--model-name", "tiny"])
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_serve(cli_runner, ["--model", gpt2_hf_dir, "--quantize", "int8",
+                                            "--max-batch", 1, "--model-name", "tiny"])
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2, trust_env=False).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, cli_runner.finish(server, timeout=1).stderr
-            time.sleep(0.2)
         answer = httpx.post(f"{base}/v1/completions", trust_env=False, timeout=60, json={
             "model": "tiny", "prompt": PROMPT, "max_tokens": NEW, "temperature": 0}).json()
     finally:

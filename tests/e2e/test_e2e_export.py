@@ -10,17 +10,15 @@ import json
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import scratchllm
-from e2e_support import tree_bytes
+from e2e_support import free_port, tree_bytes, wait_for_health
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +91,7 @@ def transformers_serve(sft_hf, cli_runner):
     _, out = sft_hf
     line = next(li for li in readme_section("Run your model elsewhere").splitlines()
                 if li.startswith("transformers serve"))
-    port = _free_port()
+    port = free_port()
     argv = shlex.split(line.split(" #", 1)[0].replace("out/sft-hf", str(out)))
     argv[argv.index("--port") + 1] = str(port)
     argv[0] = str(Path(sys.executable).with_name("transformers"))
@@ -106,12 +104,6 @@ def transformers_serve(sft_hf, cli_runner):
     yield process, f"http://localhost:{port}", log
     process.kill()  # a test server: no requests left to finish
     process.wait(30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _chat_answer(cli, model, question: str, tokens: int) -> str:
@@ -156,16 +148,8 @@ def test_transformers_serve_chats_as_scratchllm(cli, sft_hf, transformers_serve)
 
     run, out = sft_hf
     process, base, log = transformers_serve
-    deadline = time.monotonic() + 300
-    while True:
-        assert process.poll() is None, log.read_text(errors="replace")[-2000:]
-        try:
-            if httpx.get(f"{base}/health", timeout=2, trust_env=False).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
-        time.sleep(0.5)
+    wait_for_health(base, 300, lambda: log.read_text(errors="replace")[-2000:],
+                    alive=lambda: process.poll() is None)
     messages = [{"role": "system", "content": "Be brief."},
                 {"role": "user", "content": "Add 3 and 4."}]
     reply = httpx.post(f"{base}/v1/chat/completions", trust_env=False, timeout=120, json={

@@ -15,13 +15,12 @@ import json
 import os
 import shutil
 import signal
-import socket
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from e2e_support import start_serve
 from scratchllm.data.preference import load_preference_data
 
 pytestmark = pytest.mark.slow
@@ -70,12 +69,6 @@ def browser(tmp_path):
         shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait(driver, condition, what: str):
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -110,22 +103,12 @@ def _chat_answer(base: str, prompt: str, max_tokens: int) -> str:
 def page(cli_runner, gpt2_hf_dir, llama_hf_dir, tmp_path):
     """``scratchllm serve --api-key ... --ratings FILE`` on the tiny GPT-2, the tiny Llama
     beside it (``--compare-model``); (base URL, ratings file)."""
-    port, ratings = _free_port(), tmp_path / "my-ratings.json"
-    server = cli_runner.start(["serve", "--model", gpt2_hf_dir, "--port", port, "--api-key",
-                               KEY, "--ratings", ratings, "--model-name", "tiny",
-                               "--compare-model", llama_hf_dir, "--compare-model-name",
-                               "tiny-llama"])
-    base = f"http://127.0.0.1:{port}"
+    ratings = tmp_path / "my-ratings.json"
+    server, base = start_serve(cli_runner, ["--model", gpt2_hf_dir, "--api-key", KEY,
+                                            "--ratings", ratings, "--model-name", "tiny",
+                                            "--compare-model", llama_hf_dir,
+                                            "--compare-model-name", "tiny-llama"])
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2, trust_env=False).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, cli_runner.finish(server, timeout=1).stderr
-            time.sleep(0.2)
         yield base, ratings
     finally:
         cli_runner.signal(server, signal.SIGTERM)
