@@ -14,7 +14,6 @@ split into micro batches computes the gradient of exactly the one big batch.
 
 from __future__ import annotations
 
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup
 from scratchllm.model.lora import lora_layers
 from scratchllm.train.metrics import Progress
 from scratchllm.train.optim import build_optimizer, build_scheduler
-from scratchllm.train.run_control import StopRequest
+from scratchllm.train.run_control import run_steps, stopped_message
 from scratchllm.train.state import TrainingState, load_checkpoint, read_trainer_record, save_checkpoint
 from scratchllm.train.steps import autocast_for, grad_scaler_for, optimizer_step
 from scratchllm.weights.auto import generation_header
@@ -278,22 +277,13 @@ class FinetuneLoop:
                  + (f" = {accum} x {self.micro}" if accum > 1 else "") + ")")
         end = self.total_steps if settings.stop_at is None else min(settings.stop_at, self.total_steps)
         start_time = time.perf_counter()
-        stopped, stop_signal = False, None
-        with StopRequest() as stop:
-            while state.step < end:
-                self.one_step(start_time)
-                stopped = state.step < self.total_steps and (stop.requested or state.step == end)
-                if stopped or (settings.save_every and state.step % settings.save_every == 0):
-                    self.save()
-                if stopped:
-                    stop_signal = stop.signum if stop.requested else None
-                    break
+        stopped, stop_signal = run_steps(lambda: self.one_step(start_time), lambda: state.step,
+                                         end=end, total=self.total_steps, save=self.save,
+                                         save_every=settings.save_every)
         if self.progress is not None:
             self.progress.close()
         if stopped:
-            why = {signal.SIGINT: "interrupted", signal.SIGTERM: "stopped by SIGTERM"}.get(
-                stop_signal, "stopped")
-            self.say(f"{why} at step {state.step}; saved {self.checkpoint}; continue with --resume")
+            self.say(stopped_message(stop_signal, state.step, self.checkpoint))
         elif not self.last_eval:  # resumed at the very end: nothing evaluated in this session
             self.last_eval = self.measured(self.task.evaluate)
         self.model.eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import random
 import signal
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -93,3 +93,30 @@ class StopRequest:
             if previous is not None:  # None: a handler installed outside Python, can't restore
                 signal.signal(signum, previous)
         self._previous = {}
+
+
+def run_steps(one_step: Callable[[], None], current_step: Callable[[], int], *, end: int,
+              total: int, save: Callable[[], None], save_every: int = 0
+              ) -> tuple[bool, int | None]:
+    """Step until ``current_step()`` reaches ``end``, saving every ``save_every`` steps and
+    whenever the run stops before ``total`` (Ctrl-C, SIGTERM, or ``end < total``).
+
+    Returns (stopped early, the signal that asked or None). The fine-tuning loop and the RL
+    trainer share it, so both stop, save and resume the same way."""
+    with StopRequest() as stop:
+        while current_step() < end:
+            one_step()
+            step = current_step()
+            stopped = step < total and (stop.requested or step == end)
+            if stopped or (save_every and step % save_every == 0):
+                save()
+            if stopped:
+                return True, stop.signum if stop.requested else None
+    return False, None
+
+
+def stopped_message(stop_signal: int | None, step: int, checkpoint: Any) -> str:
+    """The line a stopped run prints: why it stopped, where it saved, how to go on."""
+    why = {signal.SIGINT: "interrupted", signal.SIGTERM: "stopped by SIGTERM"}.get(
+        stop_signal, "stopped")
+    return f"{why} at step {step}; saved {checkpoint}; continue with --resume"

@@ -11,7 +11,6 @@ uninterrupted one bit for bit on the CPU.
 
 from __future__ import annotations
 
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from scratchllm.finetune.best import merged_copy
 from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup, model_saver
 from scratchllm.model.lora import lora_layers
 from scratchllm.train.metrics import Progress, read_metrics
-from scratchllm.train.run_control import StopRequest
+from scratchllm.train.run_control import run_steps, stopped_message
 from scratchllm.train.state import (TrainingState, load_checkpoint, read_trainer_record,
                                     save_checkpoint)
 from scratchllm.train.steps import autocast_for, grad_scaler_for
@@ -199,24 +198,13 @@ class RLTrainer:
                  f"{s.rollouts_per_step} rollouts")
         end = s.max_steps if s.stop_at is None else min(s.stop_at, s.max_steps)
         start_time = time.perf_counter()
-        stopped, stop_signal = False, None
-        with StopRequest() as stop:
-            while self.state.step < end:
-                self.one_step(start_time)
-                step = self.state.step
-                stopped = step < s.max_steps and (stop.requested or step == end)
-                if stopped or (s.save_every and step % s.save_every == 0):
-                    self.save()
-                if stopped:
-                    stop_signal = stop.signum if stop.requested else None
-                    break
+        stopped, stop_signal = run_steps(lambda: self.one_step(start_time),
+                                         lambda: self.state.step, end=end, total=s.max_steps,
+                                         save=self.save, save_every=s.save_every)
         if self.progress is not None:
             self.progress.close()
         if stopped:
-            why = {signal.SIGINT: "interrupted", signal.SIGTERM: "stopped by SIGTERM"}.get(
-                stop_signal, "stopped")
-            self.say(f"{why} at step {self.state.step}; saved {self.checkpoint}; continue "
-                     "with --resume")
+            self.say(stopped_message(stop_signal, self.state.step, self.checkpoint))
         else:
             self.plot()
         return TrainerResult(self.state.step, dict(self.last), stopped, stop_signal,
