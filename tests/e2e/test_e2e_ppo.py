@@ -69,6 +69,8 @@ def test_runs_log_every_step_and_save_a_model(rl_runs, algorithm):
                                      for a in answers)  # finetune instruct's layout
     assert (out / "adapter" / "adapter_config.json").is_file() == (algorithm == "grpo")
     assert (out / "checkpoints").is_dir() == (algorithm == "ppo")  # --save-every 1
+    assert (out / "value_head.safetensors").is_file() == (algorithm == "ppo")
+    assert ("value head:" in stdout) == (algorithm == "ppo")
 
 
 def test_the_policy_generates_and_its_answers_are_scored(cli, rl_runs, reward_model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from rl_support import TOY, lowercase_fraction, prompts_file, tiny_byte_model
 from scratchllm.errors import ConfigError, DataError
@@ -106,6 +107,10 @@ def test_resume_equals_an_uninterrupted_run(toy, tmp_path, algorithm):
     if algorithm == "ppo":  # the adaptive coefficient moved, and came back from the checkpoint
         coefs = [r["kl_coef"] for r in train_records(tmp_path / "whole")]
         assert len(set(coefs)) > 1
+        # the value head came back from the checkpoint too, and is saved beside the policy
+        heads = [load_file(str(tmp_path / run / "value_head.safetensors"))
+                 for run in ("whole", "parts")]
+        assert all(torch.equal(heads[0][k], heads[1][k]) for k in ("weight", "bias"))
 
 
 def test_resume_refuses_other_settings(toy, tmp_path):

@@ -15,7 +15,10 @@ def register(methods: argparse._SubParsersAction) -> None:
         "reward function, and move the policy towards higher scores with PPO (value head, "
         "per-token KL penalty, GAE) or GRPO (--algorithm grpo: groups of answers, no value "
         "model), staying near the starting model through a KL term. Usually applied to an "
-        "instruction-tuned model.",
+        "instruction-tuned model. PPO's value head is a linear layer on the policy's last "
+        "hidden state, initialised to zero (not from the reward model) unless --value-head "
+        "gives an earlier run's; it is saved as OUT/value_head.safetensors beside the policy "
+        "(OUT/latest, an ordinary model directory) and in every checkpoint.",
     )
     p.add_argument("--policy", required=True, metavar="DIR",
                    help="model to start from (and the reference): model/run dir or HF dir")
@@ -55,6 +58,9 @@ def register(methods: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip (default 1.0)")
     p.add_argument("--prompt-style", choices=["alpaca", "phi3", "raw"], default="alpaca",
                    help="prompt template (default alpaca; raw: the text as is)")
+    p.add_argument("--value-head", metavar="FILE",
+                   help="PPO: start the value head from this value_head.safetensors (an earlier "
+                   "run's) instead of zero")
     p.add_argument("--lora-rank", type=int,
                    help="train LoRA adapters of this rank instead of all weights")
     p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale alpha (default 16)")
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         reward_fn=args.reward_fn, prompt_style=args.prompt_style, lora=lora, device=args.device,
         precision=args.precision, test_responses=not args.no_test_responses,
         overwrite=args.overwrite, resume=args.resume, progress=not args.quiet,
+        value_head=args.value_head,
         algorithm=args.algorithm, max_steps=args.max_steps, rollout_batch=args.rollout_batch,
         group_size=args.group_size, minibatch=args.minibatch, ppo_epochs=args.ppo_epochs,
         lr=args.lr, kl_coef=args.kl_coef, kl_target=args.kl_target,
@@ -95,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.algorithm} steps {result.steps} | reward {last.get('reward_mean', nan):.4f} | "
           f"kl {last.get('kl', nan):.4f} | eos rate {last.get('eos_rate', nan):.2f}")
     print(f"model: {result.model_dir}")
+    if result.value_head_file is not None:
+        print(f"value head: {result.value_head_file}")
     if result.responses_file is not None:
         print(f"test responses: {result.responses_file}")
     return 0

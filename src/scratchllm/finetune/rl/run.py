@@ -5,6 +5,7 @@ The run directory is a fine-tuning run's (``finetune.runs``): ``metrics.jsonl`` 
 ``clipfrac``, ``approx_kl``, ``value_loss`` (PPO), ``response_len_mean``, ``eos_rate``, ...),
 ``reward.png``, ``checkpoints/`` (``save_every``, Ctrl-C, SIGTERM; ``resume`` continues
 exactly), ``latest/`` (the final policy, LoRA merged, for ``generate``/``chat``),
+``value_head.safetensors`` (PPO's critic, beside the policy: ``rl.value_file``),
 ``adapter/`` with LoRA, and ``test_responses.json`` (the test split of an instruction JSON
 answered greedily, as ``finetune instruct`` writes it) for ``evaluate reward``.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scratchllm.errors import ConfigError
+from scratchllm.errors import ConfigError, MissingFileError
 from scratchllm.finetune.instruct import RESPONSES_FILE, generate_responses
 from scratchllm.finetune.rl.prompts import check_prompt_style, load_prompts
 from scratchllm.finetune.rl.reward import RewardSource, open_reward_source
@@ -37,6 +38,7 @@ class RLResult:
     last: dict[str, Any]              # the last step's metrics record
     interrupted: bool = False         # stopped early (Ctrl-C, SIGTERM, stop_at): resume=True
     stop_signal: int | None = None
+    value_head_file: Path | None = None  # PPO: OUT/value_head.safetensors
 
 
 def _reward_name(reward_model, reward_fn, reward) -> str:
@@ -55,7 +57,8 @@ def finetune_rl(policy: str | os.PathLike, prompts_file: str | os.PathLike,
                 device: str | None = "auto", precision: str = "auto",
                 shuffle_split: bool = False, test_responses: bool = True,
                 test_max_new_tokens: int | None = None, overwrite: bool = False,
-                resume: bool = False, progress: bool = True, **settings: Any) -> RLResult:
+                resume: bool = False, progress: bool = True,
+                value_head: str | os.PathLike | None = None, **settings: Any) -> RLResult:
     """Align ``policy`` (a model or run directory) with PPO or GRPO; write ``out_dir``.
 
     The reward is one of ``reward_model`` (a ``finetune reward`` output), ``reward_fn``
@@ -63,6 +66,9 @@ def finetune_rl(policy: str | os.PathLike, prompts_file: str | os.PathLike,
     with ``score(prompts, responses) -> tensor``, for Python callers). ``settings`` are
     ``RLSettings`` fields (``algorithm="grpo"``, ``max_steps``, ``kl_coef``, ...); ``lora``
     is a dict of ``apply_lora`` settings, e.g. ``{"rank": 8, "alpha": 16}``.
+
+    PPO's value head starts at zero (not from the reward model: ``rl.policy``), or from
+    ``value_head``, the ``value_head.safetensors`` an earlier PPO run saved beside its policy.
     """
     check_prompt_style(prompt_style)
     unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RLSettings)})
@@ -73,6 +79,13 @@ def finetune_rl(policy: str | os.PathLike, prompts_file: str | os.PathLike,
     given = [x is not None for x in (reward_model, reward_fn, reward)]
     if sum(given) != 1:
         raise ConfigError("give exactly one reward: --reward-model DIR or --reward-fn FILE.py:NAME")
+    if value_head is not None:
+        if config.algorithm != "ppo":
+            raise ConfigError("--value-head starts PPO's critic; GRPO has no value model")
+        value_head = Path(value_head).expanduser()
+        if not value_head.is_file():
+            raise MissingFileError(f"value head {value_head} not found; pass the "
+                                   "value_head.safetensors an earlier PPO run wrote")
     train, test = load_prompts(prompts_file, prompt_style, shuffle_split=shuffle_split,
                                seed=config.seed)
     torch_device = resolve_device(device)
@@ -86,16 +99,18 @@ def finetune_rl(policy: str | os.PathLike, prompts_file: str | os.PathLike,
     recipe = {"method": config.algorithm, "model": source_name(policy),
               "prompts": source_name(prompts_file), "prompt_style": prompt_style,
               "reward": _reward_name(reward_model, reward_fn, reward), "lora": lora,
-              "shuffle_split": shuffle_split}
+              "shuffle_split": shuffle_split,
+              "value_head": None if value_head is None else source_name(value_head)}
     trainer = RLTrainer(setup, source, train, config, recipe, style=prompt_style,
-                        lora=lora is not None, progress=progress)
+                        lora=lora is not None, progress=progress, value_head=value_head)
     result = trainer.run()
     if result.interrupted:
         return RLResult(setup.out_dir, setup.out_dir / "latest", None, result.step, result.last,
-                        True, result.stop_signal)
+                        True, result.stop_signal, trainer.value_head_path())
     metadata = {**trainer.recipe, "steps": result.step,
                 **{k: result.last.get(k) for k in ("reward_mean", "kl")}}
     saved = finish_run(setup, result, lora=lora, metadata=metadata)
+    value_file = trainer.write_value_head()
     responses_path = None
     if test_responses and test and prompt_style != "raw":
         answers = generate_responses(setup.model, setup.tokenizer, [p.entry for p in test],
@@ -104,4 +119,5 @@ def finetune_rl(policy: str | os.PathLike, prompts_file: str | os.PathLike,
                                      batch_size=config.rollout_batch, progress=progress,
                                      eos_ids=trainer.eos_ids)
         responses_path = atomic_write_json(setup.out_dir / RESPONSES_FILE, answers)
-    return RLResult(setup.out_dir, saved, responses_path, result.step, result.last)
+    return RLResult(setup.out_dir, saved, responses_path, result.step, result.last,
+                    value_head_file=value_file)

@@ -29,6 +29,7 @@ from scratchllm.finetune.rl.prompts import Prompt
 from scratchllm.finetune.rl.reward import RewardSource, score_with_penalty
 from scratchllm.finetune.rl.rollout import encode_prompt, sample_rollout, step_generator
 from scratchllm.finetune.rl.settings import RLSettings
+from scratchllm.finetune.rl.value_file import VALUE_HEAD_FILE, load_value_head, save_value_head
 from scratchllm.finetune.best import merged_copy
 from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup, model_saver
 from scratchllm.model.lora import lora_layers
@@ -55,7 +56,7 @@ class RLTrainer:
 
     def __init__(self, setup: RunSetup, reward: RewardSource, prompts: list[Prompt],
                  settings: RLSettings, recipe: dict[str, Any], *, style: str, lora: bool,
-                 progress: bool = True) -> None:
+                 progress: bool = True, value_head: Path | None = None) -> None:
         settings.check()
         self.setup, self.reward, self.prompts, self.settings = setup, reward, prompts, settings
         self.recipe = {**recipe, **settings.recipe()}
@@ -76,8 +77,12 @@ class RLTrainer:
         self.batches = EpochBatches(len(prompts), settings.rollout_batch, seed=settings.seed)
         self.value_head = None
         params = [p for p in policy.parameters() if p.requires_grad]
+        # PPO's critic starts at zero (finetune.rl.policy), or from an earlier run's file.
+        self.value_init = "zero" if value_head is None else str(value_head)
         if settings.algorithm == "ppo":
             self.value_head = ValueHead(emb_dim_of(policy), device=setup.device)
+            if value_head is not None:
+                load_value_head(self.value_head, value_head)
             params += list(self.value_head.parameters())
         self.autocast = autocast_for(setup.precision, setup.device)
         self.learner = Learner(params, lr=settings.lr, weight_decay=settings.weight_decay,
@@ -117,7 +122,18 @@ class RLTrainer:
             # which generate, chat and export open like any model directory.
             model_saver(self.setup)(self.setup.out_dir / MODEL_SUBDIR, merged_copy(self.policy),
                                     {"step": self.state.step})
+        self.write_value_head()
         self.plot()
+
+    def value_head_path(self) -> Path | None:
+        """``OUT/value_head.safetensors`` beside ``latest/`` (PPO; see ``rl.value_file``)."""
+        return None if self.value_head is None else self.setup.out_dir / VALUE_HEAD_FILE
+
+    def write_value_head(self) -> Path | None:
+        path = self.value_head_path()
+        if path is not None:
+            save_value_head(self.value_head, path, init=self.value_init, step=self.state.step)
+        return path
 
     def resume(self, checkpoint: Path) -> None:
         saved = read_trainer_record(checkpoint).get("train_config") or {}
