@@ -16,8 +16,10 @@ from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.tokenizers import BPETokenizer
 from scratchllm.weights.model_dir import save_model_dir
 
+# 20 prompts: the 85/5/10 split leaves 17 for training and holds "ok", "up" out as the test
+# split (answered into test_responses.json at the end of a run).
 PROMPTS = ["hi", "tell me", "write", "go on", "say it", "a b", "yes", "no", "why", "where",
-           "who", "how", "when", "what", "it", "so"]
+           "who", "how", "when", "what", "it", "so", "be", "ok", "up", "do"]
 GOOD = frozenset(string.ascii_lowercase)
 
 

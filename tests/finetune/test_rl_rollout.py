@@ -135,12 +135,19 @@ def test_json_prompts_split_and_format_like_finetune_instruct(tmp_path):
         load_prompts(path, "alpaca")
 
 
-def test_text_prompts_one_per_line(tmp_path):
+def test_text_prompts_one_per_line_split_like_json(tmp_path):
     path = tmp_path / "p.txt"
-    path.write_text("first\n\n  second  \n", encoding="utf-8")
+    lines = [f"  line {i} " if i % 3 else f"line {i}" for i in range(20)]
+    path.write_text("\n\n".join(lines) + "\n", encoding="utf-8")
     train, test = load_prompts(path, "raw")
-    assert [p.text for p in train] == ["first", "second"] and test == []
-    assert [p.model_text for p in train] == ["first", "second"]
+    assert [p.text for p in train] == [f"line {i}" for i in range(17)]  # blank lines skipped
+    assert [p.model_text for p in test] == ["line 17", "line 18"]  # held out, as JSON's 10%
+    assert test[0].entry == {"instruction": "line 17", "input": ""}
+    alpaca, _ = load_prompts(path, "alpaca")
+    assert alpaca[1].model_text == format_prompt({"instruction": "line 1", "input": ""}, "alpaca")
+    path.write_text("first\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no training prompts"):
+        load_prompts(path, "raw")
     (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
     with pytest.raises(DataError, match="no prompts"):
         load_prompts(tmp_path / "empty.txt")

@@ -27,8 +27,8 @@ def register(methods: argparse._SubParsersAction) -> None:
     reward.add_argument("--reward-fn", metavar="FILE.py:NAME",
                         help="your Python function NAME(prompt: str, response: str) -> float")
     p.add_argument("--prompts", required=True, metavar="FILE",
-                   help="instruction JSON (85/5/10 split; the test split is answered at the "
-                   "end) or a text file with one prompt per line")
+                   help="instruction JSON or a text file with one prompt per line; either is "
+                   "split 85/5/10 and the test split is answered into test_responses.json")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="run directory: metrics.jsonl, reward.png, latest/, checkpoints/, "
                    "test_responses.json; must be new or empty")

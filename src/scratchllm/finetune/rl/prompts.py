@@ -1,11 +1,13 @@
 """The prompts RL samples answers to: the book's instruction JSON or one prompt per line.
 
 * A ``.json`` file is the book's instruction data (``instruction``, ``input``; ``output`` and
-  the preference fields are ignored). It is split 85/5/10 as in ch. 7 (``split_entries``):
-  rollouts use the training prompts, and the test split is answered at the end into
-  ``test_responses.json`` (the file ``finetune instruct`` writes) for ``evaluate reward``.
-* Any other file holds one prompt per line (blank lines skipped); a line is the instruction.
-  Every line is a training prompt and there is no test split.
+  the preference fields are ignored).
+* Any other file holds one prompt per line (blank lines skipped); a line is the instruction
+  (with an empty ``input``).
+
+Either is split 85/5/10 as in ch. 7 (``split_entries``): rollouts use the training prompts,
+and the held-out test prompts are answered at the end into ``test_responses.json`` (the file
+``finetune instruct`` writes: each entry plus ``model_response``) for ``evaluate reward``.
 
 With ``style`` ``alpaca`` or ``phi3`` the model sees the prompt as ``finetune instruct``
 formatted it (the response header last, so the new tokens are the answer); ``raw`` gives the
@@ -69,16 +71,16 @@ def load_prompts(path: str | os.PathLike, style: str = "alpaca", *, shuffle_spli
             if not isinstance(entry.get("input", ""), str):
                 raise DataError(f"{path}: entry {index} has a non-text input; use a string "
                                 "(\"\" for none)")
-        train, _, test = split_entries(entries, shuffle=shuffle_split, seed=seed)
-        if not train:
-            raise DataError(f"{path}: {len(entries)} entries leave no training prompts after "
-                            "the 85/5/10 split; give at least 2 entries")
-        return [make_prompt(e, style) for e in train], [make_prompt(e, style) for e in test]
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not UTF-8 text ({err}); save it as UTF-8") from None
-    prompts = [make_prompt({"instruction": line.strip()}, style) for line in lines if line.strip()]
-    if not prompts:
-        raise DataError(f"{path} holds no prompts; write one prompt per line")
-    return prompts, []
+    else:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path} is not UTF-8 text ({err}); save it as UTF-8") from None
+        entries = [{"instruction": line.strip(), "input": ""} for line in lines if line.strip()]
+        if not entries:
+            raise DataError(f"{path} holds no prompts; write one prompt per line")
+    train, _, test = split_entries(entries, shuffle=shuffle_split, seed=seed)
+    if not train:
+        raise DataError(f"{path}: {len(entries)} prompts leave no training prompts after "
+                        "the 85/5/10 split; give at least 2")
+    return [make_prompt(e, style) for e in train], [make_prompt(e, style) for e in test]

@@ -6,25 +6,28 @@ The run directory is a fine-tuning run's (``finetune.runs``): ``metrics.jsonl`` 
 ``reward.png``, ``checkpoints/`` (``save_every``, Ctrl-C, SIGTERM; ``resume`` continues
 exactly), ``latest/`` (the final policy, LoRA merged, for ``generate``/``chat``),
 ``value_head.safetensors`` (PPO's critic, beside the policy: ``rl.value_file``),
-``adapter/`` with LoRA, and ``test_responses.json`` (the test split of an instruction JSON
-answered greedily, as ``finetune instruct`` writes it) for ``evaluate reward``.
+``adapter/`` with LoRA, and ``test_responses.json`` (the held-out test split of the prompts,
+JSON or text, answered greedily, as ``finetune instruct`` writes it) for ``evaluate reward``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ConfigError, MissingFileError
 from scratchllm.finetune.instruct import RESPONSES_FILE, generate_responses
-from scratchllm.finetune.rl.prompts import check_prompt_style, load_prompts
+from scratchllm.finetune.rl.prompts import Prompt, check_prompt_style, load_prompts
 from scratchllm.finetune.rl.reward import RewardSource, open_reward_source
+from scratchllm.finetune.rl.rollout import encode_prompt
 from scratchllm.finetune.rl.settings import RLSettings
 from scratchllm.finetune.rl.trainer import RLTrainer
 from scratchllm.finetune.runs import finish_run, maybe_apply_lora, source_name, start_run
+from scratchllm.generate import generate_batch
 from scratchllm.utils.atomic import atomic_write_json
 from scratchllm.utils.device import resolve_device
 
@@ -48,6 +51,29 @@ def _reward_name(reward_model, reward_fn, reward) -> str:
         path, _, name = str(reward_fn).rpartition(":")
         return f"{source_name(path)}:{name}"
     return type(reward).__name__
+
+
+def answer_test_prompts(model, tokenizer, prompts: list[Prompt], style: str, *,
+                        max_new_tokens: int, batch_size: int, progress: bool,
+                        eos_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Greedy answers to the held-out prompts, as ``finetune instruct`` writes them: each
+    entry (``instruction``, ``input``, ...) plus ``model_response``. A ``raw`` prompt is fed
+    as its text, the way the policy saw it during RL."""
+    entries = [p.entry for p in prompts]
+    if style != "raw":
+        return generate_responses(model, tokenizer, entries, style=style,
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  progress=progress, eos_ids=eos_ids)
+    keep = model.config.context_length - 1  # room for at least one new token
+    answers: list[dict[str, Any]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        ids = [encode_prompt(p, tokenizer, style, keep) for p in chunk]
+        new_ids = generate_batch(model, ids, max_new_tokens, temperature=0.0,
+                                 eos_id=list(eos_ids))
+        answers += [{**p.entry, "model_response": tokenizer.decode(n).strip()}
+                    for p, n in zip(chunk, new_ids)]
+    return answers
 
 
 def finetune_rl(policy: str | os.PathLike, prompts_file: str | os.PathLike,
@@ -112,12 +138,11 @@ def finetune_rl(policy: str | os.PathLike, prompts_file: str | os.PathLike,
     saved = finish_run(setup, result, lora=lora, metadata=metadata)
     value_file = trainer.write_value_head()
     responses_path = None
-    if test_responses and test and prompt_style != "raw":
-        answers = generate_responses(setup.model, setup.tokenizer, [p.entry for p in test],
-                                     style=prompt_style,
-                                     max_new_tokens=test_max_new_tokens or config.max_new_tokens,
-                                     batch_size=config.rollout_batch, progress=progress,
-                                     eos_ids=trainer.eos_ids)
+    if test_responses and test:
+        answers = answer_test_prompts(setup.model, setup.tokenizer, test, prompt_style,
+                                      max_new_tokens=test_max_new_tokens or config.max_new_tokens,
+                                      batch_size=config.rollout_batch, progress=progress,
+                                      eos_ids=trainer.eos_ids)
         responses_path = atomic_write_json(setup.out_dir / RESPONSES_FILE, answers)
     return RLResult(setup.out_dir, saved, responses_path, result.step, result.last,
                     value_head_file=value_file)

@@ -71,9 +71,9 @@ class RLTrainer:
                               f"prompt in the {policy.config.context_length}-token context")
         self.prompt_ids = [encode_prompt(p, setup.tokenizer, style, keep) for p in prompts]
         if len(prompts) < settings.rollout_batch:
-            raise DataError(f"only {len(prompts)} training prompts for --rollout-batch "
-                            f"{settings.rollout_batch}; use a smaller --rollout-batch or more "
-                            "prompts")
+            raise DataError(f"only {len(prompts)} training prompts (85% of --prompts; the "
+                            f"rest are held out) for --rollout-batch {settings.rollout_batch}; "
+                            "use a smaller --rollout-batch or more prompts")
         self.batches = EpochBatches(len(prompts), settings.rollout_batch, seed=settings.seed)
         self.value_head = None
         params = [p for p in policy.parameters() if p.requires_grad]
