@@ -169,14 +169,18 @@ class _PickedLogProb(torch.autograd.Function):
 
 
 def _chunk_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                    ignore_index: int) -> torch.Tensor:
-    return _PickedLogProb.apply(head(hidden).float(), targets, ignore_index)
+                    ignore_index: int, temperature: float) -> torch.Tensor:
+    logits = head(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return _PickedLogProb.apply(logits, targets, ignore_index)
 
 
 def token_logprobs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, *,
-                   ignore_index: int = IGNORE_INDEX, rows: int | None = None) -> torch.Tensor:
-    """fp32 ``log_softmax(head(hidden))`` at each target token, shaped like ``targets``;
-    0 where the target is ``ignore_index``.
+                   ignore_index: int = IGNORE_INDEX, rows: int | None = None,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """fp32 ``log_softmax(head(hidden) / temperature)`` at each target token, shaped like
+    ``targets``; 0 where the target is ``ignore_index``.
 
     ``head`` is any module (a LoRA-wrapped head too), run ``rows`` positions at a time; with
     gradients on, each chunk is recomputed in the backward pass instead of kept.
@@ -191,10 +195,10 @@ def token_logprobs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor,
     for start in range(0, flat_h.shape[0], rows):
         h, t = flat_h[start:start + rows], flat_t[start:start + rows]
         if keep_graph:
-            pieces.append(checkpoint(_chunk_logprobs, head, h, t, ignore_index,
+            pieces.append(checkpoint(_chunk_logprobs, head, h, t, ignore_index, temperature,
                                      use_reentrant=False))
         else:
-            pieces.append(_chunk_logprobs(head, h, t, ignore_index))
+            pieces.append(_chunk_logprobs(head, h, t, ignore_index, temperature))
     return torch.cat(pieces).view(targets.shape)
 
 

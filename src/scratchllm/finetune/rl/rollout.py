@@ -29,8 +29,10 @@ import torch
 from torch import nn
 
 from scratchllm.data.instruction import encode_example
+from scratchllm.finetune.logprobs import token_logprobs_entropy
 from scratchllm.finetune.rl.prompts import Prompt
 from scratchllm.generate.loop import decode_steps, eval_mode, left_pad, make_picker
+from scratchllm.model.loss import head_of
 
 
 @dataclass
@@ -138,13 +140,22 @@ def score_tokens(model: nn.Module, rollout: Rollout, temperature: float, *,
     (B, R) of that position's distribution when asked.
     """
     start = rollout.prompt_width - 1
-    with captured_hidden(model) as store:
-        logits = model(rollout.sequences, attention_mask=rollout.attention)
-    logits = logits[:, start:-1].float() / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
-    out = {"logprobs": logp_all.gather(-1, rollout.response_tokens.unsqueeze(-1)).squeeze(-1)}
-    if with_entropy:
-        out["entropy"] = -(logp_all.exp() * logp_all).sum(dim=-1)
+    head = head_of(model)
+    if head is None:  # no separable head: full logits
+        with captured_hidden(model) as store:
+            logits = model(rollout.sequences, attention_mask=rollout.attention)
+        hidden = store["hidden"][:, start:-1]
+        logp_all = torch.log_softmax(logits[:, start:-1].float() / temperature, dim=-1)
+        out = {"logprobs": logp_all.gather(-1, rollout.response_tokens.unsqueeze(-1)).squeeze(-1)}
+        if with_entropy:
+            out["entropy"] = -(logp_all.exp() * logp_all).sum(dim=-1)
+    else:  # the head over response positions only, a few at a time (finetune.logprobs)
+        hidden = model(rollout.sequences, attention_mask=rollout.attention,
+                       return_hidden=True)[:, start:-1]
+        logps, entropy = token_logprobs_entropy(hidden, head, rollout.response_tokens,
+                                                temperature=temperature,
+                                                with_entropy=with_entropy)
+        out = {"logprobs": logps} if entropy is None else {"logprobs": logps, "entropy": entropy}
     if value_head is not None:
-        out["values"] = value_head(store["hidden"][:, start:-1]).squeeze(-1).float()
+        out["values"] = value_head(hidden).squeeze(-1).float()
     return out
