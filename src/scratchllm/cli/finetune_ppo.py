@@ -45,9 +45,11 @@ def register(methods: argparse._SubParsersAction) -> None:
     p.add_argument("--kl-coef", type=float, default=0.05,
                    help="weight of the KL to the starting model (default 0.05)")
     p.add_argument("--kl-target", type=float, metavar="NATS",
-                   help="PPO: adapt --kl-coef so the KL per answer tracks this (default: fixed)")
+                   help="PPO: adapt --kl-coef so the logged kl (per answer) tracks this "
+                   "(default: fixed)")
     p.add_argument("--kl-estimator", choices=["k1", "k3"], default="k1",
-                   help="PPO's per-token KL estimate (default k1; GRPO always uses k3)")
+                   help="PPO's per-token KL penalty (default k1; GRPO always uses k3). The "
+                   "logged kl is the k3 estimate in both algorithms, kl_k1 the k1 one")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="sampling temperature (pure sampling: no top-k/top-p; default 1.0)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer (default 64)")

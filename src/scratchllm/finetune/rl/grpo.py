@@ -14,7 +14,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from scratchllm.finetune.rl.losses import group_advantages, grpo_loss, kl_penalty, masked_mean
+from scratchllm.finetune.rl.losses import (
+    group_advantages, grpo_loss, kl_penalty, kl_statistics, masked_mean,
+)
 from scratchllm.finetune.rl.policy import Learner, Reference, minibatches, score_before_update
 from scratchllm.finetune.rl.rollout import Rollout, score_tokens
 from scratchllm.finetune.rl.settings import RLSettings
@@ -46,7 +48,7 @@ def grpo_step(policy: nn.Module, reference: Reference, learner: Learner, rollout
         updates += 1
     kl_per_answer = kl.sum(dim=1)
     return {**{k: v / updates for k, v in totals.items()},
-            "kl": float(kl_per_answer.mean()), "kl_coef": s.kl_coef,
+            **kl_statistics(old_logprobs, ref_logprobs, mask), "kl_coef": s.kl_coef,
             "penalised_reward": float((scores.to(kl.device) - s.kl_coef * kl_per_answer).mean()),
             "entropy": float(masked_mean(old["entropy"], mask)),
             "group_std": float(scores.view(-1, s.group_size).std(dim=1).mean())}

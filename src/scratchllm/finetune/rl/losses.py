@@ -63,6 +63,23 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") ->
     raise ConfigError(f"unknown KL estimator {estimator!r}; use one of {', '.join(KL_ESTIMATORS)}")
 
 
+LOGGED_KL = "k3"  # the estimator of the logged ``kl``, whatever the penalty uses
+
+
+def kl_statistics(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> dict[str, float]:
+    """The KL to the reference per answer (nats; summed over its tokens, averaged over the
+    answers) as every PPO and GRPO step logs it: ``kl`` by k3 and ``kl_k1`` by k1.
+
+    One estimator for ``kl`` in both algorithms, whatever their penalties use, so curves
+    compare across runs; k3 because it is never negative and varies less while the policy
+    is near the reference. Both estimate the same KL (both unbiased): a large gap between
+    them says the sample is too small to trust either.
+    """
+    k3 = (kl_penalty(logprobs, ref_logprobs, LOGGED_KL) * mask).sum(dim=1)
+    k1 = (kl_penalty(logprobs, ref_logprobs, "k1") * mask).sum(dim=1)
+    return {"kl": float(k3.mean()), "kl_k1": float(k1.mean())}
+
+
 class AdaptiveKLController:
     """The KL coefficient of Ziegler et al. (2019): nudged so the KL tracks ``target``.
 

@@ -10,7 +10,8 @@ PLOT_FILE = "reward.png"
 
 
 def plot_rl(records: list[dict], out_path: Path, *, title: str | None = None) -> Path | None:
-    """Two panels sharing the step axis: reward (raw and KL-penalised) above, KL below.
+    """Two panels sharing the step axis: reward (raw and KL-penalised) above, KL below
+    (``kl``, the k3 estimate, and ``kl_k1`` dotted: ``losses.kl_statistics``).
 
     A reward that climbs while the KL explodes is the policy gaming the reward; the two
     curves side by side show it. Nothing is drawn before the first step.
@@ -30,7 +31,12 @@ def plot_rl(records: list[dict], out_path: Path, *, title: str | None = None) ->
     top.set_ylabel("Reward")
     top.legend(loc="best", title=title, title_fontsize=8, fontsize=8)
     top.grid(alpha=0.3)
-    bottom.plot(steps, [r.get("kl") for r in rows], color="tab:red", marker="o", markersize=3)
+    bottom.plot(steps, [r.get("kl") for r in rows], color="tab:red", marker="o", markersize=3,
+                label="kl (k3 estimate)")
+    k1 = [(s, r["kl_k1"]) for s, r in zip(steps, rows) if r.get("kl_k1") is not None]
+    if k1:  # runs logged before kl_k1 existed have none
+        bottom.plot(*zip(*k1), ":", color="tab:purple", label="kl_k1 (k1 estimate)")
+        bottom.legend(loc="best", fontsize=8)
     bottom.set_ylabel("KL to reference (nats/answer)")
     bottom.set_xlabel("Step")
     bottom.grid(alpha=0.3)

@@ -9,6 +9,9 @@
 3. GAE advantages and returns, advantages whitened over the batch.
 4. ``ppo_epochs`` shuffled passes over minibatches: the clipped policy loss plus ``vf_coef``
    times the clipped value loss, one optimizer step per minibatch.
+
+The logged ``kl`` is the k3 estimate whatever ``kl_estimator`` the penalty uses (``kl_k1``
+the k1 one; ``losses.kl_statistics``), and the adaptive coefficient tracks that ``kl``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import torch
 from torch import nn
 
 from scratchllm.finetune.rl.losses import (
-    AdaptiveKLController, gae, kl_penalty, masked_mean, policy_loss, value_loss, whiten,
+    AdaptiveKLController, gae, kl_penalty, kl_statistics, masked_mean, policy_loss, value_loss,
+    whiten,
 )
 from scratchllm.finetune.rl.policy import Learner, Reference, minibatches, score_before_update
 from scratchllm.finetune.rl.rollout import Rollout, score_tokens
@@ -69,11 +73,10 @@ def ppo_step(policy: nn.Module, value_head: nn.Module, reference: Reference, lea
                            ("value_clipfrac", vf_clipfrac), ("approx_kl", approx_kl)):
             totals[key] += float(value.detach())
         updates += 1
-    kl_per_answer = kl.sum(dim=1)
-    kl_mean = float(kl_per_answer.mean())
-    kl_ctl.update(kl_mean, len(scores))
+    logged = kl_statistics(old_logprobs, ref_logprobs, mask)
+    kl_ctl.update(logged["kl"], len(scores))  # --kl-target is in the units of the logged kl
     return {**{k: v / updates for k, v in totals.items()},
-            "kl": kl_mean, "kl_coef": coef,
+            **logged, "kl_coef": coef,
             "penalised_reward": float(rewards.sum(dim=1).mean()),
             "entropy": float(masked_mean(old["entropy"], mask)),
             "value_mean": float(masked_mean(old_values, mask)),
