@@ -17,7 +17,9 @@ jobs only ever slow a run down):
    weights, fp32), ours against transformers' ``LlamaForCausalLM``.
 
 The CPU's flags that decide bf16 and int8 speed are printed first. Targets (issue 11):
-int8 >= 2.5x our fp32 tokens/s; 8 prompts >= 5x one prompt's aggregate tokens/s.
+int8 >= 2.5x our fp32 tokens/s; bf16 >= 1.6x on a CPU with AVX512-BF16/AMX (its linear
+layers prepacked for oneDNN, as ``generate --dtype bf16`` runs them); 8 prompts >= 5x one
+prompt's aggregate tokens/s.
 Run: ``nice -n 5 python benchmarks/decode.py [--quick] [--skip-prefill]``; the last line reads
 ``int8_decode_tok_s: X (scratchllm fp32: Y, ratio R)``.
 """
@@ -44,6 +46,7 @@ from common import load_average, machine_summary  # noqa: E402
 from scratchllm.generate import generate, generate_batch  # noqa: E402
 from scratchllm.model import GPTConfig, GPTModel, LlamaConfig, LlamaModel  # noqa: E402
 from scratchllm.model.quantize import cpu_flags, quantize_model  # noqa: E402
+from scratchllm.model.cpu_linear import pack_bf16_linears, packed_bf16_unavailable  # noqa: E402
 
 PROMPT_LEN, NEW_TOKENS, THREADS, SEED = 10, 200, 2, 123
 BATCH_LENGTHS = (10, 5, 17, 8, 12, 3, 20, 14)
@@ -98,7 +101,10 @@ def single_stream(rounds: int, new_tokens: int) -> dict:
     fp32 = gpt2_small()
     prompt = torch.randint(0, fp32.config.vocab_size, (1, PROMPT_LEN),
                            generator=torch.Generator().manual_seed(SEED))
+    # What ``generate --dtype bf16`` runs: open_model(inference_only=True) packs the bf16
+    # linear layers for oneDNN where the CPU has bf16 instructions (model.cpu_linear).
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    bf16_packed = pack_bf16_linears(bf16)
     int8 = quantize_model(copy.deepcopy(fp32), "int8")
     hf = _hf_copy(fp32)
     hf_kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
@@ -122,7 +128,8 @@ def single_stream(rounds: int, new_tokens: int) -> dict:
                         .float().mean()) for name, m in (("bf16", bf16), ("int8", int8))}
     same["transformers"] = float((hf_run()[0, PROMPT_LEN:] == reference).float().mean())
     return {"tok_s": {name: new_tokens / s for name, s in best.items()},
-            "llama_cpp": None if callable(peer) else peer, "same_tokens": same}
+            "llama_cpp": None if callable(peer) else peer, "same_tokens": same,
+            "bf16_packed": bf16_packed}
 
 
 def batched(rounds: int, new_tokens: int) -> dict:
@@ -280,6 +287,9 @@ def main() -> None:
         print(f"{name:<22}{tok_s:>10.1f}{tok_s / fp32:>13.2f}x")
     if single["llama_cpp"]:
         print(f"llama.cpp q8_0: not measured, {single['llama_cpp']}")
+    print("bf16 linear layers: " + (f"{single['bf16_packed']} prepacked for oneDNN"
+                                    if single["bf16_packed"] else
+                                    f"plain bf16 matmul ({packed_bf16_unavailable()})"))
     print("greedy tokens equal to ours fp32 (random weights): " + ", ".join(
         f"{k} {v:.0%}" for k, v in single["same_tokens"].items()))
 

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     device = resolve_device(args.device)
     loaded = open_model(args.model, device=device, require_tokenizer=True, adapter=args.adapter,
-                        **precision(args, device))
+                        inference_only=True, **precision(args, device))
     prompt_format = choose_format(loaded.tokenizer, loaded.metadata, args.prompt_style)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                         args.min_p, args.seed)

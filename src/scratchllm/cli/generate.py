@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_precision_flags(p)
     p.add_argument("--stats", action="store_true",
                    help="print load time, time to first token, prompt and decode tokens/s "
-                   "on stderr when done")
+                   "and what the linear layers run on, on stderr when done")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
     p.set_defaults(func=run)
 
@@ -55,7 +55,8 @@ def add_precision_flags(p: argparse.ArgumentParser) -> None:
     """--dtype and --quantize, the same for generate, chat and serve."""
     p.add_argument("--dtype", default="auto", type=str.lower, choices=sorted(DTYPES),
                    help="weights' dtype: auto (as saved, default), bfloat16/bf16, "
-                   "float16/fp16, float32/fp32; sampling is always done in float32")
+                   "float16/fp16, float32/fp32; sampling is always done in float32 (bf16 on "
+                   "a CPU with AMX/AVX512-BF16: linear layers prepacked for oneDNN)")
     p.add_argument("--quantize", default=None, type=str.lower, choices=["int8"],
                    help="int8: every linear layer (the output head too) in int8, a quarter "
                    "of float32's weight bytes (about 2.5x its tokens/s on a CPU, see "
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     started = time.perf_counter()
     loaded = open_model(args.model, device=device, require_tokenizer=True,
-                        adapter=args.adapter, **precision(args, device))
+                        adapter=args.adapter, inference_only=True, **precision(args, device))
     load_seconds = time.perf_counter() - started
     stats = DecodeStats() if args.stats else None
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -108,5 +109,8 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     sys.stdout.flush()
     if stats is not None:
-        print("\n".join(stats.lines(load_seconds)), file=sys.stderr, flush=True)
+        from scratchllm.model.cpu_linear import describe_linears
+
+        lines = [*stats.lines(load_seconds), f"linear layers:       {describe_linears(model)}"]
+        print("\n".join(lines), file=sys.stderr, flush=True)
     return 0

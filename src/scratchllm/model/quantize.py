@@ -54,7 +54,12 @@ def bf16_note(dtype: torch.dtype | str | None, device: torch.device | str | None
     if as_dtype(dtype) != torch.bfloat16 or torch.device(device or "cpu").type != "cpu":
         return None
     if cpu_has_bf16():
-        return None
+        from scratchllm.model.cpu_linear import packed_bf16_unavailable
+
+        missing = packed_bf16_unavailable()
+        return None if missing is None else (
+            f"note: {missing}, so bf16 linear layers run through PyTorch's plain matmul: "
+            "half the memory, but little faster than --dtype fp32; --quantize int8 is faster")
     return ("note: this CPU has no bf16 instructions (avx512_bf16/AMX): bf16 weights halve "
             "memory, but each matmul converts them to float32, so decoding is no faster than "
             "--dtype fp32 and less exact; --quantize int8 is the faster choice here")

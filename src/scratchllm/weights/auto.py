@@ -162,7 +162,8 @@ def _open_scratchllm(directory: Path, device: Any, dtype: Any) -> LoadedModel:
 def open_model(source: str | os.PathLike, *, device: torch.device | str | None = None,
                dtype: torch.dtype | str | None = None,
                require_tokenizer: bool = False, adapter: str | os.PathLike | None = None,
-               merge_adapter: bool = True, quantize: str | None = None) -> LoadedModel:
+               merge_adapter: bool = True, quantize: str | None = None,
+               inference_only: bool = False) -> LoadedModel:
     """Open any model scratchllm reads; see the module docstring for what ``source`` may be.
 
     ``require_tokenizer`` turns a model without a tokenizer into a clear error (every
@@ -171,6 +172,10 @@ def open_model(source: str | os.PathLike, *, device: torch.device | str | None =
     or kept as LoRA layers with ``merge_adapter=False``. ``quantize="int8"`` turns every
     linear layer into int8 for generation (``scratchllm.model.quantize``), after the adapter
     is merged; a bad combination (a dtype, a device) is refused before any weight is read.
+    ``inference_only=True`` (generate, chat, serve) lets the weights take a layout that
+    only runs forward: bf16 linear layers on a CPU with bf16 instructions are prepacked for
+    oneDNN (``scratchllm.model.cpu_linear``, about 2x the matmul speed); such a model
+    refuses training.
     """
     from scratchllm.model.quantize import check_quantize, quantize_model
 
@@ -184,6 +189,10 @@ def open_model(source: str | os.PathLike, *, device: torch.device | str | None =
         loaded.metadata["adapter"] = str(open_adapter(loaded.model, adapter, merge=merge_adapter))
     if quantize is not None:
         quantize_model(loaded.model, quantize)
+    if inference_only:
+        from scratchllm.model.cpu_linear import pack_bf16_linears
+
+        pack_bf16_linears(loaded.model)
     if require_tokenizer and loaded.tokenizer is None:
         raise CheckpointError(
             f"{loaded.source} has no tokenizer (no tokenizer.json, vocab.json + merges.txt, or "
