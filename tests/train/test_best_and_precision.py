@@ -46,7 +46,7 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
 @pytest.fixture(autouse=True)
 def _no_plots(monkeypatch):
     """An eval every step would redraw loss.png every step; that is not what is tested here."""
-    monkeypatch.setattr("scratchllm.train.loop.plot_losses", lambda *args, **kwargs: None)
+    monkeypatch.setattr("scratchllm.train.run_files.plot_losses", lambda *args, **kwargs: None)
 
 
 @pytest.fixture

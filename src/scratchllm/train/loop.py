@@ -10,7 +10,7 @@ whose config says bf16 is trained with fp32 master weights, see ``steps.master_w
 and ``--precision bf16``/``fp16`` only autocasts the forward pass; ``fp32`` means fp32 compute.
 
 A run directory (``TrainConfig.out_dir``) ends up holding ``train_config.json``,
-``metrics.jsonl``, ``loss.png``, ``checkpoints/step-N/``, and ``latest/`` + ``best/`` model
+``metrics.jsonl``, ``loss.png`` (``RunFiles.draw_plot``), ``checkpoints/step-N/``, and ``latest/`` + ``best/`` model
 directories (best/ = the lowest validation loss measured, whether or not a checkpoint fell on
 that step). ``scratchllm generate --model RUN_DIR`` loads ``RUN_DIR/latest``.
 
@@ -38,9 +38,8 @@ from scratchllm.tokenizers import get_tokenizer, tokenizer_from_dict
 from scratchllm.train import distributed, steps
 from scratchllm.train.batches import is_prepared, load_batches
 from scratchllm.train.config import TrainConfig
-from scratchllm.train.metrics import METRICS_FILE, MetricsLog, Progress, read_metrics
+from scratchllm.train.metrics import METRICS_FILE, MetricsLog, Progress
 from scratchllm.train.optim import build_optimizer, build_scheduler
-from scratchllm.train.plots import PLOT_FILE, plot_losses
 from scratchllm.train.run_control import Silent, StopRequest, seed_everything
 from scratchllm.train.run_dir import disk_full_error, is_disk_full
 from scratchllm.train.run_files import RunFiles
@@ -146,6 +145,8 @@ class Trainer(RunFiles):
         self.last_eval_step = -1
         self.checkpoint: Path | None = None
         self.best_pending = False  # this step's evaluation is the best so far, best/ not written
+        self.plot_stale = False    # eval records written since loss.png was last drawn
+        self.plotted_at: float | None = None
 
     # ------------------------------------------------------------------------ the loop
     def say(self, text: str) -> None:
@@ -237,6 +238,7 @@ class Trainer(RunFiles):
                 stopping = self.dist.any(stop.requested, self.device)  # all ranks stop together
                 if stopping or state.step == end or (cfg.save_every and state.step % cfg.save_every == 0):
                     self.save()
+                    self.draw_plot(force=True)
                 elif self.best_pending:
                     self.save_best()
         return (stop.signum or signal.SIGINT) if stopping else None
@@ -276,8 +278,8 @@ class Trainer(RunFiles):
         if self.dist.is_main:
             self.metrics.write({"event": "eval", **record, "train_loss": train_loss,
                                 "val_loss": val_loss, "perplexity": steps.perplexity(val_loss)})
-            plot_losses(read_metrics(self.run_dir / METRICS_FILE), self.run_dir / PLOT_FILE,
-                        title=self.run_dir.name)
+            self.plot_stale = True
+            self.draw_plot(force=False)
 
     def sample(self) -> str:
         return sample_text(self.model, self.tokenizer, self.config.sample_prompt,

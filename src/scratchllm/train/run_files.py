@@ -1,4 +1,5 @@
-"""The Trainer's side of the run directory: claim it or resume it, checkpoint it, keep best/.
+"""The Trainer's side of the run directory: claim or resume it, checkpoint it, keep best/ and
+loss.png.
 
 A mixin of ``scratchllm.train.loop.Trainer``, which provides the attributes used here
 (config, run_dir, dist, model, optimizer, scheduler, scaler, state, ...). The file layout
@@ -8,16 +9,24 @@ itself belongs to ``scratchllm.train.state`` and ``scratchllm.train.run_dir``.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
 
 from scratchllm.errors import ConfigError
 from scratchllm.train import distributed
+from scratchllm.train.metrics import METRICS_FILE, read_metrics
+from scratchllm.train.plots import PLOT_FILE, plot_losses
 from scratchllm.train.run_dir import save_best
 from scratchllm.train.state import CHECKPOINTS_DIR, latest_checkpoint, save_checkpoint
 from scratchllm.utils.atomic import atomic_write_text
 from scratchllm.utils.outputs import PRETRAIN_RUN, check_output_dir, prepare_output_dir
+
+# loss.png is redrawn at most this often while a run goes on (a redraw reads the whole metrics
+# file, so drawing at every evaluation would cost more and more as the run grows), and always
+# at a checkpoint and at the end, so the file on disk is never more than this stale.
+PLOT_EVERY_S = 60.0
 
 
 class RunFiles:
@@ -106,3 +115,15 @@ class RunFiles:
                        "val_loss": state.best_val_loss})
         self.best_pending = False
         self.dist.barrier()
+
+    def draw_plot(self, *, force: bool) -> None:
+        """Redraw loss.png (rank 0) if evaluations came since the last drawing: when ``force``d
+        (a checkpoint, the end), else at most every ``PLOT_EVERY_S`` seconds."""
+        if not (self.dist.is_main and self.plot_stale):
+            return
+        if not force and self.plotted_at is not None \
+                and time.monotonic() - self.plotted_at < PLOT_EVERY_S:
+            return
+        plot_losses(read_metrics(self.run_dir / METRICS_FILE), self.run_dir / PLOT_FILE,
+                    title=self.run_dir.name)
+        self.plot_stale, self.plotted_at = False, time.monotonic()
