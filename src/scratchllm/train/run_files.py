@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from scratchllm.errors import ConfigError
+from scratchllm.errors import CheckpointError, ConfigError
 from scratchllm.train import distributed
 from scratchllm.train.metrics import METRICS_FILE, read_metrics
 from scratchllm.train.plots import PLOT_FILE, plot_losses
@@ -64,11 +65,13 @@ class RunFiles:
         if self.config.resume:
             self.say(f"no checkpoint in {self.run_dir} yet; starting a new run")
         self.dist.barrier()
-        if self.dist.is_main:
+
+        def claim() -> None:
             prepare_output_dir(self.run_dir, PRETRAIN_RUN, overwrite=overwrite)
             atomic_write_text(self.run_dir / "train_config.json",
                               json.dumps(self.config.to_dict(), indent=2) + "\n")
-        self.dist.barrier()
+
+        self.on_main(claim, "claiming the run directory")
 
     def resume_from(self, checkpoint: Path) -> None:
         """Every rank reads the same checkpoint; FSDP then shards the full tensors into place."""
@@ -92,29 +95,48 @@ class RunFiles:
         val_loss = self.last_eval[1] if self.last_eval_step == self.state.step else None
         self.state.data_state = self.train_batches.state_dict()
         to_save = distributed.savable(self.model, self.optimizer, self.dist, self.model_class)
-        if to_save is not None:
+        self.checkpoint = self.run_dir / CHECKPOINTS_DIR / f"step-{self.state.step:08d}"
+
+        def write() -> None:
             model, optimizer = to_save
             self.checkpoint = save_checkpoint(
                 self.run_dir, model=model, optimizer=optimizer, scheduler=self.scheduler,
                 state=self.state, tokenizer=self.tokenizer, train_config=self.config.to_dict(),
                 val_loss=val_loss, keep_last=self.config.keep_last, scaler=self.scaler,
                 update_best=self.best_pending)
-        else:
-            self.checkpoint = self.run_dir / CHECKPOINTS_DIR / f"step-{self.state.step:08d}"
+
+        self.on_main(write, f"saving the checkpoint of step {self.state.step}")
         self.best_pending = False
-        self.dist.barrier()
 
     def save_best(self) -> None:
         """Write best/ from the current weights: this step's evaluation beat every earlier one
         and no checkpoint falls on it (a collective under FSDP, like ``save``)."""
         to_save = distributed.savable(self.model, None, self.dist, self.model_class)
-        if to_save is not None:
-            state = self.state
-            save_best(self.run_dir, to_save[0], self.tokenizer,
-                      {"step": state.step, "tokens_seen": state.tokens_seen, "epoch": state.epoch,
-                       "val_loss": state.best_val_loss})
+        state = self.state
+        self.on_main(lambda: save_best(
+            self.run_dir, to_save[0], self.tokenizer,
+            {"step": state.step, "tokens_seen": state.tokens_seen, "epoch": state.epoch,
+             "val_loss": state.best_val_loss}), f"writing best/ at step {state.step}")
         self.best_pending = False
-        self.dist.barrier()
+
+    def on_main(self, write: Callable[[], object], doing: str) -> None:
+        """Run ``write`` on rank 0 while the other ranks wait, then tell every rank whether
+        it failed (the all-reduce is the barrier). Without that, a failure on rank 0 (a full
+        disk, a permission error) left the others blocked at the barrier (NCCL: until its
+        timeout) or dying inside the collective library when rank 0's process went away;
+        now each raises a one-line error and rank 0 raises its own."""
+        error: BaseException | None = None
+        if self.dist.is_main:
+            try:
+                write()
+            except BaseException as err:  # re-raised below, after the others know
+                error = err
+        if self.dist.any(error is not None, self.device) and error is None:
+            raise CheckpointError(f"rank 0 failed while {doing} (its error is in its log); "
+                                  "every rank stops. Fix that and rerun with --resume to "
+                                  "continue from the last checkpoint")
+        if error is not None:
+            raise error
 
     def draw_plot(self, *, force: bool) -> None:
         """Redraw loss.png (rank 0) if evaluations came since the last drawing: when ``force``d
