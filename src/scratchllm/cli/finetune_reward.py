@@ -35,6 +35,10 @@ def register(methods: argparse._SubParsersAction) -> None:
                    help="the chosen answer must win by this much: -log sigmoid(dr - margin) (0)")
     p.add_argument("--center-coef", type=float, default=0.0,
                    help="reward centering: add coef * (r_chosen + r_rejected)^2 (0; e.g. 0.01)")
+    p.add_argument("--pooling", choices=["last", "mean"], default="last",
+                   help="where the score is read: last = the end token after the response "
+                   "(default, as TRL), mean = averaged over the response tokens (generalises "
+                   "better when answers differ by a few words)")
     p.add_argument("--prompt-style", choices=["alpaca", "phi3"],
                    help="prompt template (default: the one --model was fine-tuned with, "
                    "else alpaca)")
@@ -65,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     result = finetune_reward(
         args.model, args.data, args.out, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, train_mode=args.train_mode,
-        margin=args.margin, center_coef=args.center_coef, prompt_style=args.prompt_style,
+        margin=args.margin, center_coef=args.center_coef, pooling=args.pooling,
+        prompt_style=args.prompt_style,
         max_length=args.max_length, shuffle_split=args.shuffle_split,
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         reference_responses=args.reference_responses, reference_key=args.reference_key,

@@ -37,8 +37,9 @@ from scratchllm.finetune.classifier_model import set_trainable
 from scratchllm.finetune.classify import ADAPTER_FILE, RESULTS_FILE
 from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
 from scratchllm.finetune.reward_model import (
-    RewardScorer, attach_reward_head, finish_sequence, reward_metadata, save_reward_model,
+    RewardScorer, attach_reward_head, reward_metadata, save_reward_model,
 )
+from scratchllm.finetune.reward_pooling import check_pooling, finish_with_start
 from scratchllm.finetune.reward_task import (
     RewardPairs, RewardTask, check_loss_settings, evaluate_pairs, plot_reward_run,
 )
@@ -79,25 +80,28 @@ class RewardResult:
 
 
 def reference_sequences(scorer: RewardScorer, train: RewardPairs, path: str | os.PathLike | None,
-                        key: str) -> tuple[list[list[int]], str]:
-    """The answers normalisation is measured on, and how results.json names them."""
+                        key: str) -> tuple[list[list[int]], list[int], str]:
+    """The answers normalisation is measured on, where their responses start, and how
+    results.json names them."""
     if path is None:
-        return train.chosen + train.rejected, "train split: chosen and rejected responses"
+        return (train.chosen + train.rejected, train.chosen_starts + train.rejected_starts,
+                "train split: chosen and rejected responses")
     records = load_json_entries(path, ("instruction", key))
-    sequences = [finish_sequence(encode_example(r, scorer.tokenizer, scorer.prompt_style,
-                                                response_key=key)["ids"],
-                                 scorer.end_id, scorer.limit, scorer.info.get("end_ids") or ())
-                 for r in records]
-    return sequences, f"{source_name(path)} ({key})"
+    built = []
+    for record in records:
+        item = encode_example(record, scorer.tokenizer, scorer.prompt_style, response_key=key)
+        built.append(finish_with_start(item["ids"], item["prompt_len"], scorer.end_id,
+                                       scorer.limit, scorer.info.get("end_ids") or ()))
+    return [b[0] for b in built], [b[1] for b in built], f"{source_name(path)} ({key})"
 
 
-def normalization_stats(scorer: RewardScorer, sequences: list[list[int]], source: str, *,
-                        batch_size: int) -> dict[str, Any]:
+def normalization_stats(scorer: RewardScorer, sequences: list[list[int]], starts: list[int],
+                        source: str, *, batch_size: int) -> dict[str, Any]:
     """Mean and population std of the raw scores (so the normalised ones have std exactly 1)."""
     if len(sequences) < 2:
         raise DataError(f"normalisation needs at least 2 reference answers, {source} has "
                         f"{len(sequences)}; give more data or --reference-responses")
-    raw = scorer.raw_scores(sequences, batch_size).double()
+    raw = scorer.raw_scores(sequences, batch_size, starts).double()
     std = float(raw.std(unbiased=False))
     if not std > 1e-6:
         raise DataError(f"the reward model gives every reference answer ({source}) the same "
@@ -108,7 +112,7 @@ def normalization_stats(scorer: RewardScorer, sequences: list[list[int]], source
 def finetune_reward(model_dir: str | os.PathLike, data_file: str | os.PathLike,
                     out_dir: str | os.PathLike, *, epochs: int = 1, batch_size: int = 8,
                     lr: float = 1e-5, weight_decay: float = 0.01, train_mode: str = "full",
-                    margin: float = 0.0, center_coef: float = 0.0,
+                    margin: float = 0.0, center_coef: float = 0.0, pooling: str = "last",
                     prompt_style: str | None = None,
                     max_length: int | None = None, shuffle_split: bool = False,
                     lora_rank: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.0,
@@ -124,7 +128,9 @@ def finetune_reward(model_dir: str | os.PathLike, data_file: str | os.PathLike,
     """Train a reward model from ``model_dir`` on ``data_file``; write ``out_dir`` (module doc).
 
     ``train_mode``: full (every weight), last-block (last block, final norm and head), lora
-    (LoRA adapters on every linear layer plus the head) or head. ``prompt_style`` defaults
+    (LoRA adapters on every linear layer plus the head) or head. ``pooling``: where the score
+    is read, ``last`` (the end token) or ``mean`` (over the response; ``reward_pooling``
+    says when that helps). ``prompt_style`` defaults
     to the one the model was fine-tuned with (its metadata), else Alpaca. ``keep_best`` saves the
     weights of the evaluation with the best validation pairwise accuracy instead of the last.
     The loop options are those of ``finetune.loop.LoopSettings``.
@@ -132,6 +138,7 @@ def finetune_reward(model_dir: str | os.PathLike, data_file: str | os.PathLike,
     if prompt_style is not None:
         check_style(prompt_style)
     check_loss_settings(margin, center_coef)
+    check_pooling(pooling)
     if train_mode not in TRAIN_MODES:
         raise ConfigError(f"unknown train mode {train_mode!r}; choose one of "
                           f"{', '.join(TRAIN_MODES)}")
@@ -183,7 +190,8 @@ def finetune_reward(model_dir: str | os.PathLike, data_file: str | os.PathLike,
                      loaded.eos_ids, checkpoint, source_name(model_dir))
     info = reward_metadata(prompt_style=prompt_style, end_id=end_id, end_ids=loaded.eos_ids,
                            emb_dim=model.out_head.in_features, max_length=limit,
-                           train_mode=train_mode, margin=margin, center_coef=center_coef)
+                           train_mode=train_mode, margin=margin, center_coef=center_coef,
+                           pooling=pooling)
 
     def save(directory: Path, model_: nn.Module, metadata: dict) -> Path:
         return save_reward_model(directory, model_, tokenizer, {**metadata, **info},
@@ -191,11 +199,11 @@ def finetune_reward(model_dir: str | os.PathLike, data_file: str | os.PathLike,
 
     task = RewardTask(model, train_pairs, val_pairs, batch_size=batch_size,
                       eval_batches=eval_batches, margin=margin, center_coef=center_coef,
-                      device=device_, save=save, out_dir=out)
+                      device=device_, save=save, out_dir=out, pooling=pooling)
     recipe = {"method": "reward", "model": source_name(model_dir),
               "data_file": source_name(data_file), "train_mode": train_mode,
               "prompt_style": prompt_style, "max_length": limit, "margin": margin,
-              "center_coef": center_coef, "shuffle_split": shuffle_split,
+              "center_coef": center_coef, "pooling": pooling, "shuffle_split": shuffle_split,
               "lora": [lora_rank, lora_alpha, lora_dropout] if train_mode == "lora" else None,
               "eval_batches": eval_batches}
     loop = FinetuneLoop(setup, task, loop_settings, recipe, stream=stream)
@@ -220,14 +228,16 @@ def finetune_reward(model_dir: str | os.PathLike, data_file: str | os.PathLike,
         merge_lora(model)
     model.eval()
     scorer = RewardScorer(model, tokenizer, info[next(iter(info))])
-    sequences, source = reference_sequences(scorer, train_pairs, reference_responses,
-                                            reference_key)
-    result.normalization = normalization_stats(scorer, sequences, source, batch_size=batch_size)
+    sequences, starts, source = reference_sequences(scorer, train_pairs, reference_responses,
+                                                    reference_key)
+    result.normalization = normalization_stats(scorer, sequences, starts, source,
+                                               batch_size=batch_size)
     autocast = autocast_for(precision, device_)
     for name, split in zip(("train", "val", "test"), pairs):
         values = ({"loss": None, "accuracy": None, "margin": None, "pairs": 0} if split is None
                   else evaluate_pairs(model, split, batch_size=batch_size, device=device_,
-                                      margin=margin, center_coef=center_coef, autocast=autocast))
+                                      margin=margin, center_coef=center_coef, autocast=autocast,
+                                      pooling=pooling))
         if values["margin"] is not None:
             values["normalized_margin"] = values["margin"] / result.normalization["std"]
         result.metrics[name] = values

@@ -8,6 +8,9 @@ one end id (``tokenizer.eot_id``), so the score is always read at the same kind 
 one that closes an answer. Sequences longer than the context keep their *last* tokens (the
 beginning of the prompt is cut, the response and its end survive).
 
+Where the score is read is the model's ``pooling`` (``finetune.reward_pooling``): ``last``
+(above, the default) or ``mean`` (the average over the response tokens and the end id).
+
 Saved reward models are model directories whose config.json metadata has a ``reward_model``
 entry (head shape, prompt style, end id, normalisation). ``open_reward_model`` opens one as a
 ``RewardScorer``, the API that PPO/GRPO (``finetune.rl``) and ``evaluate reward`` use.
@@ -33,6 +36,7 @@ from scratchllm.errors import CheckpointError, ConfigError, DataError
 from scratchllm.finetune.classifier_model import (
     last_token_logits, load_headed_model, replace_head, resolve_classifier_dir,
 )
+from scratchllm.finetune.reward_pooling import check_pooling, finish_with_start, pooled_scores
 from scratchllm.utils.device import resolve_device
 from scratchllm.weights.model_dir import read_header, save_model_dir
 
@@ -95,16 +99,13 @@ def right_padded(sequences: Sequence[Sequence[int]], pad_id: int
 def finish_sequence(ids: Sequence[int], end_id: int, limit: int,
                     end_ids: Sequence[int] = ()) -> list[int]:
     """``ids`` without trailing end ids, plus one ``end_id``, keeping the last ``limit`` tokens."""
-    ids = list(ids)
-    ends = set(end_ids) | {end_id}
-    while ids and ids[-1] in ends:
-        ids.pop()
-    return (ids + [end_id])[-limit:]
+    return finish_with_start(ids, 0, end_id, limit, end_ids)[0]
 
 
 def reward_metadata(*, prompt_style: str, end_id: int, emb_dim: int,
                     end_ids: Sequence[int] = (), max_length: int | None = None,
-                    normalization: dict | None = None, **extra: Any) -> dict[str, Any]:
+                    normalization: dict | None = None, pooling: str = "last",
+                    **extra: Any) -> dict[str, Any]:
     """The config.json ``metadata`` that marks a directory as a reward model.
 
     ``end_id`` is appended after every response; ``end_ids`` (every end id of the source
@@ -112,10 +113,11 @@ def reward_metadata(*, prompt_style: str, end_id: int, emb_dim: int,
     the same whichever end token it stopped at.
     """
     check_style(prompt_style)
+    read_at = ("last real token (the end id after the response)" if check_pooling(pooling) ==
+               "last" else "mean over the response tokens and the end id after them")
     return {REWARD_KEY: {"head": [1, int(emb_dim)], "prompt_style": prompt_style,
                          "end_id": int(end_id), "end_ids": [int(i) for i in end_ids],
-                         "max_length": max_length,
-                         "read_at": "last real token (the end id after the response)",
+                         "max_length": max_length, "pooling": pooling, "read_at": read_at,
                          "normalization": normalization, **extra}}
 
 
@@ -144,6 +146,9 @@ def load_reward_model(path: str | os.PathLike, *, device: torch.device | str | N
         raise CheckpointError(f"{directory} is not a reward model (its config.json metadata has "
                               "no 'reward_model' entry); train one with `scratchllm finetune "
                               "reward`")
+    if info.get("pooling", "last") not in ("last", "mean"):
+        raise CheckpointError(f"{directory}: unknown reward pooling {info.get('pooling')!r} in "
+                              "config.json; this scratchllm reads 'last' or 'mean'")
     model, tokenizer = load_headed_model(directory, header, 1, device=device)
     return model, tokenizer, info, directory
 
@@ -160,6 +165,11 @@ class RewardScorer:
     @property
     def prompt_style(self) -> str:
         return self.info.get("prompt_style", "alpaca")
+
+    @property
+    def pooling(self) -> str:
+        """``last`` (the end token) or ``mean`` (over the response): ``finetune.reward_pooling``."""
+        return self.info.get("pooling") or "last"
 
     @property
     def end_id(self) -> int:
@@ -194,20 +204,27 @@ class RewardScorer:
                             f"'instruction' (and optional 'input'), got {type(prompt).__name__}")
         return encode_example(entry, self.tokenizer, self.prompt_style, response_key=None)["ids"]
 
-    def sequence(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> list[int]:
-        """prompt + response (trailing end ids dropped) + one end id, cut to the context."""
-        return finish_sequence([*prompt_ids, *response_ids], self.end_id, self.limit,
-                               self.info.get("end_ids") or ())
+    def sequence(self, prompt_ids: Sequence[int], response_ids: Sequence[int]
+                 ) -> tuple[list[int], int]:
+        """(prompt + response (trailing end ids dropped) + one end id, cut to the context;
+        the position where the response starts in it)."""
+        return finish_with_start([*prompt_ids, *response_ids], len(prompt_ids), self.end_id,
+                                 self.limit, self.info.get("end_ids") or ())
 
     @torch.no_grad()
-    def raw_scores(self, sequences: Sequence[Sequence[int]], batch_size: int = 8) -> torch.Tensor:
+    def raw_scores(self, sequences: Sequence[Sequence[int]], batch_size: int = 8,
+                   starts: Sequence[int] | None = None) -> torch.Tensor:
         """(N,) float32 CPU head outputs of complete sequences (no normalisation).
 
-        Batches are formed in order of length (longest first), so little is padding; each
-        score is the same as the sequence's alone, whatever it is batched with.
+        ``starts[i]``: where the response begins in ``sequences[i]``; a ``mean`` reward model
+        needs it (``last`` ignores it). Batches are formed in order of length (longest
+        first), so little is padding; each score is the same as the sequence's alone,
+        whatever it is batched with.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if starts is not None and len(starts) != len(sequences):
+            raise DataError(f"{len(sequences)} sequences but {len(starts)} response starts")
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
         out = torch.zeros(len(sequences))
         was_training = self.model.training
@@ -216,7 +233,9 @@ class RewardScorer:
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
                 ids, lengths = right_padded([sequences[i] for i in rows], self.end_id)
-                scores = last_token_logits(self.model, ids.to(self.device), lengths)[:, 0]
+                row_starts = None if starts is None else torch.tensor([starts[i] for i in rows])
+                scores = pooled_scores(self.model, ids.to(self.device), lengths, row_starts,
+                                       self.pooling)
                 out[rows] = scores.float().cpu()
         finally:
             self.model.train(was_training)
@@ -236,8 +255,8 @@ class RewardScorer:
         if len(prompt_ids) != len(response_ids):
             raise DataError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses; "
                             "give one response per prompt")
-        raw = self.raw_scores([self.sequence(p, r) for p, r in zip(prompt_ids, response_ids)],
-                              batch_size)
+        built = [self.sequence(p, r) for p, r in zip(prompt_ids, response_ids)]
+        raw = self.raw_scores([b[0] for b in built], batch_size, [b[1] for b in built])
         return self.normalize(raw) if normalize else raw
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str], batch_size: int = 8, *,

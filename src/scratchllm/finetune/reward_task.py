@@ -24,9 +24,9 @@ from torch import nn
 
 from scratchllm.data.preference import PreferenceDataset
 from scratchllm.errors import ConfigError
-from scratchllm.finetune.classifier_model import last_token_logits
 from scratchllm.finetune.classify_plots import plot_train_val
-from scratchllm.finetune.reward_model import finish_sequence, right_padded
+from scratchllm.finetune.reward_model import right_padded
+from scratchllm.finetune.reward_pooling import finish_with_start, pooled_scores
 from scratchllm.train.metrics import METRICS_FILE, read_metrics
 
 # The margins are in metrics.jsonl; a third figure would cost as much as the tiny runs' training.
@@ -51,14 +51,17 @@ def check_loss_settings(margin: float, center_coef: float) -> None:
 
 
 class RewardPairs:
-    """Token ids of each pair's ``prompt + chosen + <end>`` and ``prompt + rejected + <end>``."""
+    """Token ids of each pair's ``prompt + chosen + <end>`` and ``prompt + rejected + <end>``,
+    and where each response starts in them (``chosen_starts``, ``rejected_starts``)."""
 
     def __init__(self, entries: Sequence[dict[str, Any]], tokenizer: Any, style: str, *,
                  end_id: int, end_ids: Sequence[int] = (), limit: int) -> None:
         pairs = PreferenceDataset(entries, tokenizer, style).items
-        self.chosen = [finish_sequence(p["chosen"]["ids"], end_id, limit, end_ids) for p in pairs]
-        self.rejected = [finish_sequence(p["rejected"]["ids"], end_id, limit, end_ids)
-                         for p in pairs]
+        for key in ("chosen", "rejected"):
+            built = [finish_with_start(p[key]["ids"], p[key]["prompt_len"], end_id, limit,
+                                       end_ids) for p in pairs]
+            setattr(self, key, [b[0] for b in built])
+            setattr(self, f"{key}_starts", [b[1] for b in built])
         self.pad_id = end_id
 
     def __len__(self) -> int:
@@ -68,18 +71,20 @@ class RewardPairs:
         """One right-padded (2B, T) batch: the B chosen rows, then the B rejected ones."""
         ids, lengths = right_padded([self.chosen[i] for i in indices] +
                                     [self.rejected[i] for i in indices], self.pad_id)
-        return {"input_ids": ids, "lengths": lengths}
+        starts = torch.tensor([self.chosen_starts[i] for i in indices] +
+                              [self.rejected_starts[i] for i in indices])
+        return {"input_ids": ids, "lengths": lengths, "starts": starts}
 
     def batches(self, batch_size: int):
         for start in range(0, len(self), batch_size):
             yield self.collate(range(start, min(start + batch_size, len(self))))
 
 
-def pair_rewards(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_rewards(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
+                 pooling: str = "last") -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) float32 rewards of a collated batch, in one forward pass."""
-    scores = last_token_logits(model, batch["input_ids"].to(device), batch["lengths"])[:, 0]
-    scores = scores.float()
+    scores = pooled_scores(model, batch["input_ids"].to(device), batch["lengths"],
+                           batch.get("starts"), pooling).float()
     n = len(scores) // 2
     return scores[:n], scores[n:]
 
@@ -87,8 +92,8 @@ def pair_rewards(model: nn.Module, batch: dict[str, torch.Tensor], device: torch
 @torch.no_grad()
 def evaluate_pairs(model: nn.Module, pairs: RewardPairs, *, batch_size: int,
                    device: torch.device, margin: float = 0.0, center_coef: float = 0.0,
-                   max_batches: int | None = None, autocast=contextlib.nullcontext
-                   ) -> dict[str, float]:
+                   max_batches: int | None = None, autocast=contextlib.nullcontext,
+                   pooling: str = "last") -> dict[str, float]:
     """Mean loss, pairwise accuracy (chosen scored strictly higher) and mean margin."""
     was_training = model.training
     model.eval()
@@ -99,7 +104,7 @@ def evaluate_pairs(model: nn.Module, pairs: RewardPairs, *, batch_size: int,
             if max_batches is not None and i >= max_batches:
                 break
             with autocast():
-                chosen, rejected = pair_rewards(model, batch, device)
+                chosen, rejected = pair_rewards(model, batch, device, pooling)
             loss += float(reward_losses(chosen, rejected, margin=margin,
                                         center_coef=center_coef).sum())
             wins += float((chosen > rejected).sum())
@@ -118,10 +123,11 @@ class RewardTask:
 
     def __init__(self, model: nn.Module, train: RewardPairs, val: RewardPairs | None, *,
                  batch_size: int, eval_batches: int, margin: float, center_coef: float,
-                 device: torch.device, save: Callable, out_dir: Path) -> None:
+                 device: torch.device, save: Callable, out_dir: Path,
+                 pooling: str = "last") -> None:
         self.model, self.train_pairs, self.val_pairs = model, train, val
         self.batch_size, self.eval_batches, self.device = batch_size, eval_batches, device
-        self.margin, self.center_coef = margin, center_coef
+        self.margin, self.center_coef, self.pooling = margin, center_coef, pooling
         self.save_model, self.out_dir = save, out_dir
         self.size = len(train)
 
@@ -132,7 +138,7 @@ class RewardTask:
         return len(batch["lengths"]) // 2, int(batch["lengths"].sum())
 
     def loss_sum(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected = pair_rewards(self.model, batch, self.device)
+        chosen, rejected = pair_rewards(self.model, batch, self.device, self.pooling)
         losses = reward_losses(chosen, rejected, margin=self.margin, center_coef=self.center_coef)
         chosen, rejected = chosen.detach(), rejected.detach()
         return losses.sum(), {"accuracy": float((chosen > rejected).sum()),
@@ -147,7 +153,8 @@ class RewardTask:
                 continue
             values = evaluate_pairs(self.model, pairs, batch_size=self.batch_size,
                                     device=self.device, margin=self.margin,
-                                    center_coef=self.center_coef, max_batches=limit)
+                                    center_coef=self.center_coef, max_batches=limit,
+                                    pooling=self.pooling)
             out.update({f"{name}_{k}": v for k, v in values.items() if k != "pairs"})
         return out
 
