@@ -1,8 +1,9 @@
 """Requests to token ids: completion prompts as given, chat messages in the model's format.
 
 Chat messages go through ``scratchllm.chat``'s prompt formats, as ``scratchllm chat`` does:
-the chat template when the tokenizer has one, the Alpaca/Phi-3 prompts of a model fine-tuned
-with ``scratchllm finetune instruct``, else plain ``User:``/``Assistant:`` lines.
+the chat template when the tokenizer has one (the messages passed through as they came), the
+Alpaca/Phi-3 prompts of a model fine-tuned with ``scratchllm finetune instruct``, else plain
+``User:``/``Assistant:`` lines.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from scratchllm.chat import PromptFormat, Turn
+from scratchllm.chat.formats import TemplateFormat
+from scratchllm.chat.template_ids import template_prompt_ids
 from scratchllm.serve.errors import APIError, bad_param
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
@@ -18,10 +21,23 @@ DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completion
 def chat_prompt(prompt_format: PromptFormat, messages: list[dict[str, str]]) -> list[int]:
     """Prompt ids of a conversation, ending where the assistant's reply begins.
 
-    System (and developer) messages join into the system message; a user message answered
-    by an assistant message is one earlier exchange; consecutive user messages join. The
-    last message must be the user's (the reply answers it).
+    A model with a Hugging Face chat template gets the messages as they came, in order (a
+    ``developer`` message is OpenAI's new name for ``system``): the template has its own
+    rules for where a system message goes and for two user messages in a row, and the
+    prompt must be the one ``apply_chat_template`` gives. For our own formats (Alpaca,
+    Phi-3, plain), which know only (user, answer) exchanges: system (and developer) messages
+    join into the system message; a user message answered by an assistant message is one
+    earlier exchange; consecutive user messages join. Either way the last message must be
+    the user's (the reply answers it).
     """
+    spoken = [m["role"] for m in messages if m["role"] in ("user", "assistant")]
+    if not spoken or spoken[-1] != "user":
+        raise bad_param("messages", "the last non-system message must be from the user "
+                        "(the reply answers it)")
+    if isinstance(prompt_format, TemplateFormat):
+        return template_prompt_ids(prompt_format.tokenizer, [
+            {**m, "role": "system" if m["role"] == "developer" else m["role"]}
+            for m in messages])
     system = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
     turns: list[Turn] = []
     user: str | None = None
@@ -31,10 +47,7 @@ def chat_prompt(prompt_format: PromptFormat, messages: list[dict[str, str]]) -> 
         elif message["role"] == "assistant":
             turns.append(Turn(user or "", message["content"]))
             user = None
-    if user is None:
-        raise bad_param("messages", "the last non-system message must be from the user "
-                        "(the reply answers it)")
-    return prompt_format.encode(system or None, turns, user)
+    return prompt_format.encode(system or None, turns, user or "")
 
 
 def encode_text(tokenizer: Any, text: str) -> list[int]:
