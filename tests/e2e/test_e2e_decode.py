@@ -1,6 +1,8 @@
-"""README's decoding flags as typed: ``--quantize int8`` for generate, chat and serve, and
-``generate --stats``. The reference is the library's own int8 model
-(``open_model(..., quantize="int8")``): the commands must print exactly what it generates."""
+"""README's decoding flags as typed: ``--quantize int8`` and ``--dtype bf16`` for generate,
+chat and serve, and ``generate --stats``. The int8 reference is the library's own int8 model
+(``open_model(..., quantize="int8")``): the commands must print exactly what it generates.
+The bf16 reference is plain bf16 (PyTorch's ``F.linear``), which the commands' prepacked
+layers (``scratchllm.model.cpu_linear``) must reproduce token for token."""
 
 from __future__ import annotations
 
@@ -74,3 +76,68 @@ def test_quantize_with_bf16_is_one_line(cli_error, gpt2_hf_dir):
     line = cli_error(["generate", "--model", gpt2_hf_dir, "--quantize", "int8", "--dtype",
                       "bf16", "--device", "cpu", PROMPT], "generate")
     assert "--quantize int8" in line and "drop --dtype" in line
+
+
+def _bf16_reference(directory, prompt: str, new: int, *, linear_kinds: str) -> str:
+    """Plain bf16 (PyTorch's own bf16 ``F.linear``, nothing prepacked): the text the
+    prepacked layers of ``--dtype bf16`` must reproduce."""
+    from scratchllm.generate import generate
+    from scratchllm.model.cpu_linear import describe_linears
+    from scratchllm.weights.auto import open_model
+
+    loaded = open_model(directory, dtype="bfloat16", require_tokenizer=True)
+    assert describe_linears(loaded.model).endswith(linear_kinds)
+    ids = loaded.tokenizer.encode_prompt(prompt, allowed_special="all")
+    out = generate(loaded.model, ids, new, eos_id=list(loaded.eos_ids))
+    return loaded.tokenizer.decode(out[len(ids):])
+
+
+def _bf16_layers_expected() -> str:
+    """What ``--stats`` should report for bf16 here: prepacked where this CPU and PyTorch
+    allow it (scratchllm.model.cpu_linear), else plain bf16 with a note."""
+    from scratchllm.model.cpu_linear import packed_bf16_unavailable
+
+    return "bfloat16, prepacked for oneDNN" if packed_bf16_unavailable() is None else "bfloat16"
+
+
+def test_generate_bf16_with_stats(cli, gpt2_hf_dir):
+    """README: ``generate --dtype bf16 --stats``: GPT-2's tied head is prepacked too, the text
+    is plain bf16's and the stats say what the linear layers ran on."""
+    proc = cli(["generate", "--model", gpt2_hf_dir, "--dtype", "bf16", "--stats",
+                "--max-new-tokens", NEW, PROMPT])
+    assert generated(proc) == PROMPT + _bf16_reference(gpt2_hf_dir, PROMPT, NEW,
+                                                       linear_kinds="bfloat16")
+    stats = dict(line.split(":", 1) for line in proc.stderr.strip().splitlines()[-8:])
+    assert stats["linear layers"].strip().endswith(_bf16_layers_expected()), proc.stderr
+    assert float(stats["decode rate"].split()[0]) > 0
+
+
+def test_chat_bf16_qwen3(cli, qwen3_hf_dir):
+    from scratchllm.chat import ChatSession, Sampling, choose_format
+    from scratchllm.weights.auto import open_model
+
+    proc = cli(["chat", "--model", qwen3_hf_dir, "--dtype", "bf16", "--max-new-tokens", 8],
+               stdin="Hello there\n/quit\n")
+    loaded = open_model(qwen3_hf_dir, dtype="bfloat16", require_tokenizer=True)  # plain bf16
+    session = ChatSession(loaded.model, loaded.tokenizer, choose_format(loaded.tokenizer),
+                          eos_ids=loaded.eos_ids, sampling=Sampling(8))
+    reply = "".join(session.ask("Hello there"))
+    assert reply.strip() and proc.stdout.strip() == reply.strip()
+
+
+def test_serve_bf16(cli_runner, gpt2_hf_dir):
+    """``serve --dtype bf16`` opens the model inference-only too: the served text (one slot)
+    is plain bf16's library continuation."""
+    import httpx
+
+    server, base = start_serve(cli_runner, ["--model", gpt2_hf_dir, "--dtype", "bf16",
+                                            "--max-batch", 1, "--model-name", "tiny"])
+    try:
+        answer = httpx.post(f"{base}/v1/completions", trust_env=False, timeout=60, json={
+            "model": "tiny", "prompt": PROMPT, "max_tokens": NEW, "temperature": 0}).json()
+    finally:
+        cli_runner.signal(server, signal.SIGTERM)
+        done = cli_runner.finish(server, timeout=60)
+    assert answer["choices"][0]["text"] == _bf16_reference(gpt2_hf_dir, PROMPT, NEW,
+                                                           linear_kinds="bfloat16")
+    assert "Traceback" not in done.stderr
