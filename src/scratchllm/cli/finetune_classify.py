@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from scratchllm.cli.finetune_instruct import add_loop_args, loop_options, report_stop
-from scratchllm.finetune.classifier_model import TRAINABLE_CHOICES
+from scratchllm.finetune.trainable import TRAINABLE_CHOICES
 
 
 def register(methods: argparse._SubParsersAction) -> None:

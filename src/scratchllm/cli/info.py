@@ -10,15 +10,7 @@ import argparse
 import json
 from typing import Any
 
-import torch
-
-from scratchllm.model.config import GPTConfig
-from scratchllm.model.stats import (
-    flops_per_token,
-    model_memory_bytes,
-    parameter_counts,
-    training_flops_per_token,
-)
+from scratchllm.model.config import GPTConfig  # no torch: ``scratchllm --help`` stays fast
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def describe(config: GPTConfig) -> dict[str, Any]:
     """Everything ``info`` reports, as plain JSON-ready values."""
+    import torch  # noqa: PLC0415 (imported here, not when the CLI builds its parser)
+
+    from scratchllm.model.stats import (  # noqa: PLC0415
+        flops_per_token, model_memory_bytes, parameter_counts, training_flops_per_token,
+    )
+
     counts = parameter_counts(config)
     memory = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):

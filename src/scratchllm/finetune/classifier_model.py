@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from scratchllm.errors import CheckpointError, ConfigError, DataError
+from scratchllm.finetune.trainable import TRAINABLE_CHOICES
 from scratchllm.model.lora import apply_lora
 from scratchllm.model.registry import build_model
 from scratchllm.weights.meta import empty_weights, retie
@@ -24,7 +25,6 @@ from scratchllm.weights.model_dir import (
     read_weights, resolve_model_dir, save_model_dir, tied_aliases, tokenizer_from_header,
 )
 
-TRAINABLE_CHOICES = ("head", "last-block", "all", "lora")
 CLASSIFIER_KEY = "classifier"  # config.json "metadata" entry of a saved classifier
 MODEL_SUBDIR = "model"         # finetune_classifier's out_dir/model
 
