@@ -3,11 +3,14 @@ beside rows of any length (GPT-2's learned positions and Llama's RoPE)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from scratchllm.generate import generate
 from scratchllm.model.config import GPTConfig
+from scratchllm.model.decode_layout import packed_fp32_unavailable, prepare_decoding
 from scratchllm.model.gpt import GPTModel
 from scratchllm.model.llama import LlamaConfig, LlamaModel
 from scratchllm.serve.slots import BatchedDecodeCache, decode_step, new_sequence_cache, prefill
@@ -17,9 +20,14 @@ WIDTH = 8
 
 def _models():
     torch.manual_seed(0)
-    return {"gpt2": GPTModel(GPTConfig.preset("tiny", vocab_size=500)).eval(),
-            "llama": LlamaModel(LlamaConfig.preset("tiny-llama", dtype="float32")).eval(),
-            "qwen3": LlamaModel(LlamaConfig.preset("tiny-qwen3", dtype="float32")).eval()}
+    models = {"gpt2": GPTModel(GPTConfig.preset("tiny", vocab_size=500)).eval(),
+              "llama": LlamaModel(LlamaConfig.preset("tiny-llama", dtype="float32")).eval(),
+              "qwen3": LlamaModel(LlamaConfig.preset("tiny-qwen3", dtype="float32")).eval()}
+    if packed_fp32_unavailable() is None:  # what ``serve`` opens: laid out for WIDTH rows
+        for family in ("gpt2", "llama"):
+            models[f"{family} packed"] = copy.deepcopy(models[family])
+            assert prepare_decoding(models[f"{family} packed"], WIDTH) > 0
+    return models
 
 
 MODELS = _models()

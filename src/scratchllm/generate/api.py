@@ -35,7 +35,6 @@ from scratchllm.generate.loop import (
     make_picker,
     model_device,
 )
-from scratchllm.generate.layout import use_decode_layout
 from scratchllm.generate.stats import DecodeStats
 from scratchllm.generate.stopping import StopState, normalize_stop_strings
 
@@ -87,9 +86,10 @@ def generate_batch(model: nn.Module, prompts: list[list[int]], max_new_tokens: i
     """Continue several prompts of different lengths at once; return each one's NEW tokens.
 
     Prompts are left-padded and masked, so greedy decoding gives each prompt exactly the
-    tokens it would get alone. Finished rows ride along until every row is done. On the CPU
-    the model's linear weights are first stored transposed (same values; see
-    ``scratchllm.generate.layout``), so the rows share each read of the weights.
+    tokens it would get alone. Finished rows ride along until every row is done. The model
+    is used as it is: open it with ``open_model(..., inference_only=True, decode_rows=N)``
+    (or call ``scratchllm.model.decode_layout.prepare_decoding(model, N)`` on a model only
+    used for inference) for the CPU layout in which N rows share each read of the weights.
     """
     check_count(max_new_tokens)
     eos_ids = check_eos(eos_id)
@@ -97,8 +97,6 @@ def generate_batch(model: nn.Module, prompts: list[list[int]], max_new_tokens: i
     device = model_device(model)
     ids, mask = left_pad(prompts, device)
     pick = make_picker(temperature, top_k, top_p, min_p, seed, generator, device)
-    if len(prompts) > 1:
-        use_decode_layout(model)
     states = [StopState(eos_ids, stops, tokenizer if stops else None) for _ in prompts]
     with eval_mode(model):
         steps, kept = _collect(decode_steps(model, ids, max_new_tokens, pick,

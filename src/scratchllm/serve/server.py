@@ -24,14 +24,16 @@ def build_engine(source: str | os.PathLike, *, device: Any = None, dtype: Any = 
                  max_batch: int = 8, max_queue: int = 64,
                  quantize: str | None = None) -> tuple[Engine, str, dict]:
     """An engine for any model ``open_model`` reads (``quantize="int8"``: int8 linear
-    layers; opened ``inference_only``, so CPU bf16 weights are prepacked), the id clients
-    name it by (the directory's name, or the Hub name as given) and the model's metadata."""
+    layers; opened ``inference_only``, so CPU bf16 weights are prepacked and float32 ones
+    laid out for ``max_batch`` rows per step, the width the engine always decodes), the id
+    clients name it by (the directory's name, or the Hub name as given) and the model's
+    metadata."""
     from pathlib import Path
 
     from scratchllm.weights.auto import open_model
 
     loaded = open_model(source, device=device, dtype=dtype, require_tokenizer=True,
-                        quantize=quantize, inference_only=True)
+                        quantize=quantize, inference_only=True, decode_rows=max_batch)
     engine = Engine(loaded.model, loaded.tokenizer, loaded.eos_ids, max_batch=max_batch,
                     max_queue=max_queue)
     path = Path(source)

@@ -163,7 +163,7 @@ def open_model(source: str | os.PathLike, *, device: torch.device | str | None =
                dtype: torch.dtype | str | None = None,
                require_tokenizer: bool = False, adapter: str | os.PathLike | None = None,
                merge_adapter: bool = True, quantize: str | None = None,
-               inference_only: bool = False) -> LoadedModel:
+               inference_only: bool = False, decode_rows: int = 1) -> LoadedModel:
     """Open any model scratchllm reads; see the module docstring for what ``source`` may be.
 
     ``require_tokenizer`` turns a model without a tokenizer into a clear error (every
@@ -174,12 +174,18 @@ def open_model(source: str | os.PathLike, *, device: torch.device | str | None =
     is merged; a bad combination (a dtype, a device) is refused before any weight is read.
     ``inference_only=True`` (generate, chat, serve) lets the weights take a layout that
     only runs forward: bf16 linear layers on a CPU with bf16 instructions are prepacked for
-    oneDNN (``scratchllm.model.cpu_linear``, about 2x the matmul speed); such a model
-    refuses training.
+    oneDNN (``scratchllm.model.cpu_linear``, about 2x the matmul speed), and float32 ones
+    take the layout that decodes ``decode_rows`` rows per step fastest
+    (``scratchllm.model.decode_layout``: 1 for generate and chat, the batch width for
+    serve); such a model refuses training.
     """
     from scratchllm.model.quantize import check_quantize, quantize_model
 
     check_quantize(quantize, dtype, device)
+    if inference_only:
+        from scratchllm.model.decode_layout import check_decode_rows
+
+        check_decode_rows(decode_rows)
     directory, kind = resolve_source(source)
     opener = _open_hf if kind == "hf" else _open_scratchllm
     loaded = opener(directory, device, dtype)
@@ -191,8 +197,10 @@ def open_model(source: str | os.PathLike, *, device: torch.device | str | None =
         quantize_model(loaded.model, quantize)
     if inference_only:
         from scratchllm.model.cpu_linear import pack_bf16_linears
+        from scratchllm.model.decode_layout import prepare_decoding
 
         pack_bf16_linears(loaded.model)
+        prepare_decoding(loaded.model, decode_rows)
     if require_tokenizer and loaded.tokenizer is None:
         raise CheckpointError(
             f"{loaded.source} has no tokenizer (no tokenizer.json, vocab.json + merges.txt, or "

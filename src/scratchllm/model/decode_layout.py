@@ -1,0 +1,163 @@
+"""How a CPU float32 model's linear layers are laid out for decoding: one row, or several at once.
+
+Decoding a token reads every weight once; what a step costs then depends on how the CPU
+matmul streams the weights for the number of rows it gets. Measured on GPT-2 124M
+(benchmarks/decode.py; profile in benchmarks/RESULTS.md, decode): linear layers are about
+90% of a decode step at 1 and at 8 rows, attention, norms, sampling and Python a few percent.
+
+* One row (``generate``, ``chat``): the weight stored transposed, as a contiguous (in, out)
+  matrix (the same values; ``weight`` is a transposed view, as a Hugging Face GPT-2's
+  Conv1D weights are). MKL's matrix-vector product streams it about 20% faster for the
+  vocabulary head than the (out, in) rows ``nn.Linear`` keeps, and no slower elsewhere.
+* Several rows (``serve``'s continuous batching, ``generate_batch``): with the dense weight a
+  plain matmul re-lays the weight out on every call, so 8 rows cost 2.5x one row. The weight
+  reordered once into oneDNN's blocked layout for that many rows
+  (``torch.ops.mkldnn._reorder_linear_weight``, then ``_linear_pointwise`` per call) made a
+  whole 8-row step cost 1.4x a one-row step, against 2.4x transposed and 1.7x for MKL's own
+  packed sgemm (which also needs the dense copy kept for any other row count). Any number
+  of rows still runs (a prefill, a lone request); a row's result never depends on the
+  other rows' values.
+
+Both are for inference and chosen at load time (``open_model(..., inference_only=True,
+decode_rows=N)``), never behind a caller's back: a model being trained (DDP/FSDP-wrapped,
+or with an optimizer holding its parameters) is never touched by ``generate_batch``.
+``save_model_dir`` writes the usual contiguous (out, in) weights from either layout.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from scratchllm.errors import ConfigError
+
+
+def _cpu_float32_linears(model: nn.Module):
+    """(parent, name, linear) for every plain CPU float32 ``nn.Linear`` (LoRA layers and
+    quantized or packed layers are other types and are left alone)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and child.weight.device.type == "cpu" \
+                    and child.weight.dtype == torch.float32:
+                yield parent, name, child
+
+
+def use_transposed_layout(model: nn.Module) -> int:
+    """Store every CPU float32 ``nn.Linear`` weight as a transposed contiguous matrix, in
+    place (values, parameters and ties unchanged); returns how many were re-laid."""
+    changed = 0
+    with torch.no_grad():
+        for _, _, linear in _cpu_float32_linears(model):
+            weight = linear.weight
+            if weight.dim() != 2 or weight.t().is_contiguous():
+                continue
+            weight.data = weight.data.t().contiguous().t()
+            changed += 1
+    return changed
+
+
+@functools.cache
+def packed_fp32_unavailable() -> str | None:
+    """Why oneDNN's prepacked float32 linear cannot run here, or None when it can."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    if not torch.backends.mkldnn.is_available() or ops is None \
+            or not hasattr(ops, "_reorder_linear_weight") or not hasattr(ops, "_linear_pointwise"):
+        return f"this PyTorch build ({torch.__version__}) has no oneDNN prepacked linear ops"
+    try:  # present is not enough: a build may still refuse them at run time
+        packed = ops._reorder_linear_weight(torch.ones(4, 4), 2)
+        out = ops._linear_pointwise(torch.ones(2, 4), packed, None, "none", [], "")
+        if out.tolist() != [[4.0] * 4] * 2:
+            return "oneDNN's prepacked linear gave a wrong result on this machine"
+    except RuntimeError as err:
+        return f"oneDNN's prepacked linear failed here ({str(err).splitlines()[0][:80]})"
+    return None
+
+
+class PackedFp32Linear(nn.Module):
+    """``y = x W^T + b`` in float32 on the CPU, ``W`` in oneDNN's blocked layout for ``rows``.
+
+    The dense weight is kept (the same ``Parameter``) only when another module shares it,
+    as a tied head shares the token embedding's; otherwise the model holds one copy, packed.
+    """
+
+    def __init__(self, linear: nn.Linear, rows: int, *, shared: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rows = (linear.in_features,
+                                                          linear.out_features, rows)
+        self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows)
+        self.weight = linear.weight if shared else None
+        self.bias = None
+        if linear.bias is not None:
+            self.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            raise ConfigError(
+                "this model's linear layers are packed for batched float32 inference on the "
+                "CPU and cannot be trained; open the model without inference_only=True to "
+                "train or fine-tune it")
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, rows={self.rows}, tied={self.weight is not None}")
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        """The dense (out, in) weight, as ``nn.Linear`` would write it."""
+        if self.weight is None:
+            destination[prefix + "weight"] = self._packed.to_dense()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        raise ConfigError("cannot load weights into a model packed for batched inference; "
+                          "load them into the model first, then pack it (open_model does both)")
+
+    def _apply(self, fn, recurse: bool = True):
+        probe = fn(torch.zeros(1))
+        if probe.dtype != torch.float32 or probe.device.type != "cpu":
+            raise ConfigError(
+                f"this model's linear layers are packed for float32 on the CPU and cannot move "
+                f"to {probe.dtype} / {probe.device}; open the model again with the dtype and "
+                "device you want")
+        return super()._apply(fn, recurse)
+
+
+def pack_fp32_linears(model: nn.Module, rows: int) -> int:
+    """Swap every CPU float32 ``nn.Linear`` for a ``PackedFp32Linear`` laid out for ``rows``,
+    in place, and put the model in eval mode; returns how many were packed (0 when oneDNN's
+    ops are unavailable here)."""
+    if packed_fp32_unavailable() is not None:
+        return 0
+    uses: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        uses[id(param)] = uses.get(id(param), 0) + 1
+    count = 0
+    for parent, name, linear in _cpu_float32_linears(model):
+        setattr(parent, name, PackedFp32Linear(linear, rows,
+                                               shared=uses[id(linear.weight)] > 1))
+        count += 1
+    model.eval()
+    return count
+
+
+def check_decode_rows(rows: int) -> int:
+    """Refuse a row count that is not a positive integer (before any weight is read)."""
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ConfigError(f"decode rows (the batch width to lay the weights out for) must be "
+                          f"an integer >= 1, got {rows!r}")
+    return rows
+
+
+def prepare_decoding(model: nn.Module, rows: int = 1) -> int:
+    """Lay out ``model``'s CPU float32 linear layers for decoding ``rows`` rows per step (see
+    the module docstring); returns how many layers changed. Call it once, on a model opened
+    for inference, before decoding: ``open_model(inference_only=True)`` does."""
+    if check_decode_rows(rows) == 1:
+        return use_transposed_layout(model)
+    return pack_fp32_linears(model, rows)
+
+
+__all__ = ["PackedFp32Linear", "check_decode_rows", "pack_fp32_linears", "packed_fp32_unavailable",
+           "prepare_decoding", "use_transposed_layout"]
