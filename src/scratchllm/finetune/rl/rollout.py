@@ -137,7 +137,10 @@ def score_tokens(model: nn.Module, rollout: Rollout, temperature: float, *,
 
     Also ``values`` (B, R) when a ``value_head`` is given: V of the state before each response
     token, read from the final hidden state at the position that predicts it; and ``entropy``
-    (B, R) of that position's distribution when asked.
+    (B, R) of that position's distribution when asked. The vocabulary head runs over the
+    response positions only, a few hundred at a time: a (B, R, vocab) fp32 log-softmax is
+    200 MB per 1,000 positions at GPT-2's vocabulary, and the PPO/GRPO minibatch passes would
+    also keep it for the backward pass.
     """
     start = rollout.prompt_width - 1
     head = head_of(model)
