@@ -167,3 +167,14 @@ def test_falls_back_to_plain_bf16_with_a_note(monkeypatch):
     assert "avx512_bf16" in bf16_note("bfloat16", "cpu")
     flags["amx"] = True
     assert bf16_note("bfloat16", "cpu") is None and pack_bf16_linears(model) == 9
+
+
+def test_lora_layers_kept_unmerged_are_not_packed():
+    """``open_model(..., merge_adapter=False)`` keeps LoRA layers to inspect or train them:
+    their base layers stay plain, the rest of the model is packed."""
+    from scratchllm.model.lora import apply_lora
+
+    model = apply_lora(tiny_gpt(tie=False), rank=2, alpha=4.0, target_modules=("qkv",))
+    assert pack_bf16_linears(model) == 9 - 2
+    assert all(type(block.att.qkv.base) is nn.Linear for block in model.trf_blocks)
+    assert describe_linears(model) == "2 bfloat16, 7 bfloat16, prepacked for oneDNN"

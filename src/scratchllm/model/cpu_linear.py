@@ -74,6 +74,8 @@ class PackedBf16Linear(nn.Module):
     packing, so the model holds one copy of it.
     """
 
+    kind = "bfloat16, prepacked for oneDNN"  # what ``describe_linears`` calls it
+
     def __init__(self, linear: nn.Linear, *, shared: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -119,6 +121,8 @@ def pack_bf16_linears(model: nn.Module) -> int:
     """Swap every CPU bf16 ``nn.Linear`` of ``model`` for a ``PackedBf16Linear``, in place,
     and put the model in eval mode; returns how many were packed (0 when the ops are
     unavailable here, see ``packed_bf16_unavailable``, or no layer is CPU bf16)."""
+    from scratchllm.model.lora import LoRALinear
+
     if packed_bf16_unavailable() is not None:
         return 0
     uses: dict[int, int] = {}
@@ -126,6 +130,8 @@ def pack_bf16_linears(model: nn.Module) -> int:
         uses[id(param)] = uses.get(id(param), 0) + 1
     count = 0
     for parent in list(model.modules()):
+        if isinstance(parent, LoRALinear):  # adapters kept unmerged are there to be trained
+            continue
         for name, child in list(parent.named_children()):
             if type(child) is not nn.Linear or child.weight.dtype != torch.bfloat16 \
                     or child.weight.device.type != "cpu":
@@ -137,15 +143,18 @@ def pack_bf16_linears(model: nn.Module) -> int:
 
 
 def describe_linears(model: nn.Module) -> str:
-    """What the model's linear layers run on, for ``generate --stats``."""
+    """What the model's linear layers run on, for ``generate --stats``: a dtype for plain
+    ``nn.Linear``, else the layer's ``kind`` (or its class name)."""
     kinds: dict[str, int] = {}
     for module in model.modules():
-        if isinstance(module, PackedBf16Linear):
-            kind = "bfloat16, prepacked for oneDNN"
+        if isinstance(module, nn.Linear):
+            kind = str(module.weight.dtype).removeprefix("torch.")
+        elif not (hasattr(module, "in_features") and hasattr(module, "out_features")):
+            continue
         elif type(module).__module__.startswith("torch.ao.nn.quantized"):
             kind = "int8"
-        elif isinstance(module, nn.Linear):
-            kind = str(module.weight.dtype).removeprefix("torch.")
+        elif next(module.children(), None) is None:  # a leaf: a LoRA wrapper counts once
+            kind = getattr(module, "kind", type(module).__name__)
         else:
             continue
         kinds[kind] = kinds.get(kind, 0) + 1
