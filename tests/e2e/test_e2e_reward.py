@@ -16,14 +16,14 @@ ARGS = ["--epochs", "2", "--batch-size", "4", "--lr", "3e-3", "--eval-every", "2
 
 @pytest.fixture(scope="module")
 def reward_runs(cli_many, gpt2_hf_dir, llama_hf_dir, preference_file, e2e_root):
-    """GPT-2 with every weight trained, Llama with LoRA and a margin and centering."""
+    """GPT-2 with every weight trained, Llama with LoRA, a margin, centering, mean pooling."""
     outs = {"gpt2": e2e_root / "rm" / "gpt2", "llama": e2e_root / "rm" / "llama"}
     procs = cli_many([
         ["finetune", "reward", "--model", gpt2_hf_dir, "--data", preference_file,
          "--out", outs["gpt2"], *ARGS],
         ["finetune", "reward", "--model", llama_hf_dir, "--data", preference_file,
          "--out", outs["llama"], "--train-mode", "lora", "--lora-rank", "4", "--margin", "0.5",
-         "--center-coef", "0.01", *ARGS],
+         "--center-coef", "0.01", "--pooling", "mean", *ARGS],
     ])
     return {family: (outs[family], proc.stdout) for family, proc in zip(outs, procs)}
 
@@ -53,6 +53,7 @@ def test_finetune_reward_reports_every_split(reward_runs, family):
     assert "pairwise accuracy: train 100.00%" in stdout
     meta = json.loads((out / "model" / "config.json").read_text())["metadata"]["reward_model"]
     assert meta["normalization"]["count"] == 34 and meta["prompt_style"] == "alpaca"
+    assert meta["pooling"] == ("mean" if family == "llama" else "last")
     assert (out / "adapter.safetensors").is_file() == (family == "llama")
 
 
