@@ -145,3 +145,13 @@ def test_open_model_lays_out_only_inference_models(tmp_path):
     assert generate_batch(batched, PROMPTS, 8) == generate_batch(plain, PROMPTS, 8)
     with pytest.raises(ConfigError, match="integer >= 1"):
         open_model(tmp_path / "does-not-matter", inference_only=True, decode_rows=0)
+
+
+@needs_ops
+def test_unmerged_lora_layers_keep_their_dense_base():
+    from scratchllm.model.lora import apply_lora
+
+    model = _llama()
+    apply_lora(model, rank=2, alpha=4.0)
+    assert prepare_decoding(model, 8) == 1  # only the untied head; LoRA bases stay dense
+    assert all(p is not None for p in model.parameters())

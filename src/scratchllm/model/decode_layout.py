@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from scratchllm.errors import ConfigError
+from scratchllm.model.lora import LoRALinear
 
 
 def _cpu_float32_linears(model: nn.Module):
@@ -135,6 +136,8 @@ def pack_fp32_linears(model: nn.Module, rows: int) -> int:
         uses[id(param)] = uses.get(id(param), 0) + 1
     count = 0
     for parent, name, linear in _cpu_float32_linears(model):
+        if isinstance(parent, LoRALinear):  # unmerged LoRA reads and merges into base.weight
+            continue
         setattr(parent, name, PackedFp32Linear(linear, rows,
                                                shared=uses[id(linear.weight)] > 1))
         count += 1
