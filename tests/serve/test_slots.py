@@ -1,5 +1,6 @@
 """The batched decode step: a row's logits are bit-for-bit those it gets alone, in any slot,
-beside rows of any length (GPT-2's learned positions and Llama's RoPE)."""
+beside rows of any length (GPT-2's learned positions and Llama's RoPE), with plain weights and
+with the float32 weights packed for the batch width that ``serve`` decodes on."""
 
 from __future__ import annotations
 
@@ -78,3 +79,15 @@ def test_padding_rows_are_ignored_and_cost_no_cache():
         out = decode_step(model, [None, 4, None], [None, cache, None])
     assert out.shape == (3, model.config.vocab_size) and cache.length == 4
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.skipif(packed_fp32_unavailable() is not None, reason="no oneDNN prepacked linear")
+def test_build_engine_lays_float32_weights_out_for_its_batch_width(tmp_path):
+    from serve_support import tiny_model_dir
+
+    from scratchllm.model.decode_layout import PackedFp32Linear
+    from scratchllm.serve import build_engine
+
+    engine, _, _ = build_engine(tiny_model_dir(tmp_path / "m"), device="cpu", max_batch=4)
+    rows = {m.rows for m in engine.model.modules() if isinstance(m, PackedFp32Linear)}
+    assert rows == {4}
