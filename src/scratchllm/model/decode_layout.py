@@ -1,27 +1,33 @@
 """How a CPU float32 model's linear layers are laid out for decoding: one row, or several at once.
 
 Decoding a token reads every weight once; what a step costs then depends on how the CPU
-matmul streams the weights for the number of rows it gets. Measured on GPT-2 124M
-(benchmarks/decode.py; profile in benchmarks/RESULTS.md, decode): linear layers are about
-90% of a decode step at 1 and at 8 rows, attention, norms, sampling and Python a few percent.
+matmul streams the weights for the number of rows it gets. Profiled on GPT-2 124M
+(torch.profiler, benchmarks/RESULTS.md "decode, batched"): the linear layers are about 90%
+of a decode step at 1 and at 8 rows; attention (reading the KV cache), GELU, norms, argmax
+and Python are the rest.
 
 * One row (``generate``, ``chat``): the weight stored transposed, as a contiguous (in, out)
   matrix (the same values; ``weight`` is a transposed view, as a Hugging Face GPT-2's
-  Conv1D weights are). MKL's matrix-vector product streams it about 20% faster for the
-  vocabulary head than the (out, in) rows ``nn.Linear`` keeps, and no slower elsewhere.
-* Several rows (``serve``'s continuous batching, ``generate_batch``): with the dense weight a
-  plain matmul re-lays the weight out on every call, so 8 rows cost 2.5x one row. The weight
-  reordered once into oneDNN's blocked layout for that many rows
-  (``torch.ops.mkldnn._reorder_linear_weight``, then ``_linear_pointwise`` per call) made a
-  whole 8-row step cost 1.4x a one-row step, against 2.4x transposed and 1.7x for MKL's own
-  packed sgemm (which also needs the dense copy kept for any other row count). Any number
-  of rows still runs (a prefill, a lone request); a row's result never depends on the
-  other rows' values.
+  Conv1D weights are). MKL's matrix-vector product streams the vocabulary head about 20%
+  faster that way than from the (out, in) rows ``nn.Linear`` keeps, and no slower elsewhere.
+* Several rows (``serve``'s continuous batching, ``generate_batch``): from a dense weight the
+  CPU matmul re-lays the weight out on every call, so 8 rows cost 2.5x one row. Reordered
+  once into oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, then
+  ``_linear_pointwise`` per call), 8 rows cost 1.6x one transposed row (1 thread, weights
+  read from memory as in a real step: the head 16.4 ms against 25.5 ms transposed and
+  9.8 ms for one row), and a whole 8-row step 1.6x a one-row step instead of 2.5x. MKL's
+  packed sgemm (``torch.ops.mkl._mkl_linear``) did less well (8 rows 1.8x) and runs only the
+  row count it was packed for, so it would need the dense copy kept beside it. The packed
+  layout runs any number of rows (a prefill, a lone request; one row costs 1.25x the
+  transposed layout, hence not used for one row), and a row's result never depends on the
+  values of the rows beside it. The batch hint (8, 16, 64) made no measurable difference.
 
 Both are for inference and chosen at load time (``open_model(..., inference_only=True,
-decode_rows=N)``), never behind a caller's back: a model being trained (DDP/FSDP-wrapped,
-or with an optimizer holding its parameters) is never touched by ``generate_batch``.
-``save_model_dir`` writes the usual contiguous (out, in) weights from either layout.
+decode_rows=N)``), never behind a caller's back: ``generate_batch`` uses a model as it is,
+so a model being trained (DDP/FSDP-wrapped, its parameters held by an optimizer) is never
+changed. Packing drops the dense weight, except where another module shares it (a tied
+head: one more head-sized matrix in memory). ``save_model_dir`` writes the usual contiguous
+(out, in) weights from either layout.
 """
 
 from __future__ import annotations
