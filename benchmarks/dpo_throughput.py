@@ -11,8 +11,10 @@ book's lr 5e-6, fp32, full fine-tuning and LoRA (rank 8, alpha 16).
   fp32 log-softmax, then gather and the masked mean.
 * ``ours``: ``scratchllm.finetune.dpo``'s default path: the reference log-probs computed
   once per pair before training (``cache_reference_logprobs``, timed as the "pre-pass"),
-  then one policy forward over the stacked (2B, T) batch whose vocabulary head runs only at
+  then the policy alone, one pass over the stacked (2B, T) batch, the vocabulary head only at
   the response positions, a few hundred at a time.
+* ``shared`` (with ``--contenders book,ours,shared``): ours with each pair's prompt run once
+  and both answers after it (``finetune.shared_prompt``; off by default in the library).
 
 Both get the same weights (seed 0), the same batches (a seeded draw of training pairs), the
 same optimizer; their losses must agree step for step (same maths, float rounding aside).
@@ -107,7 +109,8 @@ def child(args: argparse.Namespace) -> dict:
     from scratchllm.data.instruction import split_entries
     from scratchllm.data.preference import (PreferenceDataset, load_preference_data,
                                             preference_collate)
-    from scratchllm.finetune.dpo import dpo_terms
+    from scratchllm.finetune import dpo
+    from scratchllm.finetune.logprobs import pair_logprobs
     from scratchllm.finetune.dpo_reference import cache_reference_logprobs, with_reference
     from scratchllm.model import GPTConfig, GPTModel
     from scratchllm.model.lora import apply_lora
@@ -140,10 +143,13 @@ def child(args: argparse.Namespace) -> dict:
     optimizer = build_optimizer(policy, lr=5e-6, weight_decay=0.01, betas=(0.9, 0.999),
                                 decay_all=True)
 
+    if contender == "shared":  # ours, each pair's prompt run once (finetune.shared_prompt)
+        dpo.pair_logprobs = partial(pair_logprobs, share_prompt=True)
+
     def loss_of(batch):
         if contender == "book":
             return book_loss(policy, reference, batch, 0.1)
-        return dpo_terms(policy, None, batch, beta=0.1)[0].mean()
+        return dpo.dpo_terms(policy, None, batch, beta=0.1)[0].mean()
 
     step_times, losses, tokens = [], [], []
     for step in range(n_steps):
@@ -197,9 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run (+1 warm-up)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--modes", default="full,lora", help="full, lora or both")
+    parser.add_argument("--contenders", default="book,ours",
+                        help="book, ours and optionally shared (ours, each prompt run once)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--n-layers", type=int, default=12, help="12 (GPT-2 124M); fewer: a smoke test")
+    parser.add_argument("--n-layers", type=int, default=12,
+                        help="12 (GPT-2 124M); fewer: a smoke test")
     parser.add_argument("--emb-dim", type=int, default=768)
     parser.add_argument("--n-heads", type=int, default=12)
     parser.add_argument("--profile", action="store_true",
@@ -214,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     modes = [m for m in args.modes.split(",") if m]
+    known = ["book", "ours", "shared"]
+    contenders = {c for c in args.contenders.split(",") if c}
+    if not {"book", "ours"} <= contenders <= set(known):
+        parser.error("--contenders: book and ours, optionally shared")
+    contenders = sorted(contenders, key=known.index)
     print(f"machine: {machine_summary()}; CPU flags: {cpu_flags()}")
     print(f"workload: DPO on {args.data.name} (935 training pairs), GPT "
           f"{args.n_layers}x{args.emb_dim} (12x768: GPT-2 124M), vocab 50257, random weights, "
@@ -222,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(LoRA rank {LORA['rank']}, alpha {LORA['alpha']:g})")
     if args.profile:
         for mode in modes:
-            for contender in ("book", "ours"):
+            for contender in contenders:
                 result = run_child(f"{contender}/{mode}", args)
                 print(f"\n{contender}/{mode}, one step, batch (2 x {result['shape']}):")
                 print(result["profile"])
@@ -232,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     flip = False
     for r in range(args.rounds):
         for mode in modes:
-            for contender in (("ours", "book") if flip else ("book", "ours")):
+            for contender in (contenders[::-1] if flip else contenders):
                 name = f"{contender}/{mode}"
                 result = run_child(name, args)
                 runs.setdefault(name, []).append(result)
@@ -258,13 +272,20 @@ def main(argv: list[str] | None = None) -> int:
               f"{max(res['start_rss_mb'] for res in results):>14.0f}"
               f"{max(res['peak_rss_mb'] for res in results):>9.0f}")
     for mode in modes:
-        book, ours = runs[f"book/{mode}"][0]["losses"], runs[f"ours/{mode}"][0]["losses"]
-        diff = max(abs(a - b) for a, b in zip(book, ours))
+        book = runs[f"book/{mode}"][0]["losses"]
         print(f"{mode} losses - ln 2 (same weights and batches): book "
-              f"{[f'{x - math.log(2):+.3e}' for x in book]}, ours "
-              f"{[f'{x - math.log(2):+.3e}' for x in ours]}; max |difference| {diff:.1e}")
-        if diff > 1e-4:
-            print(f"WARNING: {mode} losses differ by {diff:.1e}: not the same maths")
+              f"{[f'{x - math.log(2):+.3e}' for x in book]}")
+        for contender in contenders[1:]:
+            other = runs[f"{contender}/{mode}"][0]["losses"]
+            diff = max(abs(a - b) for a, b in zip(book, other))
+            print(f"  {contender}: {[f'{x - math.log(2):+.3e}' for x in other]}; max |difference| "
+                  f"from book {diff:.1e}")
+            if diff > 1e-4:
+                print(f"WARNING: {mode} {contender} losses differ by {diff:.1e}: "
+                      f"not the same maths")
+        if "shared" in contenders:
+            print(f"{mode} prompt run once vs twice (shared / ours steps/s): "
+                  f"{rates[f'shared/{mode}'] / rates[f'ours/{mode}']:.2f}")
         print(f"{mode} epoch ({steps_per_epoch} steps + pre-pass): book "
               f"{epochs[f'book/{mode}']:.0f} s, ours {epochs[f'ours/{mode}']:.0f} s, ratio "
               f"{epochs[f'book/{mode}'] / epochs[f'ours/{mode}']:.2f}")

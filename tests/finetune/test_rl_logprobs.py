@@ -78,7 +78,8 @@ def test_score_tokens_runs_the_head_on_responses_only_and_equals_full_logits(lor
     with torch.no_grad():
         value_head.weight.normal_()
     rows = []
-    hook = model.out_head.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[:-1].numel()))
+    hook = model.out_head.register_forward_hook(
+        lambda m, a, o: rows.append(a[0].shape[:-1].numel()))
     ours = score_tokens(model, r, 0.8, value_head=value_head, with_entropy=True)
     hook.remove()
     assert sum(rows) == r.response_tokens.numel() < r.sequences.numel()

@@ -65,6 +65,10 @@ class LoRABaseReference(nn.Module):
         self._policy = (policy,)  # a tuple hides it from nn.Module's registration
 
     @property
+    def config(self) -> Any:
+        return self._policy[0].config
+
+    @property
     def out_head(self) -> nn.Module:
         head = self._policy[0].out_head
         return head.base if isinstance(head, LoRALinear) else head

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from scratchllm.data.instruction import IGNORE_INDEX
+from scratchllm.finetune.shared_prompt import shared_prompt_hidden
 from scratchllm.model.loss import chunk_rows, head_of, token_logprobs
 
 
@@ -43,13 +44,10 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, *,
     return reduce_logprobs(picked, targets, average=average)
 
 
-def model_logprobs(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
-                   average: bool = True) -> torch.Tensor:
-    """(B,) response log-probabilities of ``model`` on (B, T) inputs and targets."""
-    head = head_of(model)
-    if head is None:
-        return sequence_logprobs(model(inputs), targets, average=average)
-    hidden = model(inputs, return_hidden=True)
+def _scored_logprobs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, *,
+                     average: bool) -> torch.Tensor:
+    """(B,) reduced log-probs from (B, T, E) final hidden states, the head run only where
+    ``targets`` are scored."""
     scored = targets != IGNORE_INDEX
     if bool(scored.any()):
         picked = token_logprobs(hidden[scored], head, targets[scored], ignore_index=IGNORE_INDEX)
@@ -59,13 +57,31 @@ def model_logprobs(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     return reduce_logprobs(token_logps, targets, average=average)
 
 
+def model_logprobs(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+                   average: bool = True) -> torch.Tensor:
+    """(B,) response log-probabilities of ``model`` on (B, T) inputs and targets."""
+    head = head_of(model)
+    if head is None:
+        return sequence_logprobs(model(inputs), targets, average=average)
+    return _scored_logprobs(model(inputs, return_hidden=True), head, targets, average=average)
+
+
 def pair_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], *,
-                  average: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected log-probs from one forward pass over the stacked (2B, T) batch."""
+                  average: bool = True, share_prompt: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected log-probs of one batch from one forward pass over the stacked
+    (2B, T) batch; with ``share_prompt``, each pair's prompt is run once and both answers
+    after it (``finetune.shared_prompt``: fewer positions, two passes; slower on a CPU at
+    small batches, see there) where the model and batch allow it."""
+    n = batch["chosen_inputs"].shape[0]
+    head = head_of(model)
+    shared = shared_prompt_hidden(model, batch) if share_prompt and head is not None else None
+    if shared is not None:
+        logps = _scored_logprobs(shared[0], head, shared[1], average=average)
+        return logps[:n], logps[n:]
     inputs = torch.cat([batch["chosen_inputs"], batch["rejected_inputs"]])
     targets = torch.cat([batch["chosen_targets"], batch["rejected_targets"]])
     logps = model_logprobs(model, inputs, targets, average=average)
-    n = batch["chosen_inputs"].shape[0]
     return logps[:n], logps[n:]
 
 
