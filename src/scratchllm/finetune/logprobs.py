@@ -7,7 +7,7 @@ log-softmax of the book's version never exists; other models go through full log
 The head runs only at the scored (response) positions. Prompt and padding positions are
 masked out of the sum anyway, and on the book's preference data they are ~4/5 of a padded
 batch: with GPT-2's 50,257-wide head (~1/3 of the 124M model's FLOPs per position) running
-it over them would be a third of the step spent on numbers that are thrown away.
+it over them would be a quarter of the step spent on numbers that are thrown away.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from torch.utils.checkpoint import checkpoint
 
 from scratchllm.data.instruction import IGNORE_INDEX
