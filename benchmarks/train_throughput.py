@@ -19,6 +19,11 @@ Warmup steps are not timed; each figure is the median over ``--rounds`` timed wi
 MFU = training FLOPs per token (6 N plus attention, ``model.stats.training_flops_per_token``)
 x tokens/s / the peak matmul FLOP/s this machine reaches in the same run for that dtype.
 
+Like ``scratchllm pretrain`` (``Trainer.run``), the timed steps run inside
+``utils.heap.retained_heap``, so a step reuses the pages the last one freed instead of
+faulting in fresh ones; the setting is the process's, so the peers in the same run get it
+too (``--default-malloc`` measures everyone with glibc's defaults instead).
+
 Target: ours >= 1.3x the book's package in fp32 and in bf16 (issue 3); >= 60% of the
 measured fp32 matmul peak (issue 11). ``--profile`` prints torch.profiler's op breakdown of
 one of our fp32 steps first (shares of CPU time: what to optimise, even on a busy machine).
@@ -42,6 +47,7 @@ from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.model.stats import training_flops_per_token
 from scratchllm.train import steps
 from scratchllm.train.optim import build_optimizer
+from scratchllm.utils.heap import retained_heap
 
 SEED, LR, WEIGHT_DECAY = 123, 4e-4, 0.1
 NANOGPT = Path(__file__).resolve().parents[2] / "shared" / "peers" / "nanogpt"
@@ -192,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--profile", action="store_true",
                         help="print the op breakdown of our fp32 step before timing")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="glibc's malloc defaults instead of the trainer's retained heap")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -200,15 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine_summary(device)}")
     print(f"workload: {args.preset} (context {config.context_length}, batch {args.batch_size}, "
           f"dropout 0.1, AdamW lr {LR} wd {WEIGHT_DECAY}); {args.warmup} warmup steps, "
-          f"{args.rounds} rounds x {args.window} steps, compile={args.compile}")
+          f"{args.rounds} rounds x {args.window} steps, compile={args.compile}, "
+          f"malloc={'glibc defaults' if args.default_malloc else 'retained heap'}")
     contenders = [build_ours(config, device, args.compile),
                   build_nanogpt(config, device, args.compile),
                   build_book(config, device, args.compile)]
     batches = make_batches(config, args.batch_size)
-    if args.profile:  # on a model of its own: the timed one starts untrained, like its peers
-        profile_step(build_ours(config, device, args.compile), batches)
-    first, peaks = measure(contenders, precisions, batches,
-                           device=device, warmup=args.warmup, window=args.window, rounds=args.rounds)
+    with contextlib.nullcontext() if args.default_malloc else retained_heap():
+        if args.profile:  # on a model of its own: the timed one starts untrained, like its peers
+            profile_step(build_ours(config, device, args.compile), batches)
+        first, peaks = measure(contenders, precisions, batches, device=device,
+                               warmup=args.warmup, window=args.window, rounds=args.rounds)
     print(f"load average after: {load_average()}")
     print(f"first-step loss ({precisions[0]}; same batch; ours and the book share their init, nanoGPT has its own; dropout masks differ): "
           + ", ".join(f"{k} {v:.3f}" for k, v in first.items()))

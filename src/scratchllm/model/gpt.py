@@ -7,6 +7,7 @@ from torch import nn
 
 from scratchllm.model.attention import MultiHeadAttention
 from scratchllm.model.config import GPTConfig
+from scratchllm.model.dropout import Dropout
 from scratchllm.model.inputs import positions_and_mask
 from scratchllm.model.kv_cache import KVCache
 from scratchllm.model.layers import FeedForward, LayerNorm
@@ -22,7 +23,7 @@ class TransformerBlock(nn.Module):
                                       config.qkv_bias)
         self.norm2 = LayerNorm(config.emb_dim)
         self.ff = FeedForward(config.emb_dim)
-        self.drop_shortcut = nn.Dropout(config.drop_rate)
+        self.drop_shortcut = Dropout(config.drop_rate)
 
     def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
@@ -44,7 +45,7 @@ class GPTModel(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
         self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
-        self.drop_emb = nn.Dropout(config.drop_rate)
+        self.drop_emb = Dropout(config.drop_rate)
         self.trf_blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
         self.final_norm = LayerNorm(config.emb_dim)
         self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)

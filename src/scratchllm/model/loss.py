@@ -77,8 +77,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             count = valid_all.sum()
             inv_count = 1.0 / count.clamp(min=1).float()
             grad_h = torch.empty_like(hidden) if need_h else None
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
-                if need_w else None
+            # the first chunk's matmul writes it, later ones add to it: no zero-filling pass
+            # over the (vocab, E) gradient (154 MB for GPT-2) unless there is no chunk at all
+            grad_w = (torch.empty if h_all.shape[0] else torch.zeros)(
+                weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
             grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) \
                 if need_b else None
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -100,13 +102,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad.scatter_add_(1, safe, torch.full_like(picked, -1.0)[:, None])
                 grad.mul_((valid.float() * inv_count)[:, None])
                 grad = grad.to(dtype)
-                if need_h:
+                if need_h and grad_h.dtype == dtype:
+                    torch.mm(grad, w, out=grad_h[start:start + rows])
+                elif need_h:
                     grad_h[start:start + rows] = grad @ w
-                if need_w:
-                    if dtype == torch.float32:
-                        grad_w.addmm_(grad.T, h)
+                if need_w and dtype == torch.float32:
+                    if start == 0:
+                        torch.mm(grad.T, h, out=grad_w)
                     else:
-                        grad_w += (grad.T @ h).float()
+                        grad_w.addmm_(grad.T, h)
+                elif need_w:
+                    chunk_w = (grad.T @ h).float()
+                    if start == 0:
+                        grad_w.copy_(chunk_w)
+                    else:
+                        grad_w += chunk_w
                 if need_b:
                     grad_b += grad.float().sum(0)
         ctx.save_for_backward(grad_h, grad_w, grad_b)

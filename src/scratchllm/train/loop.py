@@ -46,6 +46,7 @@ from scratchllm.train.run_files import RunFiles
 from scratchllm.train.state import TrainingState, latest_checkpoint
 from scratchllm.train.tokenizer import run_tokenizer, trained_bpe_size
 from scratchllm.utils.device import resolve_device
+from scratchllm.utils.heap import retained_heap
 
 
 @dataclass
@@ -192,7 +193,8 @@ class Trainer(RunFiles):
         self.progress = Progress(self.total_steps, every=cfg.log_every, stream=self.stream)
         start_time = time.perf_counter()
         try:
-            stop_signal = self.train_loop(stop_at, start_time)
+            with retained_heap():  # each step reuses the last one's pages (utils.heap)
+                stop_signal = self.train_loop(stop_at, start_time)
         except ScratchLLMError:
             raise
         except Exception as err:  # metrics, plot or marker on a full disk: one clear line
