@@ -105,6 +105,9 @@ def parse_args() -> argparse.Namespace:
     rm.add_argument("--no-last", action="store_true",
                     help="skip scratchllm's end-token twin of the headline reward model")
     rm.add_argument("--no-trl", action="store_true", help="skip the TRL peer")
+    rm.add_argument("--reuse-rm", action="store_true", help="reuse the reward models already "
+                    "in --workdir (rm_*/results.json) instead of training them again")
+    arg("--skip-align", action="store_true", help="stop after part 1 (reward models)")
     al = parser.add_argument_group("alignment (finetune dpo / ppo)")
     al.add_argument("--dpo-lr", type=float, default=5e-5)
     al.add_argument("--rl-steps", type=int, default=30)
@@ -158,8 +161,10 @@ def main() -> None:
         files[name].write_text(json.dumps(half), encoding="utf-8")
     scorers, curves = reward_part(args, sft, files, test, tmp, results)
     plot_reward(curves, args.results / "rlhf_reward.png")
-    samples = align_part(args, sft, files, test, tmp, scorers, results)
-    report(results, samples, test[:3])
+    samples = {}
+    if not args.skip_align:
+        samples = align_part(args, sft, files, test, tmp, scorers, results)
+        report(results, samples, test[:3])
     results["samples"], results["wall_s"] = samples, time.perf_counter() - wall0
     (args.results / "rlhf.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     print(f"\nwhole benchmark: {results['wall_s']:.0f} s wall; curves in "

@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import json
 import resource
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -51,6 +53,14 @@ def rm_settings(args) -> dict:
                 train_mode=args.rm_train_mode)
 
 
+def reused_run(out: Path) -> SimpleNamespace:
+    """What ``reward_part`` reads of a finished ``finetune_reward`` run, from its results.json."""
+    saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    print(f"reusing {out} (--reuse-rm)", flush=True)
+    return SimpleNamespace(model_dir=Path(saved["model_dir"]), steps=saved["steps"],
+                           seconds=saved["seconds"], metrics={"train": saved["train"]})
+
+
 def reward_part(args, sft: Path, files: dict, test: list, tmp: Path, results: dict):
     """Train every reward model of part 1; returns ({name: scorer}, {curve name: rows})."""
     settings = rm_settings(args)
@@ -62,9 +72,13 @@ def reward_part(args, sft: Path, files: dict, test: list, tmp: Path, results: di
     held = None
     for name, (data, pooling) in runs.items():
         out = tmp / f"rm_{name}"
-        run, wall, cpu = timed(finetune_reward, sft, data, out, pooling=pooling, eval_every=20,
-                               device="cpu", precision="fp32", progress=False, overwrite=True,
-                               **settings)
+        if args.reuse_rm and (out / "results.json").is_file():  # an earlier run's, as it was
+            run = reused_run(out)
+            wall, cpu = run.seconds, float("nan")
+        else:
+            run, wall, cpu = timed(finetune_reward, sft, data, out, pooling=pooling,
+                                   eval_every=20, device="cpu", precision="fp32",
+                                   progress=False, overwrite=True, **settings)
         scorers[name] = scorer = open_reward_model(run.model_dir)
         if held is None:
             tok = scorer.tokenizer
@@ -81,7 +95,10 @@ def reward_part(args, sft: Path, files: dict, test: list, tmp: Path, results: di
               f"{row['steps']} steps, {wall:.0f} s wall / {cpu:.0f} CPU-s, train accuracy "
               f"{row['train_accuracy']:.3f}, held-out pairwise accuracy {acc:.3f} "
               f"({len(held)} pairs)", flush=True)
-    version = trl_available() if not args.no_trl else None
+    if args.no_trl:
+        print("TRL peer: skipped (--no-trl)", flush=True)
+        return scorers, curves
+    version = trl_available()
     if version is None:
         print("TRL peer: skipped (`pip install trl` to run it)", flush=True)
         return scorers, curves

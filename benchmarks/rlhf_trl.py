@@ -41,7 +41,7 @@ def train_trl_reward(hf_dir: Path, out: Path, chosen: list[list[int]], rejected:
                      grad_clip: float, seed: int) -> tuple[Any, list[dict], float]:
     """(trained sequence classifier in eval mode, TRL's log history, seconds)."""
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback
     from transformers.utils import logging as hf_logging
     from trl import RewardConfig, RewardTrainer
 
@@ -62,6 +62,7 @@ def train_trl_reward(hf_dir: Path, out: Path, chosen: list[list[int]], rejected:
     data = Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected})
     trainer = RewardTrainer(model=model, args=config, train_dataset=data,
                             processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)  # its log dicts stay in state.log_history
     trainer.train()
     seconds = time.perf_counter() - start
     model = trainer.model.eval()
