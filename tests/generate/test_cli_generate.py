@@ -130,7 +130,10 @@ def test_quantize_int8_is_the_library_s_int8_model(model, tokenizer, tmp_path, c
 
     directory = save_model_dir(tmp_path / "m", model, tokenizer=tokenizer)
     int8 = open_model(directory, quantize="int8").model
-    assert type(int8.out_head).__name__ == "Linear" and int8.out_head.weight().dtype == torch.qint8
+    from scratchllm.model.int8_linear import Int8Linear
+
+    assert isinstance(int8.out_head, Int8Linear) and not any(
+        type(m) is torch.nn.Linear for m in int8.modules())
     new = generate(int8, _reference_ids(tokenizer), NEW)[-NEW:]
     code, out, err = _run(capsys, "--model", str(directory), "--quantize", "int8", "--no-eos-stop")
     assert code == 0 and out == PROMPT + tokenizer.decode(new) + "\n" and err == ""

@@ -3,7 +3,7 @@
 Decoding one token reads every weight once, so its speed is set by bytes per token: int8
 weights move a quarter of float32's. Which kernel does it best was measured on GPT-2 124M's
 shape (batch 1, greedy; benchmarks/decode.py and RESULTS.md): on the CPU, PyTorch's dynamic
-int8 ``Linear`` (fbgemm, VNNI where the CPU has it) decodes about 2.5x float32's tokens/s;
+int8 matmul (fbgemm, VNNI where the CPU has it) decodes about 2.5x float32's tokens/s;
 torchao 0.18's int8 weight-only layout ran at 0.4x float32 there,
 and its dynamic int8 x int8 at 0.6x fbgemm's speed. On CUDA, torchao's int8 weight-only
 layout is the one that pays, so that is used when torchao is installed.
@@ -12,14 +12,12 @@ Every ``nn.Linear`` is quantized, the output head included (it is the largest ma
 vocab x emb_dim; GPT-2's head shares the token embedding's weight, and the embedding keeps
 its float copy). Embeddings, norms, the KV cache and sampling stay in floating point.
 
-The CPU kernel quantizes each call's activations with one scale for the whole input, so in
-a batch a row's result can move by a rounding step with the other rows (float32 decoding
-has no such coupling).
+On the CPU each activation row gets its own int8 scale (``scratchllm.model.int8_linear``), so
+an int8 layer's output for a row depends on that row alone: ``serve`` and ``generate_batch``
+decode each prompt as it decodes alone, as they do in float32.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 from torch import nn
@@ -107,13 +105,9 @@ def quantize_model(model: nn.Module, quantize: str | None = "int8") -> nn.Module
         quantize_(model, Int8WeightOnlyConfig())
     else:
         model.float()  # the kernels take float32 activations (a bf16-saved model is upcast)
-        with warnings.catch_warnings():  # torch.ao's eager API warns that torchao is its future
-            warnings.simplefilter("ignore")
-            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+        from scratchllm.model.int8_linear import swap_linears
 
-            # One scale per output row: a third of per-tensor's perplexity cost, same speed.
-            quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
-                             inplace=True)
+        swap_linears(model)  # fbgemm int8, one scale per weight row and per activation row
     model.quantization = quantize
     model.register_forward_pre_hook(_refuse_training)
     return model

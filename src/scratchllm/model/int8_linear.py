@@ -1,0 +1,108 @@
+"""An int8 ``Linear`` for CPU decoding: fbgemm's int8 GEMM with one activation scale per row.
+
+PyTorch's dynamic int8 kernel (``quantized::linear_dynamic``, fbgemm) is the fastest int8
+matmul on this CPU (benchmarks/decode.py), but it quantizes its whole input with ONE scale:
+evaluating a (tokens, features) block rounds every token on the scale of the loudest one, and
+in a batch a row's output depends on the other rows. Per-row scales come from linearity:
+
+    W @ x = |x|max * (W @ (x / |x|max))
+
+Each row is divided by its own largest magnitude, so it lies in [-1, 1]; two extra input
+columns whose weights are zero, 1 and -128/127, pin every row's range to the same interval,
+so the kernel picks the same scale (1/127) and zero point (128) whatever else is in the batch:
+each row is rounded symmetrically on its own grid of 1/127ths of its peak, and its output
+depends on that row alone (bit for bit, the kernel's integer sums being exact). A single row
+(a decode step) gets the same grid more cheaply: its anchors are scaled by its peak instead of
+the row being divided. That grid is the same number up to float rounding of the scale, so a
+prompt decoded alone and inside a batch can differ in the last bits of its logits, as float32
+matmuls of different batch sizes do, and greedy decoding picks the same tokens. (An anchor
+*row* instead of columns would cost more: fbgemm's two-row path decodes GPT-2 at 0.77x its
+one-row speed; two extra columns cost nothing measurable.)
+
+With AVX512-VNNI the kernel's int32 dot products cannot saturate, so activations get all
+8 bits; without it the 16-bit pairwise sums could overflow, and they get 7 (PyTorch's own
+``reduce_range``). On the benchmark's byte-level GPT the 8th bit is most of the gain: held-out
+perplexity +1.03% with PyTorch's 7-bit per-tensor default, +0.35% with 8 bits, +0.30% with
+8 bits per row (RESULTS.md, decode).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+_int8_matmul = torch.ops.quantized.linear_dynamic.default  # fbgemm's u8 x s8 -> float32
+
+
+def _has_vnni() -> bool:
+    check = getattr(torch.cpu, "_is_vnni_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except Exception:  # an old or unusual build: be safe, use 7-bit activations
+        return False
+
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` with int8 weights (one scale per output row) and per-row int8 inputs."""
+
+    def __init__(self, linear: nn.Linear, reduce_range: bool | None = None) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        # symmetric per output row, codes -128..127 over [-peak, peak]: PyTorch's per-channel
+        # observer's grid (weights alone: +0.13% perplexity on the benchmark, +0.35% on peak/127)
+        scale = (weight.abs().amax(dim=1) / 127.5).clamp_min(1e-12).double()
+        codes = torch.zeros(self.out_features, self.in_features + 2,
+                            dtype=torch.int8)  # the anchor columns' weights are 0
+        codes[:, :self.in_features] = (weight / scale[:, None].float()).round().clamp(-128, 127)
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
+            warnings.simplefilter("ignore")
+            qweight = torch._make_per_channel_quantized_tensor(
+                codes, scale, torch.zeros_like(scale, dtype=torch.long), 0)
+            self._packed = torch.ops.quantized.linear_prepack(qweight, bias)  # adds the bias
+        self.reduce_range = (not _has_vnni()) if reduce_range is None else reduce_range
+        half = 64 if self.reduce_range else 128  # codes 0..127 or 0..255, zero point `half`
+        # plain attributes, not buffers: the layer lives on the CPU and is never saved, and a
+        # plain attribute is read without nn.Module.__getattr__ (49 layers per GPT-2 token)
+        self.bias = bias
+        self.anchors = torch.tensor([[[1.0, -half / (half - 1)]]])  # (1, 1, 2): a decode step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        peak = x.abs().amax(dim=-1, keepdim=True)  # (abs().amax: vector_norm(inf) is slower)
+        if x.dim() == 3 and x.numel() == self.in_features:
+            # One row (a decode step): anchors scaled by the row's own peak give the kernel the
+            # same grid, peak / 127, with no division before it and no rescaling after it.
+            return _int8_matmul(torch.cat((x, peak * self.anchors), -1), self._packed,
+                                self.reduce_range)
+        peak = peak.clamp_min_(1e-30)  # an all-zero row stays zero
+        anchors = self.anchors.view(2).expand(*x.shape[:-1], 2)
+        out = _int8_matmul(torch.cat((x / peak, anchors), -1), self._packed, self.reduce_range)
+        if self.bias is None:
+            return out.mul_(peak)
+        return torch.addcmul(self.bias, out.sub_(self.bias), peak)  # the kernel added the bias
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 weight the int8 codes stand for (for checks; decoding never needs it)."""
+        qweight, _ = torch.ops.quantized.linear_unpack(self._packed)
+        return qweight.dequantize()[:, :self.in_features]
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, activation_bits={7 if self.reduce_range else 8}")
+
+
+def swap_linears(model: nn.Module) -> int:
+    """Replace every plain ``nn.Linear`` under ``model`` by an ``Int8Linear``; return how many."""
+    names = [name for name, module in model.named_modules()
+             if name and type(module) is nn.Linear]
+    for name in names:
+        parent, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, leaf, Int8Linear(getattr(owner, leaf)))
+    return len(names)
+
+
+__all__ = ["Int8Linear", "swap_linears"]
