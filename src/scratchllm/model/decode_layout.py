@@ -68,6 +68,10 @@ def use_transposed_layout(model: nn.Module) -> int:
 @functools.cache
 def packed_fp32_unavailable() -> str | None:
     """Why oneDNN's prepacked float32 linear cannot run here, or None when it can."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "AVX512"):  # measured on x86 only; elsewhere keep dense
+        return (f"packed float32 layers are used on x86 CPUs with AVX2 or AVX-512 only (where "
+                f"they were measured); this CPU reports {capability}")
     ops = getattr(torch.ops, "mkldnn", None)
     if not torch.backends.mkldnn.is_available() or ops is None \
             or not hasattr(ops, "_reorder_linear_weight") or not hasattr(ops, "_linear_pointwise"):
