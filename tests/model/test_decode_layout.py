@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from scratchllm.errors import ConfigError
 from scratchllm.generate import generate, generate_batch
 from scratchllm.model import GPTConfig, GPTModel, LlamaConfig, LlamaModel
+from scratchllm.model.cpu_linear import describe_linears
 from scratchllm.model.decode_layout import (
     PackedFp32Linear,
     packed_fp32_unavailable,
@@ -140,6 +141,7 @@ def test_open_model_lays_out_only_inference_models(tmp_path):
     assert single.out_head.weight.t().is_contiguous() and _packed(single) == 0
     batched = open_model(tmp_path / "m", inference_only=True, decode_rows=8).model
     assert _packed(batched) == 2 * 4 + 1
+    assert describe_linears(batched) == "9 float32, prepacked for oneDNN"  # generate --stats
     int8 = open_model(tmp_path / "m", inference_only=True, decode_rows=8, quantize="int8").model
     assert _packed(int8) == 0
     assert generate_batch(batched, PROMPTS, 8) == generate_batch(plain, PROMPTS, 8)

@@ -93,6 +93,8 @@ class PackedFp32Linear(nn.Module):
     as a tied head shares the token embedding's; otherwise the model holds one copy, packed.
     """
 
+    kind = "float32, prepacked for oneDNN"  # what ``cpu_linear.describe_linears`` calls it
+
     def __init__(self, linear: nn.Linear, rows: int, *, shared: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features, self.rows = (linear.in_features,
