@@ -71,18 +71,24 @@ class Int8Linear(nn.Module):
         self.anchors = torch.tensor([[[1.0, -half / (half - 1)]]])  # (1, 1, 2): a decode step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        peak = x.abs().amax(dim=-1, keepdim=True)  # (abs().amax: vector_norm(inf) is slower)
         if x.dim() == 3 and x.numel() == self.in_features:
             # One row (a decode step): anchors scaled by the row's own peak give the kernel the
             # same grid, peak / 127, with no division before it and no rescaling after it.
+            peak = x.abs().amax(dim=-1, keepdim=True)
             return _int8_matmul(torch.cat((x, peak * self.anchors), -1), self._packed,
                                 self.reduce_range)
+        rows = x.reshape(-1, self.in_features)
+        # max(amax, -amin): two passes over the rows, but no |rows| copy (1.5x faster at 1024)
+        peak = torch.maximum(rows.amax(dim=1, keepdim=True), rows.amin(dim=1, keepdim=True).neg_())
         peak = peak.clamp_min_(1e-30)  # an all-zero row stays zero
-        anchors = self.anchors.view(2).expand(*x.shape[:-1], 2)
-        out = _int8_matmul(torch.cat((x / peak, anchors), -1), self._packed, self.reduce_range)
-        if self.bias is None:
-            return out.mul_(peak)
-        return torch.addcmul(self.bias, out.sub_(self.bias), peak)  # the kernel added the bias
+        scaled = torch.empty(len(rows), self.in_features + 2)
+        torch.div(rows, peak, out=scaled[:, :self.in_features])
+        scaled[:, self.in_features:] = self.anchors.view(1, 2)
+        out = _int8_matmul(scaled, self._packed, self.reduce_range)  # W (x / peak) + bias
+        out.mul_(peak)
+        if self.bias is not None:  # undo the kernel's bias times peak: peak * W x' + bias
+            out.addr_(peak.view(-1) - 1, self.bias, alpha=-1)
+        return out.view(*x.shape[:-1], self.out_features)
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 weight the int8 codes stand for (for checks; decoding never needs it)."""
