@@ -95,9 +95,12 @@ def _bf16_reference(directory, prompt: str, new: int, *, linear_kinds: str) -> s
 def _bf16_layers_expected() -> str:
     """What ``--stats`` should report for bf16 here: prepacked where this CPU and PyTorch
     allow it (scratchllm.model.cpu_linear), else plain bf16 with a note."""
-    from scratchllm.model.cpu_linear import packed_bf16_unavailable
+    import torch
 
-    return "bfloat16, prepacked for oneDNN" if packed_bf16_unavailable() is None else "bfloat16"
+    from scratchllm.model.cpu_linear import packed_unavailable
+
+    packed = packed_unavailable(torch.bfloat16) is None
+    return "bfloat16, prepacked for oneDNN" if packed else "bfloat16"
 
 
 def test_generate_bf16_with_stats(cli, gpt2_hf_dir):

@@ -17,16 +17,16 @@ from scratchllm.generate import generate, generate_batch
 from scratchllm.model import GPTConfig, GPTModel, LlamaConfig, LlamaModel
 from scratchllm.model import cpu_linear
 from scratchllm.model import quantize as quantize_mod
-from scratchllm.model.cpu_linear import PackedBf16Linear, describe_linears, pack_bf16_linears
+from scratchllm.model.cpu_linear import PackedLinear, describe_linears, pack_linears
 from scratchllm.model.quantize import bf16_note
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(cpu_linear._ops_unavailable() is not None,
-                                 reason=f"{cpu_linear._ops_unavailable()}")]
+              pytest.mark.skipif(cpu_linear._ops_unavailable(torch.bfloat16) is not None,
+                                 reason=f"{cpu_linear._ops_unavailable(torch.bfloat16)}")]
 
 VOCAB = 300
 PROMPT = torch.tensor([[5, 17, 42, 7, 99, 3, 250, 12]])
-REAL_CHECK = cpu_linear.packed_bf16_unavailable  # CPU flags first, then the ops
+REAL_CHECK = cpu_linear._cpu_unavailable  # the CPU flags (the ops are checked after them)
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +34,7 @@ def ops_usable(monkeypatch):
     """Pack wherever the ops run, even on a test machine whose CPU lacks bf16 instructions
     (oneDNN then computes the same bf16 products another way); the fallback test below
     puts the real CPU check back."""
-    monkeypatch.setattr(cpu_linear, "packed_bf16_unavailable", cpu_linear._ops_unavailable)
+    monkeypatch.setattr(cpu_linear, "_cpu_unavailable", lambda dtype: None)
 
 
 def tiny_gpt(tie: bool = True) -> GPTModel:
@@ -65,7 +65,7 @@ def test_layer_matches_plain_bf16_and_float32_arithmetic():
     as the sums may be taken in another order)."""
     torch.manual_seed(1)
     linear = nn.Linear(96, 80).to(torch.bfloat16)
-    packed = PackedBf16Linear(linear)
+    packed = PackedLinear(linear)
     for rows in (1, 8, 13):
         x = torch.randn(2, rows, 96).to(torch.bfloat16)
         with torch.inference_mode():
@@ -84,7 +84,7 @@ def test_every_family_gives_plain_bf16_logits_and_greedy_tokens(family):
     plain = FAMILIES[family]()
     model = copy.deepcopy(plain)
     linears = _linears(model)
-    assert pack_bf16_linears(model) == len(linears) and not _linears(model)
+    assert pack_linears(model, torch.bfloat16) == len(linears) and not _linears(model)
     assert describe_linears(model) == f"{len(linears)} bfloat16, prepacked for oneDNN"
     with torch.inference_mode():
         ours, theirs = model(PROMPT), plain(PROMPT)
@@ -100,7 +100,7 @@ def test_tied_head_keeps_the_embedding_and_saves_normal_weights(tmp_path):
 
     plain = tiny_gpt()
     model = copy.deepcopy(plain)
-    pack_bf16_linears(model)
+    pack_linears(model, torch.bfloat16)
     assert model.out_head.weight is model.tok_emb.weight
     assert model.trf_blocks[0].att.qkv.weight is None
     assert tied_aliases(model) == tied_aliases(plain) == {"out_head.weight": "tok_emb.weight"}
@@ -119,7 +119,7 @@ def test_batched_rows_equal_plain_bf16_batch():
     are plain bf16's (8 rows share each weight read: the batched path gains too)."""
     plain = tiny_llama()
     model = copy.deepcopy(plain)
-    pack_bf16_linears(model)
+    pack_linears(model, torch.bfloat16)
     prompts = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11], [4] * 9]
     assert generate_batch(model, prompts, 8) == generate_batch(plain, prompts, 8)
     assert not _linears(model)
@@ -127,7 +127,7 @@ def test_batched_rows_equal_plain_bf16_batch():
 
 def test_packed_model_refuses_training_loading_and_conversion():
     model = tiny_gpt()
-    pack_bf16_linears(model)
+    pack_linears(model, torch.bfloat16)
     model.train()
     with pytest.raises(ConfigError, match="cannot be trained"):
         model(PROMPT)
@@ -144,29 +144,29 @@ def test_packed_model_refuses_training_loading_and_conversion():
 
 def test_float32_and_int8_models_are_left_alone():
     model = tiny_gpt().float()
-    assert pack_bf16_linears(model) == 0 and len(_linears(model)) == 9
+    assert pack_linears(model, torch.bfloat16) == 0 and len(_linears(model)) == 9
     assert describe_linears(model) == "9 float32"
 
 
 def test_falls_back_to_plain_bf16_with_a_note(monkeypatch):
     """Missing ops (an old or unusual PyTorch) or a CPU without bf16 instructions: the layers
     stay plain ``nn.Linear`` and the note says why and what is faster."""
-    monkeypatch.setattr(cpu_linear, "packed_bf16_unavailable", REAL_CHECK)
+    monkeypatch.setattr(cpu_linear, "_cpu_unavailable", REAL_CHECK)
     flags = {"avx2": True, "avx512_vnni": True, "avx512_bf16": True, "amx": True}
     monkeypatch.setattr(quantize_mod, "cpu_flags", lambda: dict(flags))
     monkeypatch.setattr(cpu_linear, "_ops_unavailable",
-                        lambda: "this PyTorch build (x) has no oneDNN prepacked linear ops")
+                        lambda dtype: "this PyTorch build (x) has no oneDNN prepacked linear ops")
     model = tiny_gpt()
-    assert pack_bf16_linears(model) == 0 and len(_linears(model)) == 9
+    assert pack_linears(model, torch.bfloat16) == 0 and len(_linears(model)) == 9
     note = bf16_note("bfloat16", "cpu")
     assert note is not None and "no oneDNN prepacked linear ops" in note
     assert "--quantize int8" in note
     flags["avx512_bf16"] = flags["amx"] = False
-    monkeypatch.setattr(cpu_linear, "_ops_unavailable", lambda: None)
-    assert pack_bf16_linears(model) == 0
+    monkeypatch.setattr(cpu_linear, "_ops_unavailable", lambda dtype: None)
+    assert pack_linears(model, torch.bfloat16) == 0
     assert "avx512_bf16" in bf16_note("bfloat16", "cpu")
     flags["amx"] = True
-    assert bf16_note("bfloat16", "cpu") is None and pack_bf16_linears(model) == 9
+    assert bf16_note("bfloat16", "cpu") is None and pack_linears(model, torch.bfloat16) == 9
 
 
 def test_lora_layers_kept_unmerged_are_not_packed():
@@ -175,6 +175,6 @@ def test_lora_layers_kept_unmerged_are_not_packed():
     from scratchllm.model.lora import apply_lora
 
     model = apply_lora(tiny_gpt(tie=False), rank=2, alpha=4.0, target_modules=("qkv",))
-    assert pack_bf16_linears(model) == 9 - 2
+    assert pack_linears(model, torch.bfloat16) == 9 - 2
     assert all(type(block.att.qkv.base) is nn.Linear for block in model.trf_blocks)
     assert describe_linears(model) == "2 bfloat16, 7 bfloat16, prepacked for oneDNN"

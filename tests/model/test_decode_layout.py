@@ -12,19 +12,14 @@ import torch.nn.functional as F
 from scratchllm.errors import ConfigError
 from scratchllm.generate import generate, generate_batch
 from scratchllm.model import GPTConfig, GPTModel, LlamaConfig, LlamaModel
-from scratchllm.model.cpu_linear import describe_linears
-from scratchllm.model.decode_layout import (
-    PackedFp32Linear,
-    packed_fp32_unavailable,
-    prepare_decoding,
-    use_transposed_layout,
-)
+from scratchllm.model.cpu_linear import PackedLinear, describe_linears, packed_unavailable
+from scratchllm.model.decode_layout import prepare_decoding, use_transposed_layout
 from scratchllm.weights.auto import open_model
 from scratchllm.weights.model_dir import load_model_dir, save_model_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-needs_ops = pytest.mark.skipif(packed_fp32_unavailable() is not None,
-                               reason=f"{packed_fp32_unavailable()}")
+needs_ops = pytest.mark.skipif(packed_unavailable(torch.float32) is not None,
+                               reason=f"{packed_unavailable(torch.float32)}")
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]]
 
 
@@ -41,7 +36,8 @@ def _llama() -> LlamaModel:
 
 
 def _packed(model) -> int:
-    return sum(isinstance(m, PackedFp32Linear) for m in model.modules())
+    return sum(isinstance(m, PackedLinear) and m.dtype == torch.float32
+               for m in model.modules())
 
 
 def _saved_equal(tmp_path, model, reference) -> None:
@@ -103,7 +99,7 @@ def test_packed_rows_equal_plain_model_and_each_prompt_alone(tmp_path, family):
 def test_packed_linear_matches_f_linear_for_any_row_count():
     torch.manual_seed(3)
     linear = torch.nn.Linear(48, 80)
-    packed = PackedFp32Linear(linear, rows=8)
+    packed = PackedLinear(linear, rows=8)
     with torch.inference_mode():
         for rows in (1, 3, 8, 21):
             x = torch.randn(rows, 48)
@@ -143,7 +139,7 @@ def test_open_model_lays_out_only_inference_models(tmp_path):
     assert _packed(batched) == 2 * 4 + 1
     assert describe_linears(batched) == "9 float32, prepacked for oneDNN"  # generate --stats
     int8 = open_model(tmp_path / "m", inference_only=True, decode_rows=8, quantize="int8").model
-    assert _packed(int8) == 0
+    assert _packed(int8) == 0 and describe_linears(int8) == "9 int8"
     assert generate_batch(batched, PROMPTS, 8) == generate_batch(plain, PROMPTS, 8)
     with pytest.raises(ConfigError, match="integer >= 1"):
         open_model(tmp_path / "does-not-matter", inference_only=True, decode_rows=0)

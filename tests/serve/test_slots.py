@@ -11,7 +11,8 @@ import torch
 
 from scratchllm.generate import generate
 from scratchllm.model.config import GPTConfig
-from scratchllm.model.decode_layout import packed_fp32_unavailable, prepare_decoding
+from scratchllm.model.cpu_linear import packed_unavailable
+from scratchllm.model.decode_layout import prepare_decoding
 from scratchllm.model.gpt import GPTModel
 from scratchllm.model.llama import LlamaConfig, LlamaModel
 from scratchllm.serve.slots import BatchedDecodeCache, decode_step, new_sequence_cache, prefill
@@ -24,7 +25,7 @@ def _models():
     models = {"gpt2": GPTModel(GPTConfig.preset("tiny", vocab_size=500)).eval(),
               "llama": LlamaModel(LlamaConfig.preset("tiny-llama", dtype="float32")).eval(),
               "qwen3": LlamaModel(LlamaConfig.preset("tiny-qwen3", dtype="float32")).eval()}
-    if packed_fp32_unavailable() is None:  # what ``serve`` opens: laid out for WIDTH rows
+    if packed_unavailable(torch.float32) is None:  # what ``serve`` opens: laid out for WIDTH rows
         for family in ("gpt2", "llama"):
             models[f"{family} packed"] = copy.deepcopy(models[family])
             assert prepare_decoding(models[f"{family} packed"], WIDTH) > 0
@@ -81,13 +82,14 @@ def test_padding_rows_are_ignored_and_cost_no_cache():
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.skipif(packed_fp32_unavailable() is not None, reason="no oneDNN prepacked linear")
+@pytest.mark.skipif(packed_unavailable(torch.float32) is not None,
+                    reason="no oneDNN prepacked linear")
 def test_build_engine_lays_float32_weights_out_for_its_batch_width(tmp_path):
     from serve_support import tiny_model_dir
 
-    from scratchllm.model.decode_layout import PackedFp32Linear
+    from scratchllm.model.cpu_linear import PackedLinear
     from scratchllm.serve import build_engine
 
     engine, _, _ = build_engine(tiny_model_dir(tmp_path / "m"), device="cpu", max_batch=4)
-    rows = {m.rows for m in engine.model.modules() if isinstance(m, PackedFp32Linear)}
+    rows = {m.rows for m in engine.model.modules() if isinstance(m, PackedLinear)}
     assert rows == {4}

@@ -10,7 +10,7 @@ import torch
 from scratchllm.generate import generate
 from scratchllm.model import GPTConfig, GPTModel, LlamaConfig, LlamaModel
 from scratchllm.model import cpu_linear
-from scratchllm.model.cpu_linear import PackedBf16Linear
+from scratchllm.model.cpu_linear import PackedLinear
 from scratchllm.model.lora import apply_lora
 from scratchllm.weights.auto import open_model
 from scratchllm.weights.hf_export import export_hf_dir
@@ -18,8 +18,8 @@ from scratchllm.weights.lora_adapter import save_lora_adapter
 from scratchllm.weights.model_dir import save_model_dir
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(cpu_linear._ops_unavailable() is not None,
-                                 reason=f"{cpu_linear._ops_unavailable()}")]
+              pytest.mark.skipif(cpu_linear._ops_unavailable(torch.bfloat16) is not None,
+                                 reason=f"{cpu_linear._ops_unavailable(torch.bfloat16)}")]
 
 VOCAB = 101
 PROMPT = [3, 14, 15, 92, 65, 35, 89, 79]
@@ -29,7 +29,7 @@ PROMPT = [3, 14, 15, 92, 65, 35, 89, 79]
 def ops_usable(monkeypatch):
     """Pack wherever the ops run, even where the CPU lacks bf16 instructions (see
     tests/model/test_cpu_linear.py)."""
-    monkeypatch.setattr(cpu_linear, "packed_bf16_unavailable", cpu_linear._ops_unavailable)
+    monkeypatch.setattr(cpu_linear, "_cpu_unavailable", lambda dtype: None)
 
 
 def tiny_gpt() -> GPTModel:
@@ -46,7 +46,8 @@ def tiny_llama(qwen3: bool = False) -> LlamaModel:
 
 
 def _packed(model) -> int:
-    return sum(isinstance(m, PackedBf16Linear) for m in model.modules())
+    return sum(isinstance(m, PackedLinear) and m.dtype == torch.bfloat16
+               for m in model.modules())
 
 
 def _same_greedy(directory, **kwargs) -> int:

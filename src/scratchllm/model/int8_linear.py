@@ -47,6 +47,8 @@ def _has_vnni() -> bool:
 class Int8Linear(nn.Module):
     """``nn.Linear`` with int8 weights (one scale per output row) and per-row int8 inputs."""
 
+    kind = "int8"  # what ``cpu_linear.describe_linears`` (generate --stats) calls it
+
     def __init__(self, linear: nn.Linear, reduce_range: bool | None = None) -> None:
         super().__init__()
         weight = linear.weight.detach().float()

@@ -52,9 +52,9 @@ def bf16_note(dtype: torch.dtype | str | None, device: torch.device | str | None
     if as_dtype(dtype) != torch.bfloat16 or torch.device(device or "cpu").type != "cpu":
         return None
     if cpu_has_bf16():
-        from scratchllm.model.cpu_linear import packed_bf16_unavailable
+        from scratchllm.model.cpu_linear import packed_unavailable
 
-        missing = packed_bf16_unavailable()
+        missing = packed_unavailable(torch.bfloat16)
         return None if missing is None else (
             f"note: {missing}, so bf16 linear layers run through PyTorch's plain matmul: "
             "half the memory, but little faster than --dtype fp32; --quantize int8 is faster")

@@ -173,11 +173,11 @@ def open_model(source: str | os.PathLike, *, device: torch.device | str | None =
     linear layer into int8 for generation (``scratchllm.model.quantize``), after the adapter
     is merged; a bad combination (a dtype, a device) is refused before any weight is read.
     ``inference_only=True`` (generate, chat, serve) lets the weights take a layout that
-    only runs forward: bf16 linear layers on a CPU with bf16 instructions are prepacked for
-    oneDNN (``scratchllm.model.cpu_linear``, about 2x the matmul speed), and float32 ones
-    take the layout that decodes ``decode_rows`` rows per step fastest
-    (``scratchllm.model.decode_layout``: 1 for generate and chat, the batch width for
-    serve); such a model refuses training.
+    only runs forward (``scratchllm.model.decode_layout.prepare_decoding``): bf16 linear
+    layers on a CPU with bf16 instructions are prepacked for oneDNN
+    (``scratchllm.model.cpu_linear``, about 2x the matmul speed), and float32 ones take the
+    layout that decodes ``decode_rows`` rows per step fastest (1 for generate and chat, the
+    batch width for serve); such a model refuses training.
     """
     from scratchllm.model.quantize import check_quantize, quantize_model
 
@@ -196,10 +196,8 @@ def open_model(source: str | os.PathLike, *, device: torch.device | str | None =
     if quantize is not None:
         quantize_model(loaded.model, quantize)
     if inference_only:
-        from scratchllm.model.cpu_linear import pack_bf16_linears
         from scratchllm.model.decode_layout import prepare_decoding
 
-        pack_bf16_linears(loaded.model)
         prepare_decoding(loaded.model, decode_rows)
     if require_tokenizer and loaded.tokenizer is None:
         raise CheckpointError(
