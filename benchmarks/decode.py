@@ -5,9 +5,12 @@ Decoding one token reads every weight once, so tokens/s follow bytes per token. 
 jobs only ever slow a run down):
 
 1. GPT-2 124M shape (random weights, GPT-2's layout), batch 1, a 10-token prompt, 200 new
-   greedy tokens: scratchllm fp32, bf16 and int8 (``--quantize int8``) beside transformers
-   fp32 on the same weights, and llama.cpp q8_0 on a GGUF export of them when
-   ``llama_cpp`` is importable (benchmarks/gguf_parity.py builds on it).
+   greedy tokens: scratchllm fp32, bf16 and int8 (``--quantize int8``), each laid out as
+   ``scratchllm generate`` runs it (``prepare_decoding(model, 1)``, the call
+   ``open_model(inference_only=True)`` makes: fp32 weights transposed, bf16 ones prepacked),
+   and fp32 in ``nn.Linear``'s plain (out, in) layout, beside transformers fp32 on the same
+   weights, and llama.cpp q8_0 on a GGUF export of them when ``llama_cpp`` is importable
+   (benchmarks/gguf_parity.py builds on it). Ratios are against ours fp32 as generate runs it.
 2. Batched decoding: 8 prompts of different lengths through ``generate_batch`` against one
    prompt through ``generate``, as aggregate new tokens/s (fp32 and int8).
 3. Quality: a byte-level GPT trained here for a few hundred steps on tiny Shakespeare;
@@ -46,8 +49,8 @@ from common import load_average, machine_summary  # noqa: E402
 from scratchllm.generate import generate, generate_batch  # noqa: E402
 from scratchllm.model import GPTConfig, GPTModel, LlamaConfig, LlamaModel  # noqa: E402
 from scratchllm.model.quantize import cpu_flags, quantize_model  # noqa: E402
-from scratchllm.model.cpu_linear import pack_bf16_linears, packed_bf16_unavailable  # noqa: E402
-from scratchllm.model.decode_layout import packed_fp32_unavailable, prepare_decoding  # noqa: E402
+from scratchllm.model.cpu_linear import packed_unavailable  # noqa: E402
+from scratchllm.model.decode_layout import prepare_decoding  # noqa: E402
 
 PROMPT_LEN, NEW_TOKENS, THREADS, SEED = 10, 200, 2, 123
 BATCH_LENGTHS = (10, 5, 17, 8, 12, 3, 20, 14)
@@ -102,11 +105,15 @@ def single_stream(rounds: int, new_tokens: int) -> dict:
     fp32 = gpt2_small()
     prompt = torch.randint(0, fp32.config.vocab_size, (1, PROMPT_LEN),
                            generator=torch.Generator().manual_seed(SEED))
-    # What ``generate --dtype bf16`` runs: open_model(inference_only=True) packs the bf16
-    # linear layers for oneDNN where the CPU has bf16 instructions (model.cpu_linear).
+    # What ``scratchllm generate`` runs for each: open_model(inference_only=True) ends with
+    # prepare_decoding(model, 1), which transposes fp32 weights and packs bf16 ones for oneDNN
+    # where the CPU has bf16 instructions; int8 is quantized first, as --quantize int8 does.
+    ours = copy.deepcopy(fp32)
+    prepare_decoding(ours, 1)
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
-    bf16_packed = pack_bf16_linears(bf16)
+    bf16_packed = prepare_decoding(bf16, 1)
     int8 = quantize_model(copy.deepcopy(fp32), "int8")
+    prepare_decoding(int8, 1)
     hf = _hf_copy(fp32)
     hf_kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                      use_cache=True, pad_token_id=0, attention_mask=torch.ones_like(prompt))
@@ -115,7 +122,8 @@ def single_stream(rounds: int, new_tokens: int) -> dict:
         with torch.no_grad():
             return hf.generate(prompt, **hf_kwargs)
 
-    contenders = {"scratchllm fp32": lambda: generate(fp32, prompt, new_tokens),
+    contenders = {"scratchllm fp32": lambda: generate(ours, prompt, new_tokens),
+                  "scratchllm fp32, plain (out,in)": lambda: generate(fp32, prompt, new_tokens),
                   "scratchllm bf16": lambda: generate(bf16, prompt, new_tokens),
                   "scratchllm int8": lambda: generate(int8, prompt, new_tokens),
                   "transformers fp32": hf_run}
@@ -124,9 +132,10 @@ def single_stream(rounds: int, new_tokens: int) -> dict:
         if callable(peer):
             contenders["llama.cpp q8_0"] = peer
         best = _alternate(contenders, rounds)
-    reference = generate(fp32, prompt, new_tokens)[0, PROMPT_LEN:]
+    reference = generate(ours, prompt, new_tokens)[0, PROMPT_LEN:]
     same = {name: float((generate(m, prompt, new_tokens)[0, PROMPT_LEN:] == reference)
-                        .float().mean()) for name, m in (("bf16", bf16), ("int8", int8))}
+                        .float().mean())
+            for name, m in (("fp32 plain (out,in)", fp32), ("bf16", bf16), ("int8", int8))}
     same["transformers"] = float((hf_run()[0, PROMPT_LEN:] == reference).float().mean())
     return {"tok_s": {name: new_tokens / s for name, s in best.items()},
             "llama_cpp": None if callable(peer) else peer, "same_tokens": same,
@@ -135,8 +144,8 @@ def single_stream(rounds: int, new_tokens: int) -> dict:
 
 def batched(rounds: int, new_tokens: int) -> dict:
     """8 prompts through ``generate_batch`` against one through ``generate``, each model laid
-    out as ``open_model(inference_only=True, decode_rows=N)`` lays it out: fp32 transposed
-    for one row (generate, chat) and oneDNN-packed for 8 (serve); int8 (fbgemm) and bf16
+    out by ``prepare_decoding``, as ``open_model(inference_only=True, decode_rows=N)`` does:
+    fp32 transposed for one row (generate, chat) and oneDNN-packed for 8 (serve); int8 (fbgemm) and bf16
     (oneDNN-packed, where the CPU has bf16 instructions) the same for any row count. The
     fp32 8 prompts also run on the one-row layout, to show what the packed layout buys."""
     base = gpt2_small()
@@ -148,8 +157,9 @@ def batched(rounds: int, new_tokens: int) -> dict:
     packed = prepare_decoding(eight_rows, len(prompts))
     models = {"fp32": (one_row, eight_rows if packed else one_row),
               "int8": (quantize_model(copy.deepcopy(base), "int8"),) * 2}
+    prepare_decoding(models["int8"][0], len(prompts))  # nothing left to lay out: all int8
     bf16 = copy.deepcopy(base).to(torch.bfloat16)
-    if pack_bf16_linears(bf16):
+    if prepare_decoding(bf16, len(prompts)):  # the same packed layers for any row count
         models["bf16"] = (bf16, bf16)
     del base
     singles = {}
@@ -326,14 +336,15 @@ def main() -> None:
 
     single = single_stream(rounds, new_tokens)
     fp32 = single["tok_s"]["scratchllm fp32"]
-    print(f"\n{'decoder':<22}{'tokens/s':>10}{'vs ours fp32':>14}")
+    print(f"\n{'decoder':<34}{'tokens/s':>10}  vs ours fp32 (as generate runs it)")
     for name, tok_s in single["tok_s"].items():
-        print(f"{name:<22}{tok_s:>10.1f}{tok_s / fp32:>13.2f}x")
+        print(f"{name:<34}{tok_s:>10.1f}{tok_s / fp32:>9.2f}x")
     if single["llama_cpp"]:
         print(f"llama.cpp q8_0: not measured, {single['llama_cpp']}")
     print("bf16 linear layers: " + (f"{single['bf16_packed']} prepacked for oneDNN"
                                     if single["bf16_packed"] else
-                                    f"plain bf16 matmul ({packed_bf16_unavailable()})"))
+                                    f"plain bf16 matmul "
+                                    f"({packed_unavailable(torch.bfloat16)})"))
     print("greedy tokens equal to ours fp32 (random weights): " + ", ".join(
         f"{k} {v:.0%}" for k, v in single["same_tokens"].items()))
 
@@ -347,7 +358,8 @@ def main() -> None:
               f"rows equal to each prompt alone: {batch['rows_equal_alone'][kind]}/8")
     plain = t["fp32 8 prompts, one-row layout"]
     packed = (f"{batch['fp32_packed']} linear layers packed for 8 rows" if batch["fp32_packed"]
-              else f"oneDNN's prepacked fp32 linear is unavailable: {packed_fp32_unavailable()}")
+              else "oneDNN's prepacked fp32 linear is unavailable: "
+              f"{packed_unavailable(torch.float32)}")
     print(f"  fp32 8 prompts on the one-row (transposed) layout: {plain:.1f} "
           f"({plain / t['fp32 1 prompt']:.2f}x); fp32 8 prompts above: {packed}")
 

@@ -57,11 +57,12 @@ def cpu_flags() -> str:
 
 
 def lone_generate_tok_s(model_dir: Path, max_tokens: int) -> float:
-    """``scratchllm.generate`` on one prompt, no server: what a lone request could get."""
+    """``scratchllm.generate`` on one prompt, no server: what a lone request could get, with
+    the model opened as ``scratchllm generate`` opens it (inference-only: one-row layout)."""
     from scratchllm.generate import generate
     from scratchllm.weights.auto import open_model
 
-    loaded = open_model(model_dir, device="cpu")
+    loaded = open_model(model_dir, device="cpu", inference_only=True)
     ids = loaded.tokenizer.encode(prompt(0))
     generate(loaded.model, ids, 2)  # warm-up
     start_time = time.perf_counter()
