@@ -32,7 +32,7 @@ class CLI:
     def close(self) -> None:
         if self._zygote is not None:
             self._zygote.stdin.close()
-            self._zygote.wait(timeout=30)
+            self._zygote.wait(timeout=120)  # generous: a loaded CI machine is slow to unwind
 
     def start(self, argv: list[str], *, stdin: str | None = None,
               spawn: bool = False) -> tuple:
