@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from scratchllm.data.instruction import IGNORE_INDEX
 from scratchllm.finetune.shared_prompt import shared_prompt_hidden
-from scratchllm.model.loss import chunk_rows, head_of, token_logprobs
+from scratchllm.model.loss import head_chunks, head_of, token_logprobs
 
 
 def reduce_logprobs(token_logps: torch.Tensor, targets: torch.Tensor, *,
@@ -106,12 +106,7 @@ def token_logprobs_entropy(hidden: torch.Tensor, head: nn.Module, targets: torch
     """
     if not with_entropy:
         return token_logprobs(hidden, head, targets, temperature=temperature), None
-    flat_h = hidden.reshape(-1, hidden.shape[-1])
-    flat_t = targets.reshape(-1)
-    out_features = getattr(head, "out_features", None) or head.weight.shape[0]
-    rows = rows or chunk_rows(out_features)
-    keep_graph = torch.is_grad_enabled() and (
-        flat_h.requires_grad or any(p.requires_grad for p in head.parameters()))
+    flat_h, flat_t, rows, keep_graph = head_chunks(hidden, head, targets, rows)
     logps, entropies = [], []
     for start in range(0, flat_h.shape[0], rows):
         args = (head, flat_h[start:start + rows], flat_t[start:start + rows], temperature)

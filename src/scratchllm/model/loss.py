@@ -186,6 +186,17 @@ def _chunk_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor
     return _PickedLogProb.apply(logits, targets, ignore_index)
 
 
+def head_chunks(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor,
+                rows: int | None) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """Flattened hidden states and targets, the rows per head chunk, and whether the chunks
+    need a graph (then each is recomputed in the backward pass instead of kept)."""
+    flat_h = hidden.reshape(-1, hidden.shape[-1])
+    out_features = getattr(head, "out_features", None) or head.weight.shape[0]
+    keep_graph = torch.is_grad_enabled() and (
+        flat_h.requires_grad or any(p.requires_grad for p in head.parameters()))
+    return flat_h, targets.reshape(-1), rows or chunk_rows(out_features), keep_graph
+
+
 def token_logprobs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, *,
                    ignore_index: int = IGNORE_INDEX, rows: int | None = None,
                    temperature: float = 1.0) -> torch.Tensor:
@@ -195,12 +206,7 @@ def token_logprobs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor,
     ``head`` is any module (a LoRA-wrapped head too), run ``rows`` positions at a time; with
     gradients on, each chunk is recomputed in the backward pass instead of kept.
     """
-    flat_h = hidden.reshape(-1, hidden.shape[-1])
-    flat_t = targets.reshape(-1)
-    out_features = getattr(head, "out_features", None) or head.weight.shape[0]
-    rows = rows or chunk_rows(out_features)
-    keep_graph = torch.is_grad_enabled() and (
-        flat_h.requires_grad or any(p.requires_grad for p in head.parameters()))
+    flat_h, flat_t, rows, keep_graph = head_chunks(hidden, head, targets, rows)
     pieces = []
     for start in range(0, flat_h.shape[0], rows):
         h, t = flat_h[start:start + rows], flat_t[start:start + rows]
