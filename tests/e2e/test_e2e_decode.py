@@ -55,12 +55,11 @@ def test_chat_quantize_int8(cli, llama_hf_dir):
     assert reply.strip() and proc.stdout.strip() == reply.strip()
 
 
-def test_serve_quantize_int8(cli_runner, gpt2_hf_dir):
-    """One slot (--max-batch 1): int8's activation scale is per call, so with one row the
-    served text equals the library's batch-of-one int8 continuation."""
+def _served_text(cli_runner, model_dir, flags: list) -> str:
+    """Start ``scratchllm serve`` with one slot and ``flags``; the greedy completion of PROMPT."""
     import httpx
 
-    server, base = start_serve(cli_runner, ["--model", gpt2_hf_dir, "--quantize", "int8",
+    server, base = start_serve(cli_runner, ["--model", model_dir, *flags,
                                             "--max-batch", 1, "--model-name", "tiny"])
     try:
         answer = httpx.post(f"{base}/v1/completions", trust_env=False, timeout=60, json={
@@ -68,8 +67,15 @@ def test_serve_quantize_int8(cli_runner, gpt2_hf_dir):
     finally:
         cli_runner.signal(server, signal.SIGTERM)
         done = cli_runner.finish(server, timeout=60)
-    assert answer["choices"][0]["text"] == _int8_text(gpt2_hf_dir, PROMPT, NEW)
     assert "Traceback" not in done.stderr
+    return answer["choices"][0]["text"]
+
+
+def test_serve_quantize_int8(cli_runner, gpt2_hf_dir):
+    """One slot (--max-batch 1): the served text equals the library's batch-of-one int8
+    continuation."""
+    assert _served_text(cli_runner, gpt2_hf_dir, ["--quantize", "int8"]) == \
+        _int8_text(gpt2_hf_dir, PROMPT, NEW)
 
 
 def test_quantize_with_bf16_is_one_line(cli_error, gpt2_hf_dir):
@@ -131,16 +137,5 @@ def test_chat_bf16_qwen3(cli, qwen3_hf_dir):
 def test_serve_bf16(cli_runner, gpt2_hf_dir):
     """``serve --dtype bf16`` opens the model inference-only too: the served text (one slot)
     is plain bf16's library continuation."""
-    import httpx
-
-    server, base = start_serve(cli_runner, ["--model", gpt2_hf_dir, "--dtype", "bf16",
-                                            "--max-batch", 1, "--model-name", "tiny"])
-    try:
-        answer = httpx.post(f"{base}/v1/completions", trust_env=False, timeout=60, json={
-            "model": "tiny", "prompt": PROMPT, "max_tokens": NEW, "temperature": 0}).json()
-    finally:
-        cli_runner.signal(server, signal.SIGTERM)
-        done = cli_runner.finish(server, timeout=60)
-    assert answer["choices"][0]["text"] == _bf16_reference(gpt2_hf_dir, PROMPT, NEW,
-                                                           linear_kinds="bfloat16")
-    assert "Traceback" not in done.stderr
+    assert _served_text(cli_runner, gpt2_hf_dir, ["--dtype", "bf16"]) == \
+        _bf16_reference(gpt2_hf_dir, PROMPT, NEW, linear_kinds="bfloat16")
