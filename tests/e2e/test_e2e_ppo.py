@@ -94,3 +94,22 @@ def test_bad_reward_functions_are_one_line_errors(cli_error, gpt2_hf_dir, instru
                          "finetune")
         assert expected in line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_new_ppo_run_starts_its_value_head_from_a_saved_one(cli, rl_runs, gpt2_hf_dir,
+                                                               instruct_file, reward_file,
+                                                               e2e_root):
+    """``--value-head FILE`` as the README shows it: the new run's saved head names its origin."""
+    import safetensors
+
+    saved = rl_runs["ppo"][0] / "value_head.safetensors"
+    out = e2e_root / "ppo" / "gpt2-ppo-again"
+    args = [*RL_ARGS]
+    args[args.index("--max-steps") + 1] = "1"
+    stdout = cli(["finetune", "ppo", "--policy", gpt2_hf_dir, "--reward-fn",
+                  f"{reward_file}:score", "--prompts", instruct_file, "--out", out,
+                  "--value-head", saved, *args]).stdout
+    assert f"value head: {out / 'value_head.safetensors'}" in stdout
+    with safetensors.safe_open(str(out / "value_head.safetensors"), "pt") as handle:
+        meta = handle.metadata()
+    assert meta["init"] == str(saved) and meta["step"] == "1"
