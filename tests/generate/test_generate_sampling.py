@@ -107,6 +107,18 @@ def test_greedy_is_argmax():
     assert sample_next_token(two_rows, temperature=0.0, top_k=1).tolist() == [3, 8]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_greedy_ties_pick_the_first_maximum_as_argmax_does(dtype):
+    """Greedy must pick the same token whatever reduction computes it: the FIRST of tied
+    maxima (bf16 logits tie often), and a NaN logit wins as in argmax. A long row, since
+    CPU reductions split long rows across vector lanes and threads."""
+    logits = torch.zeros(3, 70_000, dtype=dtype)
+    logits[0, [9, 5, 60_000]] = 3.0
+    logits[1, 40_000:] = 1.0
+    logits[2, 3], logits[2, 7] = 5.0, float("nan")
+    assert sample_next_token(logits).tolist() == [5, 40_000, 7]
+
+
 def test_sampling_reproduces_the_books_1000_draws():
     """Book 5.3: 1,000 draws after torch.manual_seed(123) give 73 closer, 582 forward,
     2 inches and 343 toward."""

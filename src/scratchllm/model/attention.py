@@ -37,7 +37,7 @@ class MultiHeadAttention(nn.Module):
         """
         batch, n_tokens, emb_dim = x.shape
         qkv = self.qkv(x).view(batch, n_tokens, 3, self.n_heads, self.head_dim)
-        queries, keys, values = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+        queries, keys, values = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
         out = cached_attention(queries, keys, values, mask=mask, cache=cache, layer=layer,
                                dropout_p=self.drop_rate if self.training else 0.0)
         out = out.transpose(1, 2).reshape(batch, n_tokens, emb_dim)

@@ -27,9 +27,10 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x), mask=mask, cache=cache, layer=layer))
-        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
-        return x
+        att = self.att(self.norm1(x), mask=mask, cache=cache, layer=layer)
+        x = x + (self.drop_shortcut(att) if self.training else att)  # eval: dropout is identity
+        ff = self.ff(self.norm2(x))
+        return x + (self.drop_shortcut(ff) if self.training else ff)
 
 
 class GPTModel(nn.Module):

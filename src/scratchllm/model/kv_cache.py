@@ -45,9 +45,11 @@ class KVCache:
             self._keys[layer] = keys.new_empty(shape)
             self._values[layer] = values.new_empty(shape)
         k_buf, v_buf = self._keys[layer], self._values[layer]
-        k_buf[:, :, start:end] = keys
-        v_buf[:, :, start:end] = values
-        return k_buf[:, :, :end], v_buf[:, :, :end]
+        # narrow + copy_: the same writes and views as slice indexing, with less per-call
+        # overhead (it runs twice per layer per decoded token)
+        k_buf.narrow(2, start, end - start).copy_(keys)
+        v_buf.narrow(2, start, end - start).copy_(values)
+        return k_buf.narrow(2, 0, end), v_buf.narrow(2, 0, end)
 
     @staticmethod
     def _fits(buffer: torch.Tensor, new: torch.Tensor) -> bool:
