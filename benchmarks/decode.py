@@ -262,7 +262,14 @@ def quality(steps: int) -> dict:
                       for xb, yb in zip(x.split(32), y.split(32))]
         return math.exp(float(sum(losses)) / y.numel())
 
-    agree = {"int8": 0, "per_tensor": 0}
+    def one_row_logits(m, ids: torch.Tensor) -> torch.Tensor:
+        """Logits of ``ids`` fed one token per call through the KV cache: the one-row path
+        every decode step of generate/chat takes (the blocks above take the many-row one)."""
+        cache = m.new_cache(len(ids))
+        with torch.inference_mode():
+            return torch.cat([m(ids[None, i:i + 1], cache=cache)[0] for i in range(len(ids))])
+
+    agree = {"int8": 0, "per_tensor": 0, "int8_one_row": 0}
     total = 0
     for start_at in range(0, 64 * 500, 500):  # 64 fixed prompts from the held-out text
         prompt = held_out[start_at:start_at + 16]
@@ -271,13 +278,24 @@ def quality(steps: int) -> dict:
             a = model(ours[None, :-1]).argmax(-1)[0, 15:]
             for name, m in (("int8", int8), ("per_tensor", per_tensor)):
                 agree[name] += int((m(ours[None, :-1]).argmax(-1)[0, 15:] == a).sum())
+        agree["int8_one_row"] += int((one_row_logits(int8, ours[:-1]).argmax(-1)[15:] == a).sum())
         total += len(a)
     base = perplexity(model)
     ppl = {name: perplexity(m) for name, m in
            (("int8", int8), ("per_tensor", per_tensor), ("head_fp32", head_fp32))}
+    # one token per call over the first 16 KiB (128 windows of 128: 16k one-row steps per model)
+    windows = held_out[:128 * context + 1]
+    nll = {}
+    for name, m in (("fp32", model), ("int8", int8)):
+        nll[name] = sum(float(F.cross_entropy(one_row_logits(m, windows[i:i + context]),
+                                              windows[i + 1:i + context + 1], reduction="sum"))
+                        for i in range(0, 128 * context, context))
+    one_row = {name: math.exp(v / (128 * context)) for name, v in nll.items()}
     return {"steps": steps, "train_s": train_s, "ppl_fp32": base, "ppl_int8": ppl["int8"],
             "ppl_delta_pct": (ppl["int8"] / base - 1) * 100, "agree": agree["int8"],
             "total": total, "agree_per_tensor": agree["per_tensor"],
+            "agree_one_row": agree["int8_one_row"], "one_row": one_row,
+            "one_row_delta_pct": (one_row["int8"] / one_row["fp32"] - 1) * 100,
             "delta_pct": {name: (value / base - 1) * 100 for name, value in ppl.items()}}
 
 
@@ -417,6 +435,11 @@ def main() -> None:
           f"dynamic int8) {d['per_tensor']:+.2f}% (agreement "
           f"{q['agree_per_tensor'] / q['total']:.1%}); ours with the output head in fp32 "
           f"{d['head_fp32']:+.2f}%")
+    r = q["one_row"]
+    print(f"  one token per call (the decode path: each row alone on its own [min, max] grid), "
+          f"first 16 KiB: perplexity fp32 {r['fp32']:.3f}, int8 {r['int8']:.3f} "
+          f"({q['one_row_delta_pct']:+.2f}%); agreement {q['agree_one_row']}/{q['total']} "
+          f"({q['agree_one_row'] / q['total']:.1%})")
 
     if not args.skip_prefill:
         p = prefill()

@@ -1,5 +1,6 @@
 """The int8 linear layer (``scratchllm.model.int8_linear``): per-row activation scales checked
-against a hand-written quantize/dequantize reference, rows independent of their batch, and the
+against hand-written quantize/dequantize references (several rows: symmetric on each row's
+peak; one row: the kernel's own [min, max] grid), rows independent of their batch, and the
 8-bit activations the VNNI kernel allows checked at the codes' extremes."""
 
 from __future__ import annotations
@@ -34,22 +35,43 @@ def _reference(q: Int8Linear, layer: nn.Linear, x: torch.Tensor, bits: int) -> t
     return out if layer.bias is None else out + layer.bias.detach().double()
 
 
+def _reference_alone(q: Int8Linear, layer: nn.Linear, x: torch.Tensor, bits: int) -> torch.Tensor:
+    """One row on its own asymmetric grid: 2**bits - 1 steps over [min(x, 0), max(x, 0)],
+    zero on a whole code (the rule of PyTorch's dynamic quantization), times the int8 weights."""
+    x = x.double()
+    top = 2 ** bits - 1
+    low = x.amin(dim=1, keepdim=True).clamp(max=0)
+    step = (x.amax(dim=1, keepdim=True).clamp(min=0) - low) / top
+    zero = (-low / step).round().clamp(0, top)
+    x_hat = ((x / step).round() + zero).clamp(0, top).sub(zero) * step
+    out = x_hat @ q.dequantized_weight().double().T
+    return out if layer.bias is None else out + layer.bias.detach().double()
+
+
 @pytest.mark.parametrize("bits", [8, 7])
 def test_output_is_the_per_row_int8_product(bits):
-    """Both paths (several rows: each divided by its peak; one row: the anchors scaled
-    instead) compute the per-row int8 product of the hand-written reference."""
+    """Several rows (each divided by its peak, anchor row pinning the grid) compute the
+    symmetric per-row reference; one row alone goes straight to the kernel and computes the
+    asymmetric per-row one: both hand-written."""
     layer = _layer()
     x = torch.randn(6, 96) * torch.tensor([1e-3, 0.1, 1.0, 10.0, 300.0, 1.0])[:, None]
+    x[5] = x[5].abs() + 0.5  # all positive: the alone grid starts at 0, not at the row's min
     q = Int8Linear(layer, reduce_range=(bits == 7))
-    ref = _reference(q, layer, x, bits)
-    scale = ref.abs().amax(dim=1, keepdim=True)
     exact = F.linear(x, layer.weight, layer.bias).double()
-    for out in (q(x).double(), torch.cat([q(row[None]) for row in x]).double()):
+    alone = torch.cat([q(row[None]) for row in x]).double()
+    assert torch.equal(alone, torch.cat([q(row.view(1, 1, 96))[0] for row in x]).double())
+    for out, ref in ((q(x).double(), _reference(q, layer, x, bits)),
+                     (alone, _reference_alone(q, layer, x, bits))):
+        scale = ref.abs().amax(dim=1, keepdim=True)
         # float rounding of the kernel's scale can move a code sitting on a rounding tie by
         # one step: far below the quantization error itself (the second assertion)
         off = ((out - ref).abs() / scale).max()
         assert off < 2e-3
         assert ((out - exact).abs() / scale).max() > 2 * off  # the reference explains it
+    # the two grids are different roundings of the same row: equally close to the exact product
+    err = {name: ((out - exact).norm(dim=1) / exact.norm(dim=1)).max().item()
+           for name, out in (("batch", q(x).double()), ("alone", alone))}
+    assert err["alone"] < 0.03 * 2 ** (8 - bits) and err["batch"] < 0.03 * 2 ** (8 - bits)
     assert q.extra_repr().endswith(f"activation_bits={bits}")
 
 
@@ -62,16 +84,15 @@ def test_each_row_has_its_own_scale():
     quiet, loud = torch.randn(1, 96), 1000 * torch.randn(1, 96)
     together = q(torch.cat([quiet, loud]))
     exact = F.linear(quiet, layer.weight)
-    relative = ((together[0] - exact[0]).norm() / exact.norm()).item()
-    assert relative < 0.02
-    assert torch.allclose(together[0], q(quiet)[0], rtol=0, atol=1e-3 * exact.abs().max().item())
+    for out in (together[0], q(quiet)[0]):  # in the batch, and alone
+        assert ((out - exact[0]).norm() / exact.norm()).item() < 0.02
     # one scale for both rows would round every quiet entry to 0 (less than half its step)
     assert (loud.max() - loud.min()) / 255 > 2 * quiet.abs().max()
 
 
 def test_rows_are_independent_of_their_batch():
     """Any batch of two or more rows: a row's output is bit for bit the same whatever the
-    other rows are; alone, within float rounding of the kernel's scale."""
+    other rows are; alone (its own asymmetric grid), as close to the exact product."""
     q = Int8Linear(_layer())
     torch.manual_seed(1)
     batch = torch.randn(5, 3, 96) * torch.tensor([0.01, 1.0, 50.0, 1.0, 3.0])[:, None, None]
@@ -84,10 +105,12 @@ def test_rows_are_independent_of_their_batch():
     for other in range(3, 15):  # beside one very different row each time
         pair = q(flat[torch.cat([quiet, torch.tensor([other])])])
         assert torch.equal(pair[:3], out[:3]) and torch.equal(pair[3], out[other])
+    exact = F.linear(flat, q.dequantized_weight(), q.bias)
     alone = torch.cat([q(row[None]) for row in flat])
-    size = out.abs().amax(dim=1, keepdim=True)
-    assert ((alone - out).abs() <= 1e-3 * size).all()
-    assert ((alone - out).abs() <= 1e-5 * size).float().mean() > 0.9  # most to float rounding
+    size = exact.norm(dim=1).clamp_min(1e-6)
+    for rows in (out, alone):
+        assert ((rows - exact).norm(dim=1) / size).max() < 0.02
+    assert not torch.equal(alone, out)  # a different grid: the last bits differ
 
 
 @pytest.mark.skipif(not torch.cpu._is_vnni_supported(), reason="8-bit activations need VNNI")
@@ -112,3 +135,14 @@ def test_swap_linears_replaces_plain_linears_only():
     assert isinstance(model[0], Int8Linear) and isinstance(model[2][0], Int8Linear)
     w = model[2][0].dequantized_weight()
     assert w.shape == (4, 8)
+
+
+def test_one_input_feature_gets_two_anchor_rows():
+    """With one input feature the anchors cannot share a row: two rows pin the grid, and a
+    batch still computes each row's exact int8 product (one feature, peak-scaled: exact)."""
+    layer = _layer(1, 4)
+    q = Int8Linear(layer)
+    x = torch.tensor([[0.5], [-3.0], [0.0], [200.0]])
+    assert len(q.anchor_rows) == 2
+    expected = F.linear(x, q.dequantized_weight(), q.bias)
+    assert torch.allclose(q(x), expected, rtol=1e-5, atol=1e-5)

@@ -1,23 +1,27 @@
 """An int8 ``Linear`` for CPU decoding: fbgemm's int8 GEMM with one activation scale per row.
 
 PyTorch's dynamic int8 kernel (``quantized::linear_dynamic``, fbgemm) is the fastest int8
-matmul on this CPU (benchmarks/decode.py), but it quantizes its whole input with ONE scale:
-evaluating a (tokens, features) block rounds every token on the scale of the loudest one, and
-in a batch a row's output depends on the other rows. Per-row scales come from linearity:
+matmul on this CPU (benchmarks/decode.py), but it quantizes its whole input with ONE grid, from
+the input's min and max: evaluating a (tokens, features) block rounds every token on the grid
+of the loudest one, and in a batch a row's output depends on the other rows.
 
-    W @ x = |x|max * (W @ (x / |x|max))
+One row (a decode step of ``generate``/``chat``) is already per-row: the kernel rounds it on
+its own [min, max] grid, 255 steps (an asymmetric grid, at least as fine as a symmetric one on
+its peak), so it goes to the kernel as it is, with no op before or after it. That is what
+batch-1 decoding is paid by: each extra small op per layer call cost 15-35 us against a
+45-95 us int8 GEMV on this 2-core machine (RESULTS.md, decode).
 
-Each row is divided by its own largest magnitude, so it lies in [-1, 1]; two extra input
-columns whose weights are zero, 1 and -128/127, pin every row's range to the same interval,
-so the kernel picks the same scale (1/127) and zero point (128) whatever else is in the batch:
-each row is rounded symmetrically on its own grid of 1/127ths of its peak, and its output
-depends on that row alone (bit for bit, the kernel's integer sums being exact). A single row
-(a decode step) gets the same grid more cheaply: its anchors are scaled by its peak instead of
-the row being divided. That grid is the same number up to float rounding of the scale, so a
-prompt decoded alone and inside a batch can differ in the last bits of its logits, as float32
-matmuls of different batch sizes do, and greedy decoding picks the same tokens. (An anchor
-*row* instead of columns would cost more: fbgemm's two-row path decodes GPT-2 at 0.77x its
-one-row speed; two extra columns cost nothing measurable.)
+Several rows (a prompt's prefill, a ``generate_batch``/``serve`` step) get per-row scales from
+linearity, ``W @ x = |x|max * (W @ (x / |x|max))``: each row is divided by its own largest
+magnitude, so it lies in [-1, 1], and one extra *anchor row* (1, -128/127, 0, ...) pins the
+kernel's range, so it picks the same grid (1/127, zero point 128) whatever else is in the
+batch: each row is rounded symmetrically on 1/127ths of its own peak, and its output depends
+on that row alone, bit for bit (the kernel's integer sums are exact).
+
+The price of the fast lone row: a prompt decoded alone (asymmetric grid of its row) and the
+same prompt inside a batch (symmetric grid of its peak) can differ in the last bits of the
+logits, as float32 matmuls of different batch sizes do; the tests check that greedy decoding
+picks the same tokens. Rows of one batch never affect each other.
 
 With AVX512-VNNI the kernel's int32 dot products cannot saturate, so activations get all
 8 bits; without it the 16-bit pairwise sums could overflow, and they get 7 (PyTorch's own
@@ -56,9 +60,7 @@ class Int8Linear(nn.Module):
         # symmetric per output row, codes -128..127 over [-peak, peak]: PyTorch's per-channel
         # observer's grid (weights alone: +0.13% perplexity on the benchmark, +0.35% on peak/127)
         scale = (weight.abs().amax(dim=1) / 127.5).clamp_min(1e-12).double()
-        codes = torch.zeros(self.out_features, self.in_features + 2,
-                            dtype=torch.int8)  # the anchor columns' weights are 0
-        codes[:, :self.in_features] = (weight / scale[:, None].float()).round().clamp(-128, 127)
+        codes = (weight / scale[:, None].float()).round().clamp(-128, 127).to(torch.int8)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
             warnings.simplefilter("ignore")
@@ -70,23 +72,27 @@ class Int8Linear(nn.Module):
         # plain attributes, not buffers: the layer lives on the CPU and is never saved, and a
         # plain attribute is read without nn.Module.__getattr__ (49 layers per GPT-2 token)
         self.bias = bias
-        self.anchors = torch.tensor([[[1.0, -half / (half - 1)]]])  # (1, 1, 2): a decode step
+        # the rows after the scaled ones: range [-half / (half - 1), 1] -> step 1 / (half - 1)
+        low = -half / (half - 1)
+        if self.in_features >= 2:
+            self.anchor_rows = torch.zeros(1, self.in_features)
+            self.anchor_rows[0, :2] = torch.tensor([1.0, low])
+        else:
+            self.anchor_rows = torch.tensor([[1.0], [low]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3 and x.numel() == self.in_features:
-            # One row (a decode step): anchors scaled by the row's own peak give the kernel the
-            # same grid, peak / 127, with no division before it and no rescaling after it.
-            peak = x.abs().amax(dim=-1, keepdim=True)
-            return _int8_matmul(torch.cat((x, peak * self.anchors), -1), self._packed,
-                                self.reduce_range)
+        if x.numel() == self.in_features and x.dim() >= 2:
+            # One row (a decode step): the kernel's own grid is this row's; nothing else to do.
+            return _int8_matmul(x, self._packed, self.reduce_range)
         rows = x.reshape(-1, self.in_features)
+        count = len(rows)
         # max(amax, -amin): two passes over the rows, but no |rows| copy (1.5x faster at 1024)
         peak = torch.maximum(rows.amax(dim=1, keepdim=True), rows.amin(dim=1, keepdim=True).neg_())
         peak = peak.clamp_min_(1e-30)  # an all-zero row stays zero
-        scaled = torch.empty(len(rows), self.in_features + 2)
-        torch.div(rows, peak, out=scaled[:, :self.in_features])
-        scaled[:, self.in_features:] = self.anchors.view(1, 2)
-        out = _int8_matmul(scaled, self._packed, self.reduce_range)  # W (x / peak) + bias
+        scaled = torch.empty(count + len(self.anchor_rows), self.in_features)
+        torch.div(rows, peak, out=scaled[:count])
+        scaled[count:] = self.anchor_rows
+        out = _int8_matmul(scaled, self._packed, self.reduce_range)[:count]  # W (x / peak) + b
         out.mul_(peak)
         if self.bias is not None:  # undo the kernel's bias times peak: peak * W x' + bias
             out.addr_(peak.view(-1) - 1, self.bias, alpha=-1)
@@ -95,7 +101,7 @@ class Int8Linear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 weight the int8 codes stand for (for checks; decoding never needs it)."""
         qweight, _ = torch.ops.quantized.linear_unpack(self._packed)
-        return qweight.dequantize()[:, :self.in_features]
+        return qweight.dequantize()
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
