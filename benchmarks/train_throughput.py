@@ -4,7 +4,10 @@ The workload is chapter 5's (book 5.2): GPT-2 small's architecture with an untie
 (163M parameters), context 256, batch 2, dropout 0.1, AdamW(lr 4e-4, weight decay 0.1).
 
 * ours: ``scratchllm.model.GPTModel`` stepped by the Trainer's own pieces
-  (``train.optim.build_optimizer`` and ``train.steps.accumulate_gradients``);
+  (``train.optim.build_optimizer`` and ``train.steps.accumulate_gradients``), eager, and a
+  second row with ``compile: blocks`` (``train.compiling.compile_blocks``: one compiled
+  transformer block for all twelve, as ``scratchllm pretrain --compile blocks`` runs); its
+  compile time is the first step's and is reported with the step count that pays it back;
 * book: ``llms_from_scratch.ch04.GPTModel`` stepped like ``ch05.train_model_simple``
   (``calc_loss_batch``, ``zero_grad``/``backward``/``step``);
 * nanoGPT: Karpathy's ``model.py``, imported at run time from ``../shared/peers/nanogpt``
@@ -27,6 +30,8 @@ too (``--default-malloc`` measures everyone with glibc's defaults instead).
 Target: ours >= 1.3x the book's package in fp32 and in bf16 (issue 3); >= 60% of the
 measured fp32 matmul peak (issue 11). ``--profile`` prints torch.profiler's op breakdown of
 one of our fp32 steps first (shares of CPU time: what to optimise, even on a busy machine).
+``--cold-compile`` points inductor at an empty cache folder, so the compile time is a first
+run's (otherwise an earlier run's on-disk cache may shorten it).
 Run: ``python benchmarks/train_throughput.py [--rounds 5] [--precision both] [--compile]``.
 """
 
@@ -35,7 +40,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -46,6 +54,7 @@ from common import load_average, machine_summary, median, peak_matmul_flops, tim
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.model.stats import training_flops_per_token
 from scratchllm.train import steps
+from scratchllm.train.compiling import compile_for_training
 from scratchllm.train.optim import build_optimizer
 from scratchllm.utils.heap import retained_heap
 
@@ -61,14 +70,17 @@ class Contender:
     name: str
     step: Callable[[torch.Tensor, torch.Tensor, str], float]
     speeds: dict[str, list[float]] = field(default_factory=dict)  # precision -> tokens/s
+    first_step_s: float = 0.0  # the first warmup step: includes any compile
 
 
-def build_ours(config: GPTConfig, device: torch.device, compile_model: bool) -> Contender:
+def build_ours(config: GPTConfig, device: torch.device, compile_model: bool,
+               mode: str | None = None) -> Contender:
     """Our model stepped exactly as ``Trainer.train_step`` does (no clipping, constant lr),
-    with ``build_optimizer``'s AdamW (PyTorch's fused kernel on CPU and CUDA)."""
+    with ``build_optimizer``'s AdamW (PyTorch's fused kernel on CPU and CUDA); ``mode`` is
+    a training config's ``compile`` value (``--compile`` = the whole model)."""
     torch.manual_seed(SEED)
     model = GPTModel(config).to(device).train()
-    forward_model = torch.compile(model) if compile_model else model
+    forward_model = compile_for_training(model, model, mode or compile_model)
     optimizer = build_optimizer(model, lr=LR, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999),
                                 decay_all=True)
 
@@ -79,7 +91,7 @@ def build_ours(config: GPTConfig, device: torch.device, compile_model: bool) -> 
         optimizer.step()
         return loss
 
-    return Contender("scratchllm", step)
+    return Contender("scratchllm" if mode is None else f"scratchllm compile={mode}", step)
 
 
 def build_book(config: GPTConfig, device: torch.device, compile_model: bool) -> Contender:
@@ -139,6 +151,7 @@ def profile_step(contender: Contender, batches, steps: int = 2) -> None:
     """torch.profiler's ops by self CPU time over ``steps`` fp32 steps (after one warm-up)."""
     from torch.profiler import ProfilerActivity, profile
 
+    print(f"profile of {contender.name}, {steps} fp32 steps:")
     contender.step(*batches[0], "fp32")
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for i in range(steps):
@@ -169,7 +182,10 @@ def measure(contenders: list[Contender], precisions: list[str], batches, *, devi
     combos = [(c, p) for p in precisions for c in contenders]
     for contender, precision in combos:
         for i in range(warmup):
+            start = time.perf_counter()
             loss = contender.step(*batches[i % len(batches)], precision)
+            if contender.name not in first_losses:
+                contender.first_step_s = time.perf_counter() - start
             first_losses.setdefault(contender.name, loss)
         contender.speeds[precision] = []
     tokens = batches[0][0].numel() * window
@@ -194,13 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--context-length", type=int, default=256)
     parser.add_argument("--preset", default="gpt2-small", help="GPTConfig preset (tiny for a smoke test)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--compile", action="store_true", help="torch.compile all models whole")
+    parser.add_argument("--no-blocks", action="store_true",
+                        help="leave out the scratchllm compile=blocks row")
+    parser.add_argument("--cold-compile", action="store_true",
+                        help="compile into an empty inductor cache (a first run's compile time)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--profile", action="store_true",
                         help="print the op breakdown of our fp32 step before timing")
     parser.add_argument("--default-malloc", action="store_true",
                         help="glibc's malloc defaults instead of the trainer's retained heap")
     args = parser.parse_args(argv)
+    if args.cold_compile:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
 
     device = torch.device(args.device)
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
@@ -213,22 +235,38 @@ def main(argv: list[str] | None = None) -> int:
     contenders = [build_ours(config, device, args.compile),
                   build_nanogpt(config, device, args.compile),
                   build_book(config, device, args.compile)]
+    if not args.no_blocks:
+        contenders.insert(1, build_ours(config, device, args.compile, mode="blocks"))
     batches = make_batches(config, args.batch_size)
     with contextlib.nullcontext() if args.default_malloc else retained_heap():
         if args.profile:  # on a model of its own: the timed one starts untrained, like its peers
             profile_step(build_ours(config, device, args.compile), batches)
         first, peaks = measure(contenders, precisions, batches, device=device,
                                warmup=args.warmup, window=args.window, rounds=args.rounds)
+        if args.profile and not args.no_blocks:  # after timing: its compile was timed above
+            profile_step(build_ours(config, device, args.compile, mode="blocks"), batches)
     print(f"load average after: {load_average()}")
     print(f"first-step loss ({precisions[0]}; same batch; ours and the book share their init, nanoGPT has its own; dropout masks differ): "
           + ", ".join(f"{k} {v:.3f}" for k, v in first.items()))
 
     flops_per_token = training_flops_per_token(config)
-    ours, nano, book = contenders
+    ours, nano, book = contenders[0], contenders[-2], contenders[-1]
+    blocks = contenders[1] if len(contenders) == 4 else None
+    if blocks is not None:
+        # compile cost: the first step's time beyond a timed step's (first precision only)
+        step_s = {c.name: batches[0][0].numel() / median(c.speeds[precisions[0]])
+                  for c in (ours, blocks)}
+        extra = blocks.first_step_s - step_s[blocks.name]
+        saved = step_s[ours.name] - step_s[blocks.name]
+        payback = f"pays back after {extra / saved:.0f} steps" if saved > 0 else "never pays back"
+        print(f"compile=blocks ({precisions[0]}): first step {blocks.first_step_s:.1f} s "
+              f"(eager: {ours.first_step_s:.1f} s), then {abs(saved):.2f} s "
+              f"{'less' if saved > 0 else 'more'} per step than eager: {payback}"
+              f"{' (cold inductor cache)' if args.cold_compile else ''}")
     print(f"\npeak matmul (2048x2048, best of {5 * (args.rounds + 1)}): "
           + ", ".join(f"{p} {peaks[p] / 1e9:.0f} GFLOP/s" for p in precisions))
     print(f"training FLOPs per token: {flops_per_token / 1e6:.0f}M")
-    print(f"\n{'model':<24}{'precision':<11}{'tok/s':>8}{'min':>8}{'best':>8}{'MFU':>8}{'vs book':>9}{'paired':>8}")
+    print(f"\n{'model':<27}{'precision':<11}{'tok/s':>8}{'min':>8}{'best':>8}{'MFU':>8}{'vs book':>9}{'paired':>8}")
     for precision in precisions:
         book_speed = median(book.speeds[precision])
         for contender in contenders:
@@ -237,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             mfu = flops_per_token * tok_s / peaks[precision]
             # Ratio of windows timed back to back in the same round: less exposed to load swings.
             paired = median([a / b for a, b in zip(speeds, book.speeds[precision])])
-            print(f"{contender.name:<24}{precision:<11}{tok_s:>8.1f}{min(speeds):>8.1f}"
+            print(f"{contender.name:<27}{precision:<11}{tok_s:>8.1f}{min(speeds):>8.1f}"
                   f"{max(speeds):>8.1f}{mfu:>8.1%}{tok_s / book_speed:>8.2f}x{paired:>7.2f}x")
     print()
     for precision in sorted(precisions):  # bf16 first, so fp32's line is the last one
@@ -247,10 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     mfu = {c.name: flops_per_token * median(c.speeds[precisions[0]]) / peaks[precisions[0]]
            for c in contenders}
     tag = precisions[0]
-    print(f"train_mfu_{tag}: {mfu[ours.name]:.1%} (nanoGPT: {mfu[nano.name]:.1%}, "
-          f"ratio {mfu[ours.name] / mfu[nano.name]:.2f})")
-    print(f"train_mfu_{tag}: {mfu[ours.name]:.1%} (book llms_from_scratch: {mfu[book.name]:.1%}, "
-          f"ratio {mfu[ours.name] / mfu[book.name]:.2f})")
+    for mine, suffix in [(ours, "")] + ([(blocks, "_blocks")] if blocks is not None else []):
+        print(f"train_mfu_{tag}{suffix}: {mfu[mine.name]:.1%} (nanoGPT: {mfu[nano.name]:.1%}, "
+              f"ratio {mfu[mine.name] / mfu[nano.name]:.2f})")
+        print(f"train_mfu_{tag}{suffix}: {mfu[mine.name]:.1%} (book llms_from_scratch: "
+              f"{mfu[book.name]:.1%}, ratio {mfu[mine.name] / mfu[book.name]:.2f})")
     return 0
 
 

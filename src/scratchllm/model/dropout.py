@@ -39,7 +39,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """``F.dropout(x, p, training)`` with ``dropout_mask``'s cheaper mask on the CPU."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or not 0.0 < p < 1.0 or not x.is_floating_point():
+    if (x.device.type != "cpu" or not 0.0 < p < 1.0 or not x.is_floating_point()
+            or torch.compiler.is_compiling()):  # inductor draws F.dropout's mask in-kernel
         return F.dropout(x, p, training)
     return x * dropout_mask(x.shape, p, dtype=x.dtype, device=x.device)
 

@@ -70,7 +70,8 @@ class TrainConfig:
     seed: int = 123
     device: str = "auto"
     precision: str = "auto"           # auto = bf16 on CUDA GPUs that support it, else fp32
-    compile: bool = False
+    compile: bool | str = False       # true/"model" = torch.compile the model, "blocks" = one
+                                      # compiled transformer block for all (train/compiling.py)
     # Multi-process training under torchrun: auto = DDP when WORLD_SIZE > 1, else one process.
     distributed: str = "auto"
     out_dir: str = "runs/verdict"
@@ -101,7 +102,13 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, str) or (optional and value is None)):
                 raise ConfigError(f"train config field {name!r} must be a string, got {value!r}")
-        for name in ("compile", "decay_all", "resume", "overwrite"):
+        if not (isinstance(self.compile, bool) or self.compile in ("none", "model", "blocks")):
+            raise ConfigError(f"train config field 'compile' must be true, false, 'model' or "
+                              f"'blocks', got {self.compile!r}")
+        if self.compile == "blocks" and self.distributed == "fsdp":
+            raise ConfigError("compile: blocks is not supported with distributed: fsdp (FSDP "
+                              "wraps each block in its own hooks); use compile: true, or ddp")
+        for name in ("decay_all", "resume", "overwrite"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"train config field {name!r} must be true or false, got "
                                   f"{getattr(self, name)!r}")

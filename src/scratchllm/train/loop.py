@@ -37,6 +37,7 @@ from scratchllm.model.registry import model_from_config
 from scratchllm.tokenizers import get_tokenizer, tokenizer_from_dict
 from scratchllm.train import distributed, steps
 from scratchllm.train.batches import is_prepared, load_batches
+from scratchllm.train.compiling import compile_for_training
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.metrics import METRICS_FILE, MetricsLog, Progress
 from scratchllm.train.optim import build_optimizer, build_scheduler
@@ -125,7 +126,7 @@ class Trainer(RunFiles):
         # DDP wraps the model; FSDP shards it in place (so the optimizer comes after this).
         wrapped = distributed.wrap_model(self.model, dist)
         self.no_sync = distributed.no_sync_factory(wrapped, dist)
-        self.forward_model = torch.compile(wrapped) if config.compile else wrapped
+        self.forward_model = compile_for_training(self.model, wrapped, config.compile)
         self.optimizer = build_optimizer(self.model, lr=config.lr, weight_decay=config.weight_decay,
                                          betas=config.betas, decay_all=config.decay_all)
         if dist.enabled:  # different dropout masks on each rank
