@@ -53,6 +53,21 @@ def test_dropout_in_train_mode_changes_outputs_eval_is_deterministic():
     torch.testing.assert_close(model(ids), model(ids), rtol=0, atol=0)
 
 
+def test_shortcut_dropout_runs_in_training_only():
+    """Both residual branches of a block go through ``drop_shortcut`` when training (book
+    4.5); in eval mode, where dropout is the identity, the block skips the call (decoding)."""
+    model = GPTModel(GPTConfig.preset("tiny", vocab_size=200, drop_rate=0.5))
+    calls = []
+    for block in model.trf_blocks:
+        block.drop_shortcut.register_forward_hook(lambda m, i, o: calls.append(m.training))
+    ids = torch.randint(0, 200, (2, 12))
+    model.train()(ids)
+    assert calls == [True] * (2 * len(model.trf_blocks))
+    calls.clear()
+    model.eval()(ids)
+    assert calls == []
+
+
 def test_zero_dropout_train_equals_eval():
     model = GPTModel(GPTConfig.preset("tiny", vocab_size=200, drop_rate=0.0))
     ids = torch.randint(0, 200, (2, 12))
