@@ -13,8 +13,10 @@ vocab x emb_dim; GPT-2's head shares the token embedding's weight, and the embed
 its float copy). Embeddings, norms, the KV cache and sampling stay in floating point.
 
 On the CPU each activation row gets its own int8 scale (``scratchllm.model.int8_linear``), so
-an int8 layer's output for a row depends on that row alone: ``serve`` and ``generate_batch``
-decode each prompt as it decodes alone, as they do in float32.
+the rows of a batch never affect each other in ``serve`` and ``generate_batch``. A lone decode
+step goes to the kernel as it is (its own [min, max] grid: the fastest path), so a prompt
+decoded alone and inside a batch can differ in the last bits, and the tests check that greedy
+decoding picks the same tokens.
 """
 
 from __future__ import annotations
