@@ -47,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="auto = bf16 on capable GPUs, else fp32")
     p.add_argument("--compile", nargs="?", const=True, default=None, metavar="{model,blocks}",
                    help="torch.compile the whole model (bare flag or 'model'), or one transformer "
-                   "block compiled once for all of them ('blocks': about a third of the compile "
-                   "time; evaluation and samples stay eager)")
+                   "block compiled once for all of them ('blocks': a third of the compile time; "
+                   "evaluation and samples stay eager; slower than eager on a 2-core CPU)")
     p.add_argument("--distributed", choices=["auto", "ddp", "fsdp", "none"],
                    help="under torchrun: ddp (auto's choice when WORLD_SIZE > 1) or fsdp "
                    "(shards weights, gradients and optimizer state)")

@@ -12,6 +12,13 @@ training config's ``compile``:
   and everything else stays eager: the chunked head + loss (``model.loss``), evaluation
   under ``no_grad`` and decoding with a KV cache (samples mid-run) never wait for a compile.
 
+Measured on a 2-core Xeon (AVX-512) at GPT-2 small, context 256, batch 2, fp32
+(benchmarks/RESULTS.md, "train_throughput, regional compilation"): ``blocks`` ran 0.90x the
+eager step and used 1.25x its CPU time at one thread (where inductor loses was not
+profiled; eager already has cheap dropout masks and a written-out attention), so eager
+stays the default; the switch is there for devices and shapes where
+inductor's fusion wins, and the benchmark keeps measuring it.
+
 Dropout inside a compiled region draws inductor's in-kernel random numbers (``model.dropout``
 hands over to ``F.dropout`` there), seeded from PyTorch's generator at each call: a seed and
 a checkpoint still replay a run exactly, but the masks differ from the eager ones.
