@@ -17,7 +17,8 @@ jobs only ever slow a run down):
    of the rounds is reported, beside the single-stream fp32 figure (the machine drifts).
 3. Quality: a byte-level GPT trained here for a few hundred steps on tiny Shakespeare;
    int8's greedy-token agreement with fp32 over a fixed prompt set (teacher forced), and the
-   held-out perplexity change (target <= 1%).
+   held-out perplexity change (target <= 1%), in blocks (prefill's many-row path) and one
+   token per call (the one-row path every decode step takes).
 4. Prefill: time to first token of a 1,024-token prompt on the Llama-3.2-1B shape (random
    weights, fp32), ours against transformers' ``LlamaForCausalLM``.
 
