@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.generate.sampling import sample_next_token
 from scratchllm.serve.sequence import Event, Failed, Job, SequenceState
 from scratchllm.serve.slots import copy_cache, decode_step, new_sequence_cache, prefill
 
@@ -199,7 +200,7 @@ class Engine:
                     self._set_slot(slot, None)
             return
         self.steps += 1
-        greedy = logits.argmax(dim=-1).tolist()
+        greedy = sample_next_token(logits).tolist()  # temperature 0: the greedy pick
         for slot, state in enumerate(states):
             if state is not None:
                 self._advance(slot, state, logits[slot], greedy[slot])
