@@ -67,6 +67,21 @@ def test_a_new_run_starts_its_critic_from_the_saved_head(toy, ppo_run, tmp_path)
         assert handle.metadata()["init"] == str(file)
 
 
+def test_a_finished_ppo_run_can_be_overwritten(toy, ppo_run, tmp_path):
+    """The value head is one of the run's own files: --overwrite replaces the run instead of
+    refusing it as a file scratchllm did not write (it did, at the end of the first run)."""
+    base, prompts = toy
+    out = tmp_path / "twice"
+    finetune_rl(base, prompts, out, **{**RUN, "max_steps": 1})
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="notes.txt"):  # a user's file is still protected
+        finetune_rl(base, prompts, out, overwrite=True, **{**RUN, "max_steps": 1})
+    (out / "notes.txt").unlink()
+    again = finetune_rl(base, prompts, out, overwrite=True, **{**RUN, "max_steps": 1})
+    assert again.value_head_file == out / "value_head.safetensors"
+    assert again.value_head_file.is_file()
+
+
 def test_bad_value_heads_are_refused_before_any_work(toy, ppo_run, tmp_path):
     base, prompts = toy
     file = ppo_run.out_dir / "value_head.safetensors"
