@@ -11,7 +11,8 @@ from gguf_support import hf_tokenizer, loaded_model, tiny_gpt, tiny_llama  # noq
 
 from scratchllm.errors import ConfigError, ScratchLLMError, TokenizerError  # noqa: E402
 from scratchllm.weights import gguf_export  # noqa: E402
-from scratchllm.weights.gguf_export import export_gguf, write_gguf  # noqa: E402
+from scratchllm.export.gguf import export_gguf  # noqa: E402
+from scratchllm.weights.gguf_export import write_gguf  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

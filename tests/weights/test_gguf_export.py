@@ -12,7 +12,8 @@ gguf = pytest.importorskip("gguf")
 from gguf_support import (LLAMA3_TEMPLATE, LLAMA_SPECIALS, hf_tokenizer,  # noqa: E402
                           loaded_model, read_gguf, tensor_array, tiny_gpt, tiny_llama)
 
-from scratchllm.weights.gguf_export import export_gguf, write_gguf  # noqa: E402
+from scratchllm.export.gguf import export_gguf  # noqa: E402
+from scratchllm.weights.gguf_export import write_gguf  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 N = gguf.TENSOR_NAMES

@@ -20,7 +20,7 @@ from gguf_support import (LLAMA3_TEMPLATE, LLAMA_SPECIALS, hf_tokenizer,  # noqa
                           loaded_model, tiny_gpt, tiny_llama)
 
 from scratchllm.generate import generate  # noqa: E402
-from scratchllm.weights.gguf_export import export_gguf  # noqa: E402
+from scratchllm.export.gguf import export_gguf  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TEXT = "What is the capital of France? Paris is the capital."

@@ -14,7 +14,7 @@ from ollama_support import parse_modelfile, render  # noqa: E402
 from scratchllm.chat.conversation import Turn, as_messages  # noqa: E402
 from scratchllm.chat.formats import choose_format  # noqa: E402
 from scratchllm.errors import ConfigError  # noqa: E402
-from scratchllm.weights.ollama import export_ollama  # noqa: E402
+from scratchllm.export.ollama import export_ollama  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CHATML_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "

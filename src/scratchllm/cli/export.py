@@ -58,7 +58,8 @@ def run_gguf(args: argparse.Namespace) -> int:
     """--to gguf / --to ollama: checks the output path and type before loading the model."""
     from scratchllm.errors import ConfigError
     from scratchllm.weights.auto import open_model
-    from scratchllm.weights.gguf_export import GGUF_TYPES, check_gguf_target, export_gguf
+    from scratchllm.export.gguf import export_gguf
+    from scratchllm.weights.gguf_export import GGUF_TYPES, check_gguf_target
 
     if args.shard_size is not None:
         raise ConfigError("--shard-size applies to --to hf; a GGUF export is one file")
@@ -72,7 +73,7 @@ def run_gguf(args: argparse.Namespace) -> int:
         print(f"exported {args.model_dir} -> {out} (GGUF; run it with llama-cli -m {out})")
         return 0
     from scratchllm.utils.outputs import check_output_dir
-    from scratchllm.weights.ollama import OLLAMA_EXPORT, export_ollama
+    from scratchllm.export.ollama import OLLAMA_EXPORT, export_ollama
 
     check_output_dir(args.out, OLLAMA_EXPORT, overwrite=args.overwrite)
     loaded = open_model(args.model_dir, require_tokenizer=True)

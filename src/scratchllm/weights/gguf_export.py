@@ -224,27 +224,3 @@ def write_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, *,
         tmp.unlink(missing_ok=True)
         raise
     return target
-
-
-def export_chat_template(loaded: Any) -> tuple[str | None, int | None]:
-    """(Jinja chat template, end-of-turn id) an export carries for ``loaded``.
-
-    The template renders the prompts ``scratchllm chat`` builds (Alpaca and Phi-3
-    fine-tunes included), as ``export --to hf`` writes it.
-    """
-    from scratchllm.data.chat_templates import chat_template_for
-    from scratchllm.weights.auto import chat_end_ids
-
-    template = chat_template_for(loaded.metadata, loaded.tokenizer)
-    eos = loaded.eos_ids[0] if loaded.eos_ids else None
-    ends = [i for i in chat_end_ids(loaded.tokenizer) if i != eos] if template else []
-    return template, (ends[0] if ends else None)
-
-
-def export_gguf(loaded: Any, path: str | os.PathLike, *, type_name: str | None = None,
-                overwrite: bool = False) -> Path:
-    """Write an ``open_model`` result as GGUF, with its chat template and end-of-turn id."""
-    template, eot = export_chat_template(loaded)
-    return write_gguf(loaded.model, loaded.tokenizer, path, type_name=type_name,
-                      chat_template=template, eot_id=eot, name=Path(loaded.source).name,
-                      overwrite=overwrite)

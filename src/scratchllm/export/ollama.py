@@ -168,7 +168,7 @@ def export_ollama(loaded: Any, out_dir: str | os.PathLike, *, type_name: str | N
                   overwrite: bool = False) -> Path:
     """Write ``out_dir``/model.gguf and ``out_dir``/Modelfile (replacing the folder whole)."""
     from scratchllm.utils.atomic import atomic_write_text
-    from scratchllm.weights.gguf_export import export_gguf
+    from scratchllm.export.gguf import export_gguf
 
     out_dir = Path(out_dir).expanduser()
     check_output_dir(out_dir, OLLAMA_EXPORT, overwrite=overwrite)
