@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,11 @@ from torch import nn
 
 from scratchllm.errors import CheckpointError
 from scratchllm.utils.atomic import atomic_directory, atomic_write_text, fsync_dir, fsync_file
-from scratchllm.weights.model_dir import CONFIG_FILE, WEIGHTS_FILE, PathLike, write_model_files
+from scratchllm.weights.model_dir import CONFIG_FILE, write_model_files
+# the checkpoint layout lives with the model directories, so opening a run needs no training code
+from scratchllm.weights.run_layout import LATEST_POINTER, latest_checkpoint
 
-CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
-LATEST_POINTER = "LATEST"
-TRAINER_DIR = "trainer_state"
-STATE_FILE = "state.json"
-_STEP_DIR = re.compile(r"^step-(\d{8,})$")
 # errno values of a full disk or an exhausted quota, and how Rust-backed writers (safetensors)
 # spell them in their messages, since they raise their own exception types.
 _FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e)
@@ -65,38 +61,6 @@ def disk_full_error(run_dir: Path, what: str, previous: Path | None) -> DiskFull
                 "latest/ and best/); free some space and continue with --resume")
     return DiskFullError(f"the disk is full (no space left on device) while writing {what} in "
                          f"{run_dir}; nothing half-written was kept and {kept}")
-
-
-# ---------------------------------------------------------------------------- checkpoints
-def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoint dirs, oldest step first (temp/half-deleted dirs are skipped)."""
-    root = run_dir / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and _is_complete(child):
-            found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def _is_complete(ckpt_dir: Path) -> bool:
-    return all((ckpt_dir / name).is_file()
-               for name in (CONFIG_FILE, WEIGHTS_FILE, f"{TRAINER_DIR}/{STATE_FILE}"))
-
-
-def latest_checkpoint(run_dir: PathLike) -> Path | None:
-    """The checkpoint named by RUN_DIR/LATEST, else the complete one with the highest step."""
-    run_dir = Path(run_dir).expanduser()
-    try:
-        named = (run_dir / LATEST_POINTER).read_text(encoding="utf-8").strip()
-    except OSError:
-        named = ""
-    if _STEP_DIR.match(named) and _is_complete(run_dir / CHECKPOINTS_DIR / named):
-        return run_dir / CHECKPOINTS_DIR / named
-    found = step_dirs(run_dir)
-    return found[-1][1] if found else None
 
 
 # ---------------------------------------------------------------------------- small helpers

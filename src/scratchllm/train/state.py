@@ -44,13 +44,14 @@ from torch import nn
 
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 from scratchllm.train.run_control import capture_rng_state, restore_rng_state
-from scratchllm.train.run_dir import (BEST_DIR, CHECKPOINTS_DIR, LATEST_POINTER, STATE_FILE,
-                                      TRAINER_DIR, disk_full_error, is_disk_full, latest_checkpoint,
-                                      link_model_dir, recorded_best, remove_stale_temps,
-                                      remove_tree, step_dirs, write_pointer)
+from scratchllm.train.run_dir import (BEST_DIR, disk_full_error, is_disk_full, link_model_dir,
+                                      recorded_best, remove_stale_temps, remove_tree,
+                                      write_pointer)
 from scratchllm.utils.atomic import atomic_directory, fsync_dir, write_json
 from scratchllm.weights.model_dir import (CONFIG_FILE, LATEST_DIR, PathLike,
                                          load_weights_into, read_header, write_model_files)
+from scratchllm.weights.run_layout import (CHECKPOINTS_DIR, LATEST_POINTER, STATE_FILE,
+                                          TRAINER_DIR, latest_checkpoint, step_dirs)
 
 
 @dataclass

@@ -228,7 +228,7 @@ def resolve_model_dir(path: PathLike) -> Path:
         return directory
     if (directory / LATEST_DIR / CONFIG_FILE).exists():
         return directory / LATEST_DIR
-    from scratchllm.train.state import latest_checkpoint  # a run dir whose latest/ is gone
+    from scratchllm.weights.run_layout import latest_checkpoint  # a run whose latest/ is gone
     newest = latest_checkpoint(directory)
     if newest is None and (directory / HEADED_SUBDIR / CONFIG_FILE).exists():
         return directory / HEADED_SUBDIR  # a classifier / reward-model run keeps it in model/
