@@ -146,3 +146,35 @@ def test_one_input_feature_gets_two_anchor_rows():
     assert len(q.anchor_rows) == 2
     expected = F.linear(x, q.dequantized_weight(), q.bias)
     assert torch.allclose(q(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_is_called_without_the_torch_function_scan():
+    """The packed weights are a ``torch.ScriptObject``, on which PyTorch's ``__torch_function__``
+    scan of an op's arguments costs a failed attribute lookup (most of a decode row's call), so
+    the layer calls fbgemm with the scan off: a ``TorchFunctionMode`` sees a plain call of the op
+    but not the layer's, and the layer's output is the op's own, bit for bit, for one row and
+    for several."""
+    from torch.overrides import TorchFunctionMode
+
+    op = torch.ops.quantized.linear_dynamic.default
+    seen = []
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    q = Int8Linear(_layer())
+    row, rows = torch.randn(1, 1, 96), torch.randn(4, 96)
+    with Record():
+        op(row, q._packed, q.reduce_range)
+    assert seen == [op]  # the mode would see the kernel if the scan ran
+    seen.clear()
+    with Record():
+        out, several = q(row), q(rows)
+    assert op not in seen
+    assert torch.equal(out, op(row, q._packed, q.reduce_range))
+    scaled = torch.cat([rows / rows.abs().amax(dim=1, keepdim=True), q.anchor_rows])
+    expected = op(scaled, q._packed, q.reduce_range)[:4] * rows.abs().amax(dim=1, keepdim=True)
+    expected -= (rows.abs().amax(dim=1, keepdim=True) - 1) * q.bias
+    assert torch.allclose(several, expected, rtol=1e-6, atol=1e-6)
