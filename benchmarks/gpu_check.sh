@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# What a session with a lent CUDA machine runs, in one call (see docs/gpu.md):
+#   1. the CUDA tests (tests/e2e/test_e2e_cuda.py and the CUDA cases elsewhere), which skip
+#      on a machine without a GPU;
+#   2. training throughput on the GPU (bf16 autocast; ours eager and compile=blocks beside
+#      nanoGPT and the book's package, same run);
+#   3. decoding and prefill on the GPU beside transformers (benchmarks/cuda_decode.py).
+# Python packages the GPU image lacks travel as wheels in .whl/ (installed into /tmp/site);
+# nanoGPT's model.py travels in .peers/nanogpt and is linked where the benchmark looks for it.
+# Logs go to $OUT (or ./gpu-logs).
+set -uo pipefail
+OUT=${OUT:-gpu-logs}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [ -d .peers/nanogpt ] && [ ! -e ../shared/peers/nanogpt ]; then
+  mkdir -p ../shared/peers && ln -s "$PWD/.peers/nanogpt" ../shared/peers/nanogpt
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(), 'bf16', torch.cuda.is_bf16_supported())"
+echo "== CUDA tests"
+SCRATCHLLM_E2E_SPAWN=1 timeout "${TESTS_S:-300}" python3 -m pytest -q -p no:cacheprovider -n 4 \
+  -o addopts="" -rfEs tests/e2e/test_e2e_cuda.py tests/train/test_training_state.py -k "cuda" \
+  2>&1 | tee "$OUT/cuda_tests.log" | tail -40
+echo "== training throughput (GPU)"
+timeout "${TRAIN_S:-150}" python3 benchmarks/train_throughput.py --device cuda --precision bf16 \
+  --context-length 1024 --batch-size 8 --rounds 3 --window 4 --warmup 2 \
+  2>&1 | tee "$OUT/train_cuda.log" | grep -v '^  round' | tail -25
+echo "== decoding (GPU)"
+timeout "${DECODE_S:-120}" python3 benchmarks/cuda_decode.py 2>&1 | tee "$OUT/decode_cuda.log" \
+  | grep -v '^  \.\.\.' | tail -15
