@@ -34,8 +34,6 @@ from torch import nn
 
 from scratchllm.errors import ConfigError
 
-COMPILE_MODES = (False, True, "none", "model", "blocks")
-
 _compiled_block: Callable[..., torch.Tensor] | None = None
 
 

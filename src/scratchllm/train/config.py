@@ -19,6 +19,10 @@ from scratchllm.errors import ConfigError, MissingFileError
 from scratchllm.model import GPTConfig
 from scratchllm.model.llama_config import LlamaConfig
 
+# The ``compile`` values besides true/false (train.compiling acts on them; named here so the
+# torch-free config can check them without importing that module).
+COMPILE_MODES = ("none", "model", "blocks")
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DISTRIBUTED = ("auto", "ddp", "fsdp", "none")  # see scratchllm.train.distributed
 
@@ -102,7 +106,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, str) or (optional and value is None)):
                 raise ConfigError(f"train config field {name!r} must be a string, got {value!r}")
-        if not (isinstance(self.compile, bool) or self.compile in ("none", "model", "blocks")):
+        if not (isinstance(self.compile, bool) or self.compile in COMPILE_MODES):
             raise ConfigError(f"train config field 'compile' must be true, false, 'model' or "
                               f"'blocks', got {self.compile!r}")
         if self.compile == "blocks" and self.distributed == "fsdp":
