@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What a session with a lent CUDA machine runs, in one call (see docs/gpu.md):
+# What a session with a lent CUDA machine runs, in one call (run from the repository root):
 #   1. the CUDA tests (tests/e2e/test_e2e_cuda.py and the CUDA cases elsewhere), which skip
 #      on a machine without a GPU;
 #   2. training throughput on the GPU (bf16 autocast; ours eager and compile=blocks beside
