@@ -27,7 +27,9 @@ int8 >= 2.5x our fp32 tokens/s; bf16 >= 1.6x on a CPU with AVX512-BF16/AMX (its 
 layers prepacked for oneDNN, as ``generate --dtype bf16`` runs them); 8 prompts >= 5x one
 prompt's aggregate tokens/s.
 Run: ``nice -n 5 python benchmarks/decode.py [--quick] [--skip-prefill]``; the last line reads
-``int8_decode_tok_s: X (scratchllm fp32: Y, ratio R)``.
+``int8_decode_tok_s: X (scratchllm fp32: Y, ratio R)``. ``--only batched`` runs part 2 alone
+(``--batched-kinds`` picks its kinds); its last line reads
+``batched_fp32_tok_s: X (one prompt: Y, ratio R)``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from scratchllm.model.decode_layout import prepare_decoding  # noqa: E402
 
 PROMPT_LEN, NEW_TOKENS, THREADS, SEED = 10, 200, 2, 123
 BATCH_LENGTHS = (10, 5, 17, 8, 12, 3, 20, 14)
+BATCHED_KINDS = ("fp32", "int8", "bf16", "fp32, one-row layout")
 SHAKESPEARE = HERE.parents[1] / "shared" / "data" / "tinyshakespeare.txt"
 
 
@@ -172,12 +175,13 @@ def single_stream(rounds: int, new_tokens: int) -> dict:
             "bf16_packed": bf16_packed}
 
 
-def batched(rounds: int, new_tokens: int) -> dict:
+def batched(rounds: int, new_tokens: int, kinds: tuple[str, ...] = BATCHED_KINDS) -> dict:
     """8 prompts through ``generate_batch`` against one through ``generate``, each model laid
     out by ``prepare_decoding``, as ``open_model(inference_only=True, decode_rows=N)`` does:
     fp32 transposed for one row (generate, chat) and oneDNN-packed for 8 (serve); int8 (fbgemm) and bf16
     (oneDNN-packed, where the CPU has bf16 instructions) the same for any row count. The
-    fp32 8 prompts also run on the one-row layout, to show what the packed layout buys."""
+    fp32 8 prompts also run on the one-row layout, to show what the packed layout buys.
+    ``kinds`` picks which of ``BATCHED_KINDS`` run (``--batched-kinds``)."""
     base = gpt2_small()
     gen = torch.Generator().manual_seed(SEED)
     prompts = [torch.randint(0, 50257, (n,), generator=gen).tolist() for n in BATCH_LENGTHS]
@@ -205,11 +209,12 @@ def batched(rounds: int, new_tokens: int) -> dict:
                        lambda m=batch_model: generate_batch(m, prompts, new_tokens))
     pairs["fp32, one-row layout"] = (pairs["fp32"][0],
                                      lambda: generate_batch(one_row, prompts, new_tokens))
+    pairs = {name: pair for name, pair in pairs.items() if name in kinds}
     times = _paired(pairs, rounds)
     runs = {name: [(new_tokens / ta, len(prompts) * new_tokens / tb) for ta, tb in pair]
             for name, pair in times.items()}
-    return {"runs": runs, "rows_equal_alone": singles, "kinds": list(models),
-            "fp32_packed": packed}
+    return {"runs": runs, "rows_equal_alone": singles,
+            "kinds": [kind for kind in models if kind in kinds], "fp32_packed": packed}
 
 
 def batched_summary(runs: list[tuple[float, float]]) -> tuple[float, float, float, list]:
@@ -217,6 +222,29 @@ def batched_summary(runs: list[tuple[float, float]]) -> tuple[float, float, floa
     ratios = [eight / one for one, eight in runs]
     return (statistics.median(one for one, _ in runs),
             statistics.median(eight for _, eight in runs), statistics.median(ratios), ratios)
+
+
+def print_batched(batch: dict, rounds: int, new_tokens: int) -> None:
+    """The batched part's lines: each kind's 1-prompt and 8-prompt tokens/s and ratios."""
+    runs = batch["runs"]
+    print(f"\nbatched decoding, prompts of {list(BATCH_LENGTHS)} tokens, {new_tokens} new "
+          "each (aggregate new tokens/s, prefill included); 1 prompt and 8 prompts timed back "
+          "to back each round, ratio = 8 prompts / 1 prompt of the same round, median of "
+          f"{rounds} rounds")
+    for kind in batch["kinds"]:
+        one, eight, ratio, ratios = batched_summary(runs[kind])
+        print(f"  {kind}: 1 prompt {one:.1f}, 8 prompts {eight:.1f}, ratio {ratio:.2f}x "
+              f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); rows equal to each prompt "
+              f"alone: {batch['rows_equal_alone'][kind]}/8")
+    if "fp32, one-row layout" not in runs:
+        return
+    one, plain, ratio, ratios = batched_summary(runs["fp32, one-row layout"])
+    packed = (f"{batch['fp32_packed']} linear layers packed for 8 rows" if batch["fp32_packed"]
+              else "oneDNN's prepacked fp32 linear is unavailable: "
+              f"{packed_unavailable(torch.float32)}")
+    print(f"  fp32 8 prompts on the one-row (transposed) layout: {plain:.1f}, ratio "
+          f"{ratio:.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)}); fp32 8 prompts "
+          f"above: {packed}")
 
 
 def quality(steps: int) -> dict:
@@ -378,7 +406,16 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=600)
     parser.add_argument("--skip-prefill", action="store_true",
                         help="leave out the Llama-3.2-1B prefill (10 GB of memory)")
+    parser.add_argument("--only", choices=["batched"], default=None,
+                        help="run one part only: batched (8 prompts against 1; its last line "
+                        "reads batched_fp32_tok_s: X (one prompt: Y, ratio R))")
+    parser.add_argument("--batched-kinds", default=",".join(BATCHED_KINDS),
+                        help="comma-separated kinds the batched part times (default: "
+                        f"{','.join(BATCHED_KINDS)})")
     args = parser.parse_args()
+    kinds = tuple(k.strip() for k in args.batched_kinds.split(",") if k.strip())
+    if "fp32" not in kinds or not set(kinds) <= set(BATCHED_KINDS):
+        parser.error(f"--batched-kinds takes fp32 and any of {', '.join(BATCHED_KINDS)}")
     torch.set_num_threads(args.threads)
     new_tokens = args.new_tokens or (50 if args.quick else NEW_TOKENS)
     rounds = 2 if args.quick else args.rounds
@@ -388,6 +425,13 @@ def main() -> None:
     print("cpu flags: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items()))
     print(f"workload: GPT-2 124M shape (random weights), batch 1, {PROMPT_LEN}-token prompt, "
           f"{new_tokens} new greedy tokens, {args.threads} threads, best of {rounds} rounds")
+    if args.only == "batched":
+        batch = batched(rounds, new_tokens, kinds)
+        print_batched(batch, rounds, new_tokens)
+        one, eight, ratio, _ = batched_summary(batch["runs"]["fp32"])
+        print(f"load average after: {load_average()}")
+        print(f"batched_fp32_tok_s: {eight:.1f} (one prompt: {one:.1f}, ratio {ratio:.2f})")
+        return
 
     single = single_stream(rounds, new_tokens)
     fp32 = single["tok_s"]["scratchllm fp32"]
@@ -403,26 +447,11 @@ def main() -> None:
     print("greedy tokens equal to ours fp32 (random weights): " + ", ".join(
         f"{k} {v:.0%}" for k, v in single["same_tokens"].items()))
 
-    batch = batched(rounds, new_tokens)
-    runs = batch["runs"]
-    print(f"\nbatched decoding, prompts of {list(BATCH_LENGTHS)} tokens, {new_tokens} new "
-          "each (aggregate new tokens/s, prefill included); 1 prompt and 8 prompts timed back "
-          "to back each round, ratio = 8 prompts / 1 prompt of the same round, median of "
-          f"{rounds} rounds")
-    for kind in batch["kinds"]:
-        one, eight, ratio, ratios = batched_summary(runs[kind])
-        print(f"  {kind}: 1 prompt {one:.1f}, 8 prompts {eight:.1f}, ratio {ratio:.2f}x "
-              f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); rows equal to each prompt "
-              f"alone: {batch['rows_equal_alone'][kind]}/8")
-    one, plain, ratio, ratios = batched_summary(runs["fp32, one-row layout"])
-    packed = (f"{batch['fp32_packed']} linear layers packed for 8 rows" if batch["fp32_packed"]
-              else "oneDNN's prepacked fp32 linear is unavailable: "
-              f"{packed_unavailable(torch.float32)}")
-    print(f"  fp32 8 prompts on the one-row (transposed) layout: {plain:.1f}, ratio "
-          f"{ratio:.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)}); fp32 8 prompts "
-          f"above: {packed}")
+    batch = batched(rounds, new_tokens, kinds)
+    print_batched(batch, rounds, new_tokens)
     print(f"  single-stream table above, fp32 (best of its rounds, minutes earlier): "
-          f"{fp32:.1f} tok/s; 1 prompt here (median): {batched_summary(runs['fp32'])[0]:.1f}")
+          f"{fp32:.1f} tok/s; 1 prompt here (median): "
+          f"{batched_summary(batch['runs']['fp32'])[0]:.1f}")
 
     q = quality(steps)
     print(f"\nquality: byte-level GPT (4x192) trained {q['steps']} steps ({q['train_s']:.0f} s) "

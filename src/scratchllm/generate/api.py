@@ -61,12 +61,12 @@ def generate(model: nn.Module, token_ids: TokenIds, max_new_tokens: int,
     device = model_device(model)
     batch = as_batch(token_ids, device)
     pick = make_picker(temperature, top_k, top_p, min_p, seed, generator, device)
-    states = None
-    if eos_ids or stops:
-        states = [StopState(eos_ids, stops, tokenizer if stops else None) for _ in batch]
+    states = _stop_states(len(batch), eos_ids, stops, tokenizer)
+    finished: set[int] = set()
     with eval_mode(model):
         steps, kept = _collect(decode_steps(model, batch, max_new_tokens, pick,
-                                            use_cache=use_cache), states, len(batch), device)
+                                            use_cache=use_cache, finished=finished),
+                               states, len(batch), device, finished)
     if not isinstance(token_ids, torch.Tensor):  # a list (or tuple) of ids
         return list(token_ids) + steps[0][: kept[0]].tolist()
     new = steps[:, : max(kept, default=0)]
@@ -97,11 +97,13 @@ def generate_batch(model: nn.Module, prompts: list[list[int]], max_new_tokens: i
     device = model_device(model)
     ids, mask = left_pad(prompts, device)
     pick = make_picker(temperature, top_k, top_p, min_p, seed, generator, device)
-    states = [StopState(eos_ids, stops, tokenizer if stops else None) for _ in prompts]
+    states = _stop_states(len(prompts), eos_ids, stops, tokenizer)
+    finished: set[int] = set()
     with eval_mode(model):
         steps, kept = _collect(decode_steps(model, ids, max_new_tokens, pick,
-                                            attention_mask=mask, use_cache=use_cache),
-                               states, len(prompts), device)
+                                            attention_mask=mask, use_cache=use_cache,
+                                            finished=finished),
+                               states, len(prompts), device, finished)
     rows = steps.tolist()
     return [row[:count] for row, count in zip(rows, kept)]
 
@@ -160,11 +162,22 @@ def _stream(model, batch, max_new_tokens, pick, use_cache, state: StopState,
         yield tail
 
 
+def _stop_states(batch: int, eos_ids: tuple[int, ...], stops: list[str],
+                 tokenizer: object | None) -> list[StopState] | None:
+    """One stop tracker per row, or None when nothing can stop a row early (then no step
+    reads its tokens back or loops over its rows in Python)."""
+    if not eos_ids and not stops:
+        return None
+    return [StopState(eos_ids, stops, tokenizer if stops else None) for _ in range(batch)]
+
+
 def _collect(steps: Iterator[torch.Tensor], states: list[StopState] | None, batch: int,
-             device: torch.device) -> tuple[torch.Tensor, list[int]]:
+             device: torch.device, finished: set[int] | None = None
+             ) -> tuple[torch.Tensor, list[int]]:
     """Run the loop; return (B, steps) tokens and how many of them each row keeps.
 
     Without stop conditions no step reads the tokens back to the host, so a GPU never waits.
+    A row that stops goes into ``finished``, the loop's signal to drop it from the batch.
     """
     columns: list[torch.Tensor] = []
     kept = [0] * batch
@@ -178,6 +191,8 @@ def _collect(steps: Iterator[torch.Tensor], states: list[StopState] | None, batc
                 continue
             step = state.step(token)
             kept[row] += step.keep
+            if state.done and finished is not None:
+                finished.add(row)
         if all(state.done for state in states):
             break
     if states is None:

@@ -12,7 +12,7 @@ the cached keys become stale. From then on each step is a fresh forward over the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -26,12 +26,20 @@ PickFn = Callable[[torch.Tensor], torch.Tensor]
 
 def decode_steps(model: nn.Module, token_ids: torch.Tensor, max_new_tokens: int,
                  pick: PickFn, *, attention_mask: torch.Tensor | None = None,
-                 use_cache: bool = True) -> Iterator[torch.Tensor]:
+                 use_cache: bool = True,
+                 finished: Collection[int] | None = None) -> Iterator[torch.Tensor]:
     """Yield the (B,) next token ids, one step at a time, for a (B, T) batch of prompts.
 
     ``attention_mask`` (B, T) marks left padding with 0 (see ``GPTModel.forward``). Each
     step's compute runs under ``torch.inference_mode``, but never across a ``yield``, so
     the caller's code between steps runs in its normal mode.
+
+    ``finished``: row indices the caller adds to (between steps) once a row needs no more
+    tokens; those rows leave the batch before the next step, KV cache included, so the
+    step's matmuls, attention and output head run for the running rows only. Their entries
+    in later yields are 0. Rows are then decoded by a smaller batch, which greedy decoding
+    does not notice; a sampler's random draws land on other rows, so pass it only where
+    rows are independent of each other's draws (``generate``, ``generate_batch``).
     """
     context = model.config.context_length
     batch, n = token_ids.shape
@@ -45,20 +53,65 @@ def decode_steps(model: nn.Module, token_ids: torch.Tensor, max_new_tokens: int,
             mask[:, :n] = attention_mask
         # Sized for this call, not the whole context window (capped there by new_cache).
         cache = model.new_cache(n + max_new_tokens) if use_cache else None
+        steps = _PaddedSteps(model, mask, n) if cache is not None and mask is not None \
+            and not bool(mask.all()) else None
+    rows = list(range(batch))  # the original index of each row still in the batch
     for _ in range(max_new_tokens):
         with torch.inference_mode():
+            if finished and any(r in finished for r in rows):
+                keep = [i for i, r in enumerate(rows) if r not in finished]
+                if not keep:
+                    return
+                rows = [rows[i] for i in keep]
+                index = torch.tensor(keep, device=tokens.device)
+                tokens, mask = tokens[index], None if mask is None else mask[index]
+                if cache is not None:
+                    cache.keep_rows(index)
+                if steps is not None:
+                    steps.keep_rows(index)
             if cache is not None and n <= context:
-                # Prefill (cache empty) or one new token; positions continue from the cache.
-                logits = model(tokens[:, cache.length:n], cache=cache, last_only=True,
-                               attention_mask=None if mask is None else mask[:, :n])
+                if steps is not None and cache.length > 0:
+                    # one new token per row: the mask and positions prepared for the batch
+                    logits = model(tokens[:, n - 1:n], cache=cache, last_only=True,
+                                   **steps.inputs(n))
+                else:  # prefill (cache empty) or one new token; positions continue
+                    logits = model(tokens[:, cache.length:n], cache=cache, last_only=True,
+                                   attention_mask=None if mask is None else mask[:, :n])
             else:
                 start = max(0, n - context)  # sliding window (book generate_text_simple)
                 logits = model(tokens[:, start:n], last_only=True,
                                attention_mask=None if mask is None else mask[:, start:n])
             next_ids = pick(logits[:, -1])
             tokens[:, n] = next_ids
+            if len(rows) < batch:  # the caller's rows, finished ones as 0
+                next_ids = next_ids.new_zeros(batch).index_copy_(
+                    0, torch.tensor(rows, device=next_ids.device), next_ids)
         n += 1
         yield next_ids
+
+
+class _PaddedSteps:
+    """A left-padded batch's attention mask and positions for its one-token decode steps,
+    built once per batch instead of every step (a step would otherwise rebuild a (B, 1, 1, S)
+    mask from the 1/0 mask, count positions over it, and convert it to an additive mask in
+    every layer's attention)."""
+
+    def __init__(self, model: nn.Module, mask: torch.Tensor, prompt_len: int) -> None:
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
+                     torch.float32)
+        # 0 where a key may be seen, -inf on padding: what attention adds to its scores
+        self.additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device) \
+            .masked_fill_(mask == 0, float("-inf"))[:, None, None, :]
+        # a row's next token sits at position (its real tokens so far) (prompt tokens are
+        # counted once, later tokens are all real)
+        self.first = mask[:, :prompt_len].sum(-1, keepdim=True) - prompt_len
+
+    def inputs(self, n: int) -> dict[str, torch.Tensor]:
+        """``forward`` keywords for feeding column ``n - 1`` with ``n`` positions cached+new."""
+        return {"attention_mask": self.additive[..., :n], "position_ids": self.first + (n - 1)}
+
+    def keep_rows(self, index: torch.Tensor) -> None:
+        self.additive, self.first = self.additive[index], self.first[index]
 
 
 @contextmanager

@@ -49,7 +49,9 @@ def positions_and_mask(token_ids: torch.Tensor, *, vocab_size: int, context_leng
 
     With a left-padded ``attention_mask`` (B, cached+new; 1 real, 0 padding) positions are
     counted over real tokens only, so a padded prompt sees the positions it would see alone.
-    A mask of ``None`` means plain causal attention, the fast path.
+    A mask of ``None`` means plain causal attention, the fast path. A 4-D ``attention_mask``
+    (B or 1, 1, new, cached+new: bool, or additive in the activations' dtype) is a mask a
+    decode loop prepared once per batch; it is used as it is, with ``position_ids``.
     """
     check_token_ids(token_ids, vocab_size)
     batch, n_tokens = token_ids.shape
@@ -59,6 +61,8 @@ def positions_and_mask(token_ids: torch.Tensor, *, vocab_size: int, context_leng
             f"{past + n_tokens} tokens exceed the model's context length of {context_length}; "
             f"keep the last {context_length} tokens of the input"
         )
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return _prepared(attention_mask, position_ids, batch, n_tokens, past)
     mask = None
     if attention_mask is not None:
         if attention_mask.shape != (batch, past + n_tokens):
@@ -73,4 +77,19 @@ def positions_and_mask(token_ids: torch.Tensor, *, vocab_size: int, context_leng
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
         else:
             position_ids = torch.arange(past, past + n_tokens, device=token_ids.device)
+    return position_ids, mask
+
+
+def _prepared(mask: torch.Tensor, position_ids: torch.Tensor | None, batch: int,
+              n_tokens: int, past: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a decode loop's prepared 4-D mask (built once per batch instead of every step)."""
+    if position_ids is None:
+        raise DataError("a 4-D attention_mask (prepared by a decode loop) needs position_ids; "
+                        "pass a (batch, cached + new) 1/0 mask to have positions counted")
+    if mask.shape[0] not in (1, batch) or tuple(mask.shape[1:]) != (1, n_tokens,
+                                                                    past + n_tokens):
+        raise DataError(
+            f"a 4-D attention_mask must have shape (batch or 1, 1, new tokens, cached + new) "
+            f"= ({batch}, 1, {n_tokens}, {past + n_tokens}), got {tuple(mask.shape)}"
+        )
     return position_ids, mask

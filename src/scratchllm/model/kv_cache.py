@@ -57,6 +57,20 @@ class KVCache:
             new.shape[0], new.shape[1], new.shape[3])
         return same_shape and buffer.dtype == new.dtype and buffer.device == new.device
 
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Keep only the batch rows ``index`` (ascending), e.g. when other rows finished.
+
+        The kept rows move to the front of the same buffers, which then stay in use (a
+        view of their first rows): no new memory to allocate and first touch."""
+        length, count = self.length, len(index)
+        for store in (self._keys, self._values):
+            for layer, buf in enumerate(store):
+                if buf is None:
+                    continue
+                # the indexed read is a copy, so writing it over the front rows is safe
+                buf[:count].narrow(2, 0, length).copy_(buf.narrow(2, 0, length)[index])
+                store[layer] = buf[:count]
+
     def advance(self, n_tokens: int) -> None:
         self.length += n_tokens
 
