@@ -11,7 +11,7 @@ from torch import nn
 
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.model.attention import causal_attention_with_dropout
-from scratchllm.model.dropout import Dropout, dropout, dropout_mask
+from scratchllm.model.dropout import Dropout, dropout, dropout_mask, keep_mask, keep_threshold
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -20,12 +20,34 @@ def test_mask_keeps_1_minus_p_and_scales_survivors(p):
     n = 200_000
     mask = dropout_mask((n,), p, dtype=torch.float32, device=torch.device("cpu"))
     kept = mask != 0
-    assert mask.unique().tolist() == [0.0, pytest.approx(1 / (1 - p))]
-    # binomial: the kept fraction is within 5 standard deviations of 1 - p
-    assert abs(kept.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    # 16 random bits per element: the keep probability q is 1 - p on a 2^-16 grid
+    q = keep_threshold(p) / 2 ** 16
+    assert abs(q - (1 - p)) <= 2 ** -17
+    assert mask.unique().tolist() == [0.0, pytest.approx(1 / q, rel=1e-7)]
+    # binomial: the kept fraction is within 5 standard deviations of q
+    assert abs(kept.float().mean().item() - q) < 5 * math.sqrt(p * (1 - p) / n)
     # survivors are scaled so the expected output is the input, as in F.dropout
     x = torch.full((n,), 3.0)
     assert dropout(x, p).mean().item() == pytest.approx(3.0, rel=5 * math.sqrt(p / (1 - p) / n))
+
+
+def test_mask_elements_are_independent_of_their_neighbours():
+    """Four elements share one 64-bit word of the generator: neighbours must still be
+    independent (a pair is kept with probability q^2) and every lane keeps q."""
+    torch.manual_seed(3)
+    n, p = 400_000, 0.5
+    mask, scale = keep_mask((n // 4, 4), p)
+    assert mask.unique().tolist() == [0.0, 1.0]
+    keep = mask.bool()
+    q = keep_threshold(p) / 2 ** 16
+    sd = math.sqrt(q * (1 - q) / (n // 4))
+    for lane in range(4):
+        assert abs(keep[:, lane].float().mean().item() - q) < 5 * sd
+    pairs = (keep[:, 0] & keep[:, 1]).float().mean().item()
+    assert abs(pairs - q * q) < 5 * math.sqrt(q * q * (1 - q * q) / (n // 4))
+    across = (keep[:-1, 3] & keep[1:, 0]).float().mean().item()  # last lane, next word
+    assert abs(across - q * q) < 5 * math.sqrt(q * q * (1 - q * q) / (n // 4))
+    assert scale == 2 ** 16 / keep_threshold(p)
 
 
 def test_mask_drops_nothing_and_everything_at_the_ends():

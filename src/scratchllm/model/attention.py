@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchllm.model.dropout import dropout
+from scratchllm.model.causal_attention import causal_attention_with_dropout
 from scratchllm.model.kv_cache import KVCache
 
 
@@ -78,26 +78,6 @@ def cached_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Te
         is_causal=mask is None and past == 0 and n_tokens > 1,
         enable_gqa=keys.shape[1] != queries.shape[1],
     )
-
-
-def causal_attention_with_dropout(queries: torch.Tensor, keys: torch.Tensor,
-                                  values: torch.Tensor, dropout_p: float) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(D) + causal mask) with dropout on the weights, times V (book 3.5),
-    for fp32 training on the CPU.
-
-    PyTorch's CPU flash kernel has no dropout, so SDPA would fall back to its math path, which
-    rebuilds the causal mask, checks every row for being fully masked and draws its mask with
-    ``bernoulli_`` on each call. Written out, one ``baddbmm`` adds the scaled scores to the
-    causal mask (-inf above the diagonal) as it multiplies, and ``model.dropout`` draws the
-    cheaper mask: the same function, fewer passes over the (B, H, T, T) weights.
-    """
-    batch, heads, n_tokens, head_dim = queries.shape
-    q, k, v = (t.reshape(batch * heads, n_tokens, head_dim) for t in (queries, keys, values))
-    future = torch.full((n_tokens, n_tokens), float("-inf"), dtype=q.dtype,
-                        device=q.device).triu_(1)
-    scores = torch.baddbmm(future, q, k.transpose(1, 2), alpha=head_dim ** -0.5)
-    weights = dropout(torch.softmax(scores, dim=-1), dropout_p)
-    return torch.bmm(weights, v).view(batch, heads, n_tokens, head_dim)
 
 
 def build_attention_mask(n_tokens: int, past: int, padding_mask: torch.Tensor | None = None,

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchllm.model import feature_major
+
 
 class LayerNorm(nn.Module):
     """Normalize each token's vector to zero mean and unit variance, then rescale (book 4.2).
@@ -42,4 +44,6 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, emb_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if type(self.act) is GELU and feature_major.applies(x, self.fc1, self.fc2):
+            return feature_major.feed_forward(x, self.fc1, self.fc2)  # CPU fp32 training
         return self.fc2(self.act(self.fc1(x)))
