@@ -124,8 +124,8 @@ def test_gpt_training_forward_takes_the_written_out_attention(monkeypatch):
     import scratchllm.model.attention as attention
 
     calls = []
-    real = attention.causal_attention_with_dropout
-    monkeypatch.setattr(attention, "causal_attention_with_dropout",
+    real = attention.projected_causal_attention
+    monkeypatch.setattr(attention, "projected_causal_attention",
                         lambda *a: calls.append(a[-1]) or real(*a))
     model = GPTModel(GPTConfig.preset("tiny", vocab_size=100, drop_rate=0.1))
     ids = torch.randint(0, 100, (2, 9))
@@ -133,4 +133,31 @@ def test_gpt_training_forward_takes_the_written_out_attention(monkeypatch):
     assert calls == [0.1] * model.config.n_layers
     calls.clear()
     model.eval()(ids)  # inference keeps SDPA's fast path
+    with torch.no_grad():
+        model.train()(ids)  # no gradients: the plain projection
     assert calls == []
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_projected_attention_equals_projection_then_plain_formula(bias):
+    from scratchllm.model.causal_attention import projected_causal_attention
+
+    torch.manual_seed(6)
+    b, t, heads, d = 2, 7, 3, 4
+    qkv = nn.Linear(heads * d, 3 * heads * d, bias=bias)
+    x = torch.randn(b, t, heads * d, requires_grad=True)
+    torch.manual_seed(9)
+    out = projected_causal_attention(x, qkv, heads, 0.2)
+    torch.manual_seed(9)
+    mask = dropout_mask((b * heads, t, t), 0.2, dtype=torch.float32,
+                        device=torch.device("cpu")).view(b, heads, t, t)
+    x_ref = x.detach().clone().requires_grad_()
+    q, k, v = (z.view(b, t, heads, d).transpose(1, 2)
+               for z in qkv(x_ref).split(heads * d, dim=-1))
+    ref = _reference_attention(q, k, v, mask).transpose(1, 2).reshape(b, t, heads * d)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(out)
+    mine = torch.autograd.grad(out, [x, *qkv.parameters()], grad)
+    theirs = torch.autograd.grad(ref, [x_ref, *qkv.parameters()], grad)
+    for a, c in zip(mine, theirs):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)

@@ -91,13 +91,13 @@ def _plain_gpt_loss(model: GPTModel, ids: torch.Tensor, targets: torch.Tensor,
     return F.cross_entropy((x @ model.out_head.weight.T).flatten(0, 1), targets.flatten())
 
 
-@pytest.mark.parametrize("p", [0.1, 0.0])
-def test_gpt_training_step_equals_the_plain_formula(p):
+@pytest.mark.parametrize("p, qkv_bias", [(0.1, False), (0.1, True), (0.0, False)])
+def test_gpt_training_step_equals_the_plain_formula(p, qkv_bias):
     """Loss and every gradient of a training step equal the plain forward's with the same
     dropout masks (same seed): what the fast path changes is speed, not maths."""
     torch.manual_seed(4)
     model = GPTModel(GPTConfig.preset("tiny", vocab_size=97, context_length=16,
-                                      drop_rate=p)).train()
+                                      drop_rate=p, qkv_bias=qkv_bias)).train()
     ids = torch.randint(0, 97, (2, 12))
     targets = torch.randint(0, 97, (2, 12))
     torch.manual_seed(11)

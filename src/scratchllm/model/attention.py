@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchllm.model.causal_attention import causal_attention_with_dropout
+from scratchllm.model.causal_attention import (causal_attention_with_dropout,
+                                               projected_attention_applies,
+                                               projected_causal_attention)
 from scratchllm.model.kv_cache import KVCache
 
 
@@ -36,6 +38,11 @@ class MultiHeadAttention(nn.Module):
         token that may see every cached one).
         """
         batch, n_tokens, emb_dim = x.shape
+        if (self.training and mask is None and cache is None
+                and projected_attention_applies(x, self.qkv, self.drop_rate)):
+            # fp32 CPU training: projection and attention in one, no wide QKV output
+            return self.out_proj(projected_causal_attention(x, self.qkv, self.n_heads,
+                                                            self.drop_rate))
         qkv = self.qkv(x).view(batch, n_tokens, 3, self.n_heads, self.head_dim)
         queries, keys, values = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
         out = cached_attention(queries, keys, values, mask=mask, cache=cache, layer=layer,

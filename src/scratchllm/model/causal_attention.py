@@ -94,3 +94,87 @@ def causal_attention_with_dropout(queries: torch.Tensor, keys: torch.Tensor,
         scores = torch.baddbmm(future, q, k.transpose(1, 2), alpha=head_dim ** -0.5)
         out = torch.bmm(dropout(torch.softmax(scores, dim=-1), dropout_p), v)
     return out.view(batch, heads, n_tokens, head_dim)
+
+
+class _ProjectedCausalAttention(torch.autograd.Function):
+    """The QKV projection and ``_CausalAttentionDropout`` in one, heads kept as (B*H, D, T).
+
+    ``W @ x^T`` gives the projection as (3E, B*T): every head's query, key and value rows
+    come out as (D, T) blocks, which the batched matmuls read transposed for free, so one copy
+    that regroups the blocks by sequence is the only data movement; the backward produces the
+    gradients in the same layout and one copy turns them back into a (3E, B*T) matrix. The
+    token-major ``x @ W^T`` writes a wide (B*T, 3E) output, which MKL ran slower
+    (``model.feature_major``), and needs three copies to split the heads out.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                n_heads: int, dropout_p: float) -> torch.Tensor:
+        batch, n_tokens, emb_dim = x.shape
+        head_dim = emb_dim // n_heads
+        rows = x.reshape(batch * n_tokens, emb_dim)
+        qkv_t = (torch.mm(weight, rows.t()) if bias is None
+                 else torch.addmm(bias[:, None], weight, rows.t()))  # (3E, B*T)
+        heads = (qkv_t.view(3, n_heads, head_dim, batch, n_tokens).permute(0, 3, 1, 2, 4)
+                 .contiguous().view(3, batch * n_heads, head_dim, n_tokens))
+        del qkv_t
+        q_t, k_t, v_t = heads.unbind(0)  # (B*H, D, T) each
+        score_scale = head_dim ** -0.5
+        scores = torch.baddbmm(causal_mask(n_tokens, dtype=x.dtype, device=x.device),
+                               q_t.transpose(1, 2), k_t, alpha=score_scale)
+        probs = torch.softmax(scores, dim=-1)
+        del scores
+        keep, keep_scale = keep_mask(probs.shape, dropout_p, dtype=probs.dtype)
+        dropped = probs * keep
+        out = torch.bmm(dropped, v_t.transpose(1, 2)).mul_(keep_scale)  # (B*H, T, D)
+        ctx.save_for_backward(rows, weight, heads, probs, keep, dropped)
+        ctx.scales = (score_scale, keep_scale)
+        ctx.shape = (batch, n_tokens, n_heads, head_dim)
+        ctx.has_bias = bias is not None
+        return out.view(batch, n_heads, n_tokens, head_dim).transpose(1, 2).reshape(
+            batch, n_tokens, emb_dim)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        rows, weight, heads, probs, keep, dropped = ctx.saved_tensors
+        score_scale, keep_scale = ctx.scales
+        batch, n_tokens, n_heads, head_dim = ctx.shape
+        q_t, k_t, v_t = heads.unbind(0)
+        grad = grad_out.reshape(batch, n_tokens, n_heads, head_dim).transpose(1, 2).reshape(
+            batch * n_heads, n_tokens, head_dim)
+        grad_heads = torch.empty_like(heads)
+        torch.bmm(grad.transpose(1, 2), dropped, out=grad_heads[2]).mul_(keep_scale)
+        grad_dropped = torch.bmm(grad, v_t)
+        grad_dropped.mul_(keep)
+        grad_scores = torch._softmax_backward_data(grad_dropped, probs, -1, probs.dtype)
+        del grad_dropped
+        scale = score_scale * keep_scale
+        torch.bmm(k_t, grad_scores.transpose(1, 2), out=grad_heads[0]).mul_(scale)
+        torch.bmm(q_t, grad_scores, out=grad_heads[1]).mul_(scale)
+        del grad_scores
+        grad_qkv_t = grad_heads.view(3, batch, n_heads, head_dim, n_tokens).permute(
+            0, 2, 3, 1, 4).reshape(3 * n_heads * head_dim, batch * n_tokens)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = (torch.mm(grad_qkv_t.t(), weight).view(batch, n_tokens, -1)
+                  if need_x else None)
+        grad_w = torch.mm(grad_qkv_t, rows) if need_w else None
+        grad_b = grad_qkv_t.sum(1) if need_b and ctx.has_bias else None
+        return grad_x, grad_w, grad_b, None, None
+
+
+def projected_attention_applies(x: torch.Tensor, qkv: torch.nn.Module, dropout_p: float) -> bool:
+    """Whether ``projected_causal_attention`` may stand in for the QKV projection and
+    ``causal_attention_with_dropout`` (fp32 CPU training with a plain ``nn.Linear``)."""
+    return (dropout_p > 0.0 and torch.is_grad_enabled() and x.dtype == torch.float32
+            and type(qkv) is torch.nn.Linear and type(qkv.weight.data) is torch.Tensor
+            and qkv.weight.dtype == torch.float32 and cheap_mask_applies(x, dropout_p)
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def projected_causal_attention(x: torch.Tensor, qkv: torch.nn.Linear, n_heads: int,
+                               dropout_p: float) -> torch.Tensor:
+    """Causal multi-head attention with dropout over (B, T, E) ``x``, projected by ``qkv``
+    (rows [0, E) queries, [E, 2E) keys, [2E, 3E) values); (B, T, E) out, before the output
+    projection. Equal to ``causal_attention_with_dropout`` on ``qkv(x)``'s heads."""
+    return _ProjectedCausalAttention.apply(x, qkv.weight, qkv.bias, n_heads, dropout_p)
