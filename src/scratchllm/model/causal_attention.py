@@ -12,9 +12,13 @@ GPT-2's shape (24 x 256 x 256 at batch 2) are the largest tensors in a block. He
   applied with one multiplication; its 1 / (1 - p) scale and the 1 / sqrt(D) score scale are
   applied to the (B*H, T, D) results of the matmuls, never to a (T, T) tensor;
 * the backward is four batched matmuls, one in-place multiplication by the mask and
-  PyTorch's fused softmax backward.
+  PyTorch's fused softmax backward;
+* ``projected_causal_attention`` also takes over the QKV projection (GPT's training
+  forward), computing it as ``W @ x^T`` so the heads come out in the layout the batched
+  matmuls read without copies (``_ProjectedCausalAttention``).
 
-Values and gradients equal the plain formula with the same mask (tests/model/test_dropout.py).
+Values and gradients equal the plain formula with the same mask (tests/model/test_dropout.py,
+tests/model/test_training_path.py).
 """
 
 from __future__ import annotations
