@@ -176,7 +176,8 @@ def rm_job(job: dict) -> dict:
     from scratchllm.finetune.reward_task import RewardPairs
 
     data, work = Path(job["data"]), Path(job["work"])
-    train, val, _ = split_entries(load_preference_data(data / "instruction-data-with-preference.json"))
+    pref = data / "instruction-data-with-preference.json"
+    train, val, _ = split_entries(load_preference_data(pref))
     rest, held = fold_entries(train, job["fold"])
     name = f"{job['start']}-{job['config']}-f{job['fold']}-s{job['seed']}"
     folder = work / "runs" / name
@@ -351,7 +352,7 @@ def summarise(path: Path) -> None:
         teams = [seeds[i:i + k] for i in range(0, len(seeds) - k + 1, k)]
         if len(teams) < 2:
             continue
-        accs = [cv_accuracy(ensemble_rows([r for s in team for r in base[s]])) for team in teams]
+        accs = [cv_accuracy([ensemble_rows([r for s in team for r in base[s]])]) for team in teams]
         singles = [sum(cv_accuracy(base[s]) for s in team) / k for team in teams]
         print(f"| s600 | ensemble of {k} | {len(teams)} teams {teams} | "
               f"{' / '.join(f'{a:.3f}' for a in accs)} | {sum(accs) / len(accs):.4f} | "

@@ -2,7 +2,8 @@
 
 * The headline reward model trains on the whole training split of the preference file (the
   first 85%, 935 pairs; ``finetune_reward`` splits the file exactly as the benchmark does, so
-  its test split *is* the 110 held-out pairs), with the recipe's pooling (``--rm-pooling``).
+  its test split *is* the 110 held-out pairs), with the recipe's pooling (``--rm-pooling``),
+  as an ensemble of ``--rm-ensemble`` seeds (123, 124, ...; member 1 is the single model).
 * The same run with the end-token readout (``pooling="last"``), unless ``--rm-pooling last``
   already is that: the apples-to-apples twin of TRL, which reads the last token.
 * TRL's ``RewardTrainer`` on the same exported weights and token ids, epochs, batch, rate.
@@ -68,6 +69,7 @@ def reward_part(args, sft: Path, files: dict, test: list, tmp: Path, results: di
             "B": (files["B"], args.rm_pooling)}
     if args.rm_pooling != "last" and not args.no_last:
         runs["full-last"] = (files["full"], "last")
+    ensembles = {name: args.rm_ensemble if name == "full" else 1 for name in runs}
     scorers, curves = {}, {}
     held = None
     for name, (data, pooling) in runs.items():
@@ -78,7 +80,8 @@ def reward_part(args, sft: Path, files: dict, test: list, tmp: Path, results: di
         else:
             run, wall, cpu = timed(finetune_reward, sft, data, out, pooling=pooling,
                                    eval_every=20, device="cpu", precision="fp32",
-                                   progress=False, overwrite=True, **settings)
+                                   progress=False, overwrite=True, ensemble=ensembles[name],
+                                   **settings)
         scorers[name] = scorer = open_reward_model(run.model_dir)
         if held is None:
             tok = scorer.tokenizer
@@ -89,12 +92,20 @@ def reward_part(args, sft: Path, files: dict, test: list, tmp: Path, results: di
             "pooling": pooling, "train_pairs": run.metrics["train"]["pairs"], "wall_s": wall,
             "cpu_s": cpu, "steps": run.steps, "heldout_accuracy": acc,
             "train_accuracy": run.metrics["train"]["accuracy"]}
+        members = json.loads((out / "results.json").read_text(encoding="utf-8"))[
+            "settings"].get("members") or []
+        if members:  # an ensemble: its members alone (member 1 has the plain run's seed)
+            row["members_heldout_accuracy"] = [m["test_accuracy"] for m in members]
         if name in ("full", "full-last"):
-            curves[f"scratchllm ({pooling})"] = read_metrics(out / "metrics.jsonl")
-        print(f"scratchllm reward model {name} ({pooling}): {row['train_pairs']} train pairs, "
+            metrics = out / ("members/member-1" if members else "") / "metrics.jsonl"
+            curves[f"scratchllm ({pooling})"] = read_metrics(metrics)
+        kind = f"{pooling}, ensemble of {len(members)}" if members else pooling
+        print(f"scratchllm reward model {name} ({kind}): {row['train_pairs']} train pairs, "
               f"{row['steps']} steps, {wall:.0f} s wall / {cpu:.0f} CPU-s, train accuracy "
               f"{row['train_accuracy']:.3f}, held-out pairwise accuracy {acc:.3f} "
-              f"({len(held)} pairs)", flush=True)
+              f"({len(held)} pairs)" + (" (members alone: " + " / ".join(
+                  f"{a:.3f}" for a in row["members_heldout_accuracy"]) + ")" if members else ""),
+              flush=True)
     if args.no_trl:
         print("TRL peer: skipped (--no-trl)", flush=True)
         return scorers, curves

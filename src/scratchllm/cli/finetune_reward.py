@@ -39,6 +39,9 @@ def register(methods: argparse._SubParsersAction) -> None:
                    help="where the score is read: last = the end token after the response "
                    "(default, as TRL), mean = averaged over the response tokens (generalises "
                    "better when answers differ by a few words)")
+    p.add_argument("--ensemble", type=int, default=1, metavar="K",
+                   help="train K reward models (seeds SEED..SEED+K-1) and save their average "
+                   "as one model directory: lower variance, harder to over-optimise (1)")
     p.add_argument("--prompt-style", choices=["alpaca", "phi3"],
                    help="prompt template (default: the one --model was fine-tuned with, "
                    "else alpaca)")
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         reference_responses=args.reference_responses, reference_key=args.reference_key,
         keep_best=args.keep_best, seed=args.seed, eval_every=args.eval_every,
         device=args.device, precision=args.precision, progress=not args.quiet,
-        overwrite=args.overwrite, **loop_options(args))
+        overwrite=args.overwrite, ensemble=args.ensemble, **loop_options(args))
     stopped = report_stop(result)
     if stopped is not None:
         return stopped

@@ -36,6 +36,7 @@ from scratchllm.errors import ConfigError, DataError
 from scratchllm.finetune.classifier_model import set_trainable
 from scratchllm.finetune.classify import ADAPTER_FILE, RESULTS_FILE
 from scratchllm.finetune.loop import FinetuneLoop, LoopSettings
+from scratchllm.finetune.reward_ensemble import check_ensemble, finetune_reward_ensemble
 from scratchllm.finetune.reward_model import (
     RewardScorer, attach_reward_head, reward_metadata, save_reward_model,
 )
@@ -124,7 +125,7 @@ def finetune_reward(model_dir: str | os.PathLike, data_file: str | os.PathLike,
                     micro_batch_size: int | None = None, warmup_steps: int = 0,
                     min_lr: float | None = None, grad_clip: float | None = None,
                     save_every: int = 0, keep_last: int = 3,
-                    stop_at: int | None = None) -> RewardResult:
+                    stop_at: int | None = None, ensemble: int = 1) -> RewardResult:
     """Train a reward model from ``model_dir`` on ``data_file``; write ``out_dir`` (module doc).
 
     ``train_mode``: full (every weight), last-block (last block, final norm and head), lora
@@ -133,8 +134,17 @@ def finetune_reward(model_dir: str | os.PathLike, data_file: str | os.PathLike,
     says when that helps). ``prompt_style`` defaults
     to the one the model was fine-tuned with (its metadata), else Alpaca. ``keep_best`` saves the
     weights of the evaluation with the best validation pairwise accuracy instead of the last.
-    The loop options are those of ``finetune.loop.LoopSettings``.
+    The loop options are those of ``finetune.loop.LoopSettings``. ``ensemble`` > 1 trains that
+    many reward models (seeds ``seed``, ``seed + 1``, ...) and saves their average as one
+    model directory (``finetune.reward_ensemble``).
     """
+    if check_ensemble(ensemble) > 1:
+        settings = {k: v for k, v in locals().items()
+                    if k not in ("model_dir", "data_file", "out_dir", "ensemble", "seed",
+                                 "overwrite", "resume")}
+        return finetune_reward_ensemble(model_dir, data_file, out_dir, size=ensemble,
+                                        seed=seed, overwrite=overwrite, resume=resume,
+                                        **settings)
     if prompt_style is not None:
         check_style(prompt_style)
     check_loss_settings(margin, center_coef)

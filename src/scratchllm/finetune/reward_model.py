@@ -281,8 +281,15 @@ def open_reward_model(path: str | os.PathLike, device: torch.device | str = "cpu
                       dtype: torch.dtype | str | None = None) -> RewardScorer:
     """Open a saved reward model (its directory or a ``finetune reward`` output folder).
 
-    ``device`` also takes "auto" (CUDA, then MPS, else CPU); the weights stay frozen.
+    ``device`` also takes "auto" (CUDA, then MPS, else CPU); the weights stay frozen. An
+    ensemble (``finetune reward --ensemble K``) opens as an ``EnsembleScorer`` (same API).
     """
+    directory = resolve_classifier_dir(path)
+    info = (read_header(directory).get("metadata") or {}).get(REWARD_KEY)
+    if isinstance(info, dict) and info.get("ensemble") is not None:
+        from scratchllm.finetune.reward_ensemble import open_ensemble  # noqa: PLC0415
+
+        return open_ensemble(directory, info, open_reward_model, device=device, dtype=dtype)
     model, tokenizer, info, directory = load_reward_model(path, device=resolve_device(device))
     if dtype is not None:
         value = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype

@@ -50,7 +50,7 @@ FINETUNE_RUN = OutputKind("finetune", ("train_config.json", "finetune_config.jso
                                        "metrics.jsonl", "*.png", "checkpoints", "latest", "best",
                                        "LATEST", "model", "adapter", "adapter.safetensors",
                                        "adapter.json", "lora.safetensors", "lora.json",
-                                       "results.json", "value_head.safetensors",
+                                       "results.json", "value_head.safetensors", "members",
                                        "test_responses.json", "*.jsonl"))
 PREPARED = OutputKind("prepared", ("train.bin", "val.bin", "train.json", "val.json"))
 HF_EXPORT = OutputKind("export-hf", MODEL_FILES + ("model-*-of-*.safetensors",
