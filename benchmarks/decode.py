@@ -53,6 +53,7 @@ sys.path.insert(0, str(HERE))
 from common import load_average, machine_summary  # noqa: E402
 
 from scratchllm.generate import generate, generate_batch  # noqa: E402
+from scratchllm.generate.loop import decode_steps, left_pad  # noqa: E402
 from scratchllm.model import GPTConfig, GPTModel, LlamaConfig, LlamaModel  # noqa: E402
 from scratchllm.model.quantize import cpu_flags, quantize_model  # noqa: E402
 from scratchllm.model.cpu_linear import packed_unavailable  # noqa: E402
@@ -189,18 +190,20 @@ def batched(rounds: int, new_tokens: int, kinds: tuple[str, ...] = BATCHED_KINDS
     prepare_decoding(one_row, 1)
     eight_rows = copy.deepcopy(base)
     packed = prepare_decoding(eight_rows, len(prompts))
-    models = {"fp32": (one_row, eight_rows if packed else one_row),
-              "int8": (quantize_model(copy.deepcopy(base), "int8"),) * 2}
-    prepare_decoding(models["int8"][0], len(prompts))  # nothing left to lay out: all int8
-    bf16 = copy.deepcopy(base).to(torch.bfloat16)
-    if prepare_decoding(bf16, len(prompts)):  # the same packed layers for any row count
+    models = {"fp32": (one_row, eight_rows if packed else one_row)}
+    if "int8" in kinds:
+        models["int8"] = (quantize_model(copy.deepcopy(base), "int8"),) * 2
+        prepare_decoding(models["int8"][0], len(prompts))  # nothing left to lay out: all int8
+    bf16 = copy.deepcopy(base).to(torch.bfloat16) if "bf16" in kinds else None
+    if bf16 is not None and prepare_decoding(bf16, len(prompts)):  # packed for any row count
         models["bf16"] = (bf16, bf16)
     del base
-    singles = {}
+    singles, logit_gaps = {}, {}
     for name, (alone_model, batch_model) in models.items():  # 8 tokens: a check, not a timing
         alone = [generate(alone_model, p, 8)[len(p):] for p in prompts]
         together = generate_batch(batch_model, prompts, 8)
         singles[name] = sum(a == b for a, b in zip(alone, together))
+        logit_gaps[name] = _logit_gap(alone_model, batch_model, prompts, 8)
     # Each kind's 1-prompt and 8-prompt runs are a pair timed back to back every round
     # (``_paired``), so each round's ratio compares two runs at the same machine speed.
     pairs = {}
@@ -213,8 +216,30 @@ def batched(rounds: int, new_tokens: int, kinds: tuple[str, ...] = BATCHED_KINDS
     times = _paired(pairs, rounds)
     runs = {name: [(new_tokens / ta, len(prompts) * new_tokens / tb) for ta, tb in pair]
             for name, pair in times.items()}
-    return {"runs": runs, "rows_equal_alone": singles,
-            "kinds": [kind for kind in models if kind in kinds], "fp32_packed": packed}
+    return {"runs": runs, "rows_equal_alone": singles, "logit_gap": logit_gaps,
+            "kinds": list(models), "fp32_packed": packed}
+
+
+def _logit_gap(alone_model, batch_model, prompts: list[list[int]], steps: int) -> float:
+    """Largest |logit difference| between each prompt decoded alone and in the padded batch,
+    over ``steps`` greedy steps, relative to the largest |logit|. The random tied-weight
+    model repeats each prompt's last token forever (the tied head scores a token's own
+    embedding highest), so equal tokens alone prove little; logits this close do."""
+    def logits_of(model, ids, mask):
+        seen = []
+
+        def pick(logits):
+            seen.append(logits.float())
+            return torch.max(logits, dim=-1).indices
+
+        for _ in decode_steps(model, ids, steps, pick, attention_mask=mask):
+            pass
+        return torch.stack(seen, dim=1)  # (B, steps, vocab)
+
+    ids, mask = left_pad(prompts, torch.device("cpu"))
+    together = logits_of(batch_model, ids, mask)
+    alone = torch.cat([logits_of(alone_model, torch.tensor([p]), None) for p in prompts])
+    return float((together - alone).abs().max() / alone.abs().max())
 
 
 def batched_summary(runs: list[tuple[float, float]]) -> tuple[float, float, float, list]:
@@ -235,7 +260,8 @@ def print_batched(batch: dict, rounds: int, new_tokens: int) -> None:
         one, eight, ratio, ratios = batched_summary(runs[kind])
         print(f"  {kind}: 1 prompt {one:.1f}, 8 prompts {eight:.1f}, ratio {ratio:.2f}x "
               f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); rows equal to each prompt "
-              f"alone: {batch['rows_equal_alone'][kind]}/8")
+              f"alone: {batch['rows_equal_alone'][kind]}/8, logits within "
+              f"{batch['logit_gap'][kind]:.1e} of alone (relative)")
     if "fp32, one-row layout" not in runs:
         return
     one, plain, ratio, ratios = batched_summary(runs["fp32, one-row layout"])

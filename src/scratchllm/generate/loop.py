@@ -102,8 +102,8 @@ class _PaddedSteps:
         # 0 where a key may be seen, -inf on padding: what attention adds to its scores
         self.additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device) \
             .masked_fill_(mask == 0, float("-inf"))[:, None, None, :]
-        # a row's next token sits at position (its real tokens so far) (prompt tokens are
-        # counted once, later tokens are all real)
+        # Positions count real tokens only: column c >= prompt_len of a row sits at
+        # (its real prompt tokens) + (c - prompt_len), i.e. first + c.
         self.first = mask[:, :prompt_len].sum(-1, keepdim=True) - prompt_len
 
     def inputs(self, n: int) -> dict[str, torch.Tensor]:
