@@ -125,7 +125,26 @@ def member_seeds(seed: int, size: int) -> list[int]:
 
 
 
-def pair_metrics(scorer: RewardScorer, pairs, *, batch_size: int, margin: float,
+class ScoreMemo:
+    """``raw_scores`` of a scorer, each distinct (sequence, start) scored once: the training
+    split's answers are both the normalisation's reference and the train metrics' pairs."""
+
+    def __init__(self, scorer: RewardScorer) -> None:
+        self.scorer, self.seen = scorer, {}
+
+    def raw_scores(self, sequences: Sequence[Sequence[int]], batch_size: int = 8,
+                   starts: Sequence[int] | None = None) -> torch.Tensor:
+        keys = [(tuple(seq), None if starts is None else int(starts[i]))
+                for i, seq in enumerate(sequences)]
+        new = list(dict.fromkeys(k for k in keys if k not in self.seen))
+        if new:
+            scores = self.scorer.raw_scores([list(k[0]) for k in new], batch_size,
+                                            None if starts is None else [k[1] for k in new])
+            self.seen.update(zip(new, scores.tolist()))
+        return torch.tensor([self.seen[k] for k in keys])
+
+
+def pair_metrics(scorer: RewardScorer | ScoreMemo, pairs, *, batch_size: int, margin: float,
                  center_coef: float) -> dict[str, Any]:
     """Loss, pairwise accuracy and mean margin of a scorer's raw scores on ``RewardPairs``."""
     from scratchllm.finetune.reward_task import reward_losses  # noqa: PLC0415
@@ -200,11 +219,12 @@ def finetune_reward_ensemble(model_dir, data_file, out_dir, *, size: int, seed: 
     sequences, starts, source = reference_sequences(
         ensemble, pairs[0], settings.get("reference_responses"),
         settings.get("reference_key", "model_response"))
-    info["normalization"] = normalization_stats(ensemble, sequences, starts, source,
+    memo = ScoreMemo(ensemble)
+    info["normalization"] = normalization_stats(memo, sequences, starts, source,
                                                 batch_size=batch)
     metrics = {}
     for name, split in zip(("train", "val", "test"), pairs):
-        values = pair_metrics(ensemble, split, batch_size=batch,
+        values = pair_metrics(memo, split, batch_size=batch,
                               margin=settings.get("margin", 0.0),
                               center_coef=settings.get("center_coef", 0.0))
         if values["margin"] is not None:
