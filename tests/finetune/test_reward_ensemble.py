@@ -119,3 +119,16 @@ def test_ensemble_refusals(ensemble_run, pairs_file, tmp_path):
     shutil.rmtree(moved / "member-2")
     with pytest.raises(CheckpointError, match="member-2"):
         open_reward_model(moved)
+
+
+def test_cli_ensemble_option(ensemble_run, pairs_file, tmp_path, capsys):
+    from scratchllm.cli.main import main as scratchllm_cli
+
+    base, _ = ensemble_run
+    args = ["finetune", "reward", "--model", str(base), "--data", str(pairs_file), "--epochs",
+            "1", "--batch-size", "8", "--lr", "3e-3", "--device", "cpu", "--quiet"]
+    assert scratchllm_cli([*args, "--out", str(tmp_path / "rm"), "--ensemble", "2"]) == 0
+    assert isinstance(open_reward_model(tmp_path / "rm"), EnsembleScorer)
+    assert "pairwise accuracy: train" in capsys.readouterr().out
+    assert scratchllm_cli([*args, "--out", str(tmp_path / "bad"), "--ensemble", "0"]) == 2
+    assert "ensemble must be a whole number" in capsys.readouterr().err
