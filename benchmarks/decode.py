@@ -61,7 +61,7 @@ from scratchllm.model.decode_layout import prepare_decoding  # noqa: E402
 
 PROMPT_LEN, NEW_TOKENS, THREADS, SEED = 10, 200, 2, 123
 BATCH_LENGTHS = (10, 5, 17, 8, 12, 3, 20, 14)
-BATCHED_KINDS = ("fp32", "int8", "bf16", "fp32, one-row layout")
+BATCHED_KINDS = ("fp32", "int8", "bf16", "fp32 one-row layout")
 SHAKESPEARE = HERE.parents[1] / "shared" / "data" / "tinyshakespeare.txt"
 
 
@@ -210,7 +210,7 @@ def batched(rounds: int, new_tokens: int, kinds: tuple[str, ...] = BATCHED_KINDS
     for name, (alone_model, batch_model) in models.items():
         pairs[name] = (lambda m=alone_model: generate(m, prompts[0], new_tokens),
                        lambda m=batch_model: generate_batch(m, prompts, new_tokens))
-    pairs["fp32, one-row layout"] = (pairs["fp32"][0],
+    pairs["fp32 one-row layout"] = (pairs["fp32"][0],
                                      lambda: generate_batch(one_row, prompts, new_tokens))
     pairs = {name: pair for name, pair in pairs.items() if name in kinds}
     times = _paired(pairs, rounds)
@@ -262,9 +262,9 @@ def print_batched(batch: dict, rounds: int, new_tokens: int) -> None:
               f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); rows equal to each prompt "
               f"alone: {batch['rows_equal_alone'][kind]}/8, logits within "
               f"{batch['logit_gap'][kind]:.1e} of alone (relative)")
-    if "fp32, one-row layout" not in runs:
+    if "fp32 one-row layout" not in runs:
         return
-    one, plain, ratio, ratios = batched_summary(runs["fp32, one-row layout"])
+    one, plain, ratio, ratios = batched_summary(runs["fp32 one-row layout"])
     packed = (f"{batch['fp32_packed']} linear layers packed for 8 rows" if batch["fp32_packed"]
               else "oneDNN's prepacked fp32 linear is unavailable: "
               f"{packed_unavailable(torch.float32)}")
