@@ -4,7 +4,6 @@ mean of their normalised scores, normalised again; checked against the members o
 from __future__ import annotations
 
 import json
-import random
 import shutil
 
 import pytest
@@ -20,21 +19,14 @@ from scratchllm.finetune.rl.reward import open_reward_source
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.weights.model_dir import save_model_dir
 
-WORDS = ["red", "blue", "table", "river", "stone", "cloud", "apple", "green"]
+from reward_support import write_thanks_pairs
 
 
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
     """60 pairs whose chosen answer ends with 'thanks' and rejected with 'no'."""
-    rng = random.Random(5)
-    entries = []
-    for _ in range(60):
-        body = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3)))
-        entries.append({"instruction": f"Say {rng.choice(WORDS)}.", "input": "",
-                        "chosen": f"{body} thanks", "rejected": f"{body} no"})
-    path = tmp_path_factory.mktemp("ens") / "pairs.json"
-    path.write_text(json.dumps(entries), encoding="utf-8")
-    return path
+    return write_thanks_pairs(tmp_path_factory.mktemp("ens") / "pairs.json", 60, seed=5,
+                              max_words=3)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import pytest
 import safetensors.torch
@@ -20,7 +19,7 @@ from scratchllm.model.llama import LlamaModel
 from scratchllm.model.llama_config import LlamaConfig
 from scratchllm.weights.model_dir import save_model_dir
 
-WORDS = ["red", "blue", "table", "river", "stone", "cloud", "apple", "green"]
+from reward_support import WORDS, write_thanks_pairs
 
 
 def nll_sigmoid(x: float) -> float:
@@ -45,15 +44,8 @@ def test_reward_loss_matches_hand_computed_values():
 @pytest.fixture(scope="module")
 def toy_pairs(tmp_path_factory):
     """120 pairs whose chosen answer ends with 'thanks' and rejected with 'no'."""
-    rng = random.Random(3)
-    entries = []
-    for i in range(120):
-        body = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4)))
-        entries.append({"instruction": f"Say {rng.choice(WORDS)}.", "input": "",
-                        "chosen": f"{body} thanks", "rejected": f"{body} no"})
-    path = tmp_path_factory.mktemp("rm") / "pairs.json"
-    path.write_text(json.dumps(entries), encoding="utf-8")
-    return path
+    return write_thanks_pairs(tmp_path_factory.mktemp("rm") / "pairs.json", 120, seed=3,
+                              max_words=4)
 
 
 @pytest.fixture(scope="module")
