@@ -22,7 +22,6 @@ import argparse
 import copy
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +30,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_generate import _hf_copy  # noqa: E402
-from common import machine_summary  # noqa: E402
+from common import machine_summary, time_call  # noqa: E402
 
 from scratchllm.generate import generate, generate_batch  # noqa: E402
 from scratchllm.model import GPTConfig, GPTModel, LlamaConfig, LlamaModel  # noqa: E402
@@ -40,21 +39,15 @@ PROMPT_LEN, SEED = 10, 123
 BATCH_LENGTHS = (10, 5, 17, 8, 12, 3, 20, 14)
 
 
-def _seconds(fn: Callable[[], object]) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def _alternate(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+def _alternate(contenders: dict[str, Callable[[], object]], rounds: int,
+               device: torch.device) -> dict[str, float]:
+    """Best seconds of each contender (GPU work included), one call each per round, in turn."""
     best = {name: math.inf for name in contenders}
     for fn in contenders.values():
         fn()  # warm-up: kernel choice, cuBLAS handles, caching allocator
     for r in range(rounds):
         for name, fn in contenders.items():
-            best[name] = min(best[name], _seconds(fn))
+            best[name] = min(best[name], time_call(fn, device))
             print(f"  ... round {r + 1}/{rounds} {name}: {best[name]:.3f} s best",
                   file=sys.stderr, flush=True)
     return best
@@ -83,7 +76,7 @@ def single_stream(rounds: int, new_tokens: int, device: torch.device) -> dict:
                   "transformers fp32": hf(hf32),
                   "scratchllm bf16": lambda: generate(bf16, prompt, new_tokens),
                   "transformers bf16": hf(hf16)}
-    best = _alternate(contenders, rounds)
+    best = _alternate(contenders, rounds, device)
     reference = generate(fp32, prompt, new_tokens)[0, PROMPT_LEN:]
     outputs = {"scratchllm bf16": generate(bf16, prompt, new_tokens)[0, PROMPT_LEN:],
                "transformers fp32": hf(hf32)()[0, PROMPT_LEN:],
@@ -100,7 +93,8 @@ def batched(rounds: int, new_tokens: int, device: torch.device) -> dict:
     prompts = [torch.randint(0, 50257, (n,), generator=gen).tolist() for n in BATCH_LENGTHS]
     one = torch.tensor([prompts[0]], device=device)
     best = _alternate({"1 prompt": lambda: generate(model, one, new_tokens),
-                       "8 prompts": lambda: generate_batch(model, prompts, new_tokens)}, rounds)
+                       "8 prompts": lambda: generate_batch(model, prompts, new_tokens)}, rounds,
+                      device)
     single = new_tokens / best["1 prompt"]
     many = len(prompts) * new_tokens / best["8 prompts"]
     return {"1 prompt": single, "8 prompts": many, "ratio": many / single}
@@ -132,7 +126,7 @@ def prefill(device: torch.device, prompt_len: int = 1024, repeats: int = 3) -> d
         with torch.inference_mode():
             return hf(ids, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
 
-    best = _alternate({"scratchllm": ours_first, "transformers": hf_first}, repeats)
+    best = _alternate({"scratchllm": ours_first, "transformers": hf_first}, repeats, device)
     return {k: v * 1000 for k, v in best.items()}
 
 
