@@ -137,6 +137,7 @@ def build_nanogpt(config: GPTConfig, device: torch.device, compile_model: bool) 
     def step(inputs: torch.Tensor, targets: torch.Tensor, precision: str) -> float:
         autocast = (contextlib.nullcontext() if precision == "fp32"
                     else torch.autocast(device_type=device.type, dtype=DTYPES[precision]))
+        inputs, targets = inputs.to(device), targets.to(device)  # as ours and the book's do
         with autocast:
             _, loss = forward_model(inputs, targets)
         loss.backward()
