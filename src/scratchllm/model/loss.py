@@ -36,6 +36,10 @@ CHUNK_ELEMENTS = 1 << 23           # logits per chunk: 8M floats, 32 MB in fp32
 # chunk), and the head's matmuls run better with more rows. GPT-2 at batch 2 x 256
 # positions: one 512-row chunk took 0.86x the time of 166-row chunks (166, 166, 166, 14).
 CROSS_ENTROPY_CHUNK_ELEMENTS = 1 << 25  # 32M floats, 128 MB in fp32
+# On a GPU each chunk costs a dozen kernel launches and a pass over the fp32 head gradient,
+# and memory is less tight: GPT-2 at 8 x 1,024 positions in 13 chunks of 128 MB made the
+# loss ~8 ms of a 45 ms H200 step, against ~17 ms for the plain head + cross-entropy.
+ACCELERATOR_CROSS_ENTROPY_CHUNK_ELEMENTS = 1 << 28  # 256M floats, 1 GiB in fp32
 
 
 def chunk_rows(vocab_size: int, elements: int = CHUNK_ELEMENTS) -> int:
@@ -166,8 +170,9 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.
     """
     flat = hidden.reshape(-1, hidden.shape[-1])
     dtype = _compute_dtype(hidden.device, head.weight.dtype)
-    rows = rows or even_chunk_rows(
-        flat.shape[0], chunk_rows(head.weight.shape[0], CROSS_ENTROPY_CHUNK_ELEMENTS))
+    elements = (CROSS_ENTROPY_CHUNK_ELEMENTS if hidden.device.type == "cpu"
+                else ACCELERATOR_CROSS_ENTROPY_CHUNK_ELEMENTS)
+    rows = rows or even_chunk_rows(flat.shape[0], chunk_rows(head.weight.shape[0], elements))
     return _LinearCrossEntropy.apply(flat, head.weight, head.bias, targets.reshape(-1),
                                      ignore_index, rows, dtype)
 
