@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(eager: {ours.first_step_s:.1f} s), then {abs(saved):.2f} s "
               f"{'less' if saved > 0 else 'more'} per step than eager: {payback}"
               f"{' (cold inductor cache)' if args.cold_compile else ''}")
-    print(f"\npeak matmul (2048x2048, best of {5 * (args.rounds + 1)}): "
+    print(f"\npeak matmul ({'2048' if device.type == 'cpu' else '8192'}^2, best of {5 * (args.rounds + 1)}): "
           + ", ".join(f"{p} {peaks[p] / 1e9:.0f} GFLOP/s" for p in precisions))
     print(f"training FLOPs per token: {flops_per_token / 1e6:.0f}M")
     print(f"\n{'model':<27}{'precision':<11}{'tok/s':>8}{'min':>8}{'best':>8}{'MFU':>8}{'vs book':>9}{'paired':>8}")
