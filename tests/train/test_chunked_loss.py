@@ -100,3 +100,40 @@ def test_models_without_return_hidden_use_the_plain_loss():
     assert head_of(model) is None
     expected = F.cross_entropy(model(ids).flatten(0, 1), ids.flatten())
     assert next_token_loss(model, ids, ids).item() == pytest.approx(expected.item())
+
+
+def test_plain_loss_only_on_accelerators_and_while_the_logits_fit():
+    from scratchllm.model.loss import PLAIN_LOSS_MAX_ELEMENTS, plain_loss_pays
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    # GPT-2 at 8 x 1,024 positions: 1.6 GB of fp32 logits, under the 2 GiB line
+    assert plain_loss_pays(cuda, 8 * 1024, 50257)
+    assert not plain_loss_pays(cpu, 8 * 1024, 50257)
+    # a 128k vocabulary at 8 x 2,048 positions (8 GiB of fp32 logits) stays chunked
+    assert not plain_loss_pays(cuda, 8 * 2048, 128256)
+    assert plain_loss_pays(torch.device("mps"), PLAIN_LOSS_MAX_ELEMENTS // 100, 100)
+    assert not plain_loss_pays(torch.device("mps"), PLAIN_LOSS_MAX_ELEMENTS // 100 + 1, 100)
+
+
+def test_next_token_loss_plain_path_equals_the_chunked_one(monkeypatch):
+    """The accelerator path (plain loss over full logits) gives the chunked path's loss and
+    gradients; on this CPU it is forced by making ``plain_loss_pays`` say yes."""
+    import scratchllm.model.loss as loss_module
+
+    torch.manual_seed(3)
+    model = GPTModel(GPTConfig(vocab_size=50, context_length=16, emb_dim=16, n_heads=2,
+                               n_layers=2, drop_rate=0.0))
+    ids = torch.randint(0, 50, (2, 9))
+    targets = torch.randint(0, 50, (2, 9))
+    targets[0, :3] = -100
+    runs = []
+    for plain in (False, True):
+        monkeypatch.setattr(loss_module, "plain_loss_pays", lambda *a, plain=plain: plain)
+        model.zero_grad(set_to_none=True)
+        loss = next_token_loss(model, ids, targets)
+        loss.backward()
+        runs.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    (chunked, chunked_grads), (plain, plain_grads) = runs
+    assert plain == pytest.approx(chunked, abs=1e-6)
+    for a, b in zip(chunked_grads, plain_grads):
+        assert torch.allclose(a, b, atol=1e-6)

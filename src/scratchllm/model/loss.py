@@ -37,9 +37,13 @@ CHUNK_ELEMENTS = 1 << 23           # logits per chunk: 8M floats, 32 MB in fp32
 # positions: one 512-row chunk took 0.86x the time of 166-row chunks (166, 166, 166, 14).
 CROSS_ENTROPY_CHUNK_ELEMENTS = 1 << 25  # 32M floats, 128 MB in fp32
 # On a GPU each chunk costs a dozen kernel launches and a pass over the fp32 head gradient,
-# and memory is less tight: GPT-2 at 8 x 1,024 positions in 13 chunks of 128 MB made the
-# loss ~8 ms of a 45 ms H200 step, against ~17 ms for the plain head + cross-entropy.
+# and memory is less tight. GPT-2 at 8 x 1,024 positions on an H200: 13 chunks of 128 MB took
+# 25.6 ms of a 45 ms step, 2 chunks of 1 GiB 21.6 ms, nanoGPT's plain head + cross-entropy
+# about 17 ms (and under torch.compile inductor fuses the plain loss, not our Function).
+# So accelerators take the plain loss while its fp32 logits stay under PLAIN_LOSS_MAX_ELEMENTS
+# and fall back to 1 GiB chunks above (a 128k vocabulary at 8 x 2,048 positions: 8 GiB).
 ACCELERATOR_CROSS_ENTROPY_CHUNK_ELEMENTS = 1 << 28  # 256M floats, 1 GiB in fp32
+PLAIN_LOSS_MAX_ELEMENTS = 1 << 29                   # 512M floats, 2 GiB in fp32
 
 
 def chunk_rows(vocab_size: int, elements: int = CHUNK_ELEMENTS) -> int:
@@ -244,6 +248,14 @@ def next_token_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     """Mean next-token cross-entropy of ``model`` on one batch (book 5.1.2): chunked over the
     head when the model allows it (``head_of``), the plain loss over full logits otherwise."""
     head = head_of(model)
-    if isinstance(head, nn.Linear) and type(head.weight.data) is torch.Tensor:
+    if (isinstance(head, nn.Linear) and type(head.weight.data) is torch.Tensor
+            and not plain_loss_pays(head.weight.device, targets.numel(), head.weight.shape[0])):
         return chunked_cross_entropy(model(inputs, return_hidden=True), head, targets)
     return F.cross_entropy(model(inputs).flatten(0, 1).float(), targets.flatten())
+
+
+def plain_loss_pays(device: torch.device, positions: int, vocab_size: int) -> bool:
+    """Whether the plain full-logits loss beats the chunked one: on accelerators while the
+    fp32 logits stay under ``PLAIN_LOSS_MAX_ELEMENTS`` (fewer kernels, and inductor fuses it);
+    never on the CPU, where the fused chunks are faster and keep memory bounded."""
+    return device.type != "cpu" and positions * vocab_size <= PLAIN_LOSS_MAX_ELEMENTS
