@@ -6,7 +6,7 @@
 #      nanoGPT and the book's package, same run);
 #   3. decoding and prefill on the GPU beside transformers (benchmarks/cuda_decode.py).
 # Python packages the GPU image lacks travel as wheels in .whl/ (installed into /tmp/site);
-# nanoGPT's model.py travels in .peers/nanogpt and is linked where the benchmark looks for it.
+# nanoGPT's model.py travels in .peers/nanogpt (passed with --nanogpt).
 # Logs go to $OUT (or ./gpu-logs).
 set -uo pipefail
 OUT=${OUT:-gpu-logs}
@@ -17,9 +17,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if [ -d .peers/nanogpt ] && [ ! -e ../shared/peers/nanogpt ]; then
-  mkdir -p ../shared/peers && ln -s "$PWD/.peers/nanogpt" ../shared/peers/nanogpt
-fi
+NANOGPT=../shared/peers/nanogpt
+[ -d .peers/nanogpt ] && NANOGPT=.peers/nanogpt
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(), 'bf16', torch.cuda.is_bf16_supported())"
 echo "== CUDA tests"
@@ -28,7 +27,7 @@ SCRATCHLLM_E2E_SPAWN=1 timeout "${TESTS_S:-300}" python3 -m pytest -q -p no:cach
   2>&1 | tee "$OUT/cuda_tests.log" | tail -40
 echo "== training throughput (GPU)"
 timeout "${TRAIN_S:-150}" python3 benchmarks/train_throughput.py --device cuda --precision bf16 \
-  --context-length 1024 --batch-size 8 --rounds 3 --window 4 --warmup 2 \
+  --context-length 1024 --batch-size 8 --rounds 3 --window 4 --warmup 2 --nanogpt "$NANOGPT" \
   2>&1 | tee "$OUT/train_cuda.log" | grep -v '^  round' | tail -25
 echo "== decoding (GPU)"
 timeout "${DECODE_S:-120}" python3 benchmarks/cuda_decode.py 2>&1 | tee "$OUT/decode_cuda.log" \

@@ -119,10 +119,14 @@ def build_book(config: GPTConfig, device: torch.device, compile_model: bool) -> 
     return Contender("book llms_from_scratch", step)
 
 
-def build_nanogpt(config: GPTConfig, device: torch.device, compile_model: bool) -> Contender:
+def build_nanogpt(config: GPTConfig, device: torch.device, compile_model: bool,
+                  folder: Path = NANOGPT) -> Contender:
     """nanoGPT's model and optimizer from its own files (imported from the peers folder)."""
-    if str(NANOGPT) not in sys.path:
-        sys.path.insert(0, str(NANOGPT))
+    folder = folder.resolve()
+    if not (folder / "model.py").is_file():
+        raise SystemExit(f"nanoGPT's model.py is not in {folder}: pass --nanogpt DIR")
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
     import model as nanogpt  # ../shared/peers/nanogpt/model.py
 
     torch.manual_seed(SEED)
@@ -217,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-compile", action="store_true",
                         help="compile into an empty inductor cache (a first run's compile time)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--nanogpt", type=Path, default=NANOGPT,
+                        help=f"folder holding nanoGPT's model.py (default {NANOGPT})")
     parser.add_argument("--profile", action="store_true",
                         help="print the op breakdown of our fp32 step before timing")
     parser.add_argument("--default-malloc", action="store_true",
@@ -234,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rounds} rounds x {args.window} steps, compile={args.compile}, "
           f"malloc={'glibc defaults' if args.default_malloc else 'retained heap'}")
     contenders = [build_ours(config, device, args.compile),
-                  build_nanogpt(config, device, args.compile),
+                  build_nanogpt(config, device, args.compile, args.nanogpt),
                   build_book(config, device, args.compile)]
     if not args.no_blocks:
         contenders.insert(1, build_ours(config, device, args.compile, mode="blocks"))
