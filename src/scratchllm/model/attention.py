@@ -82,7 +82,9 @@ def cached_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Te
         return causal_attention_with_dropout(queries, keys, values, dropout_p)
     return F.scaled_dot_product_attention(
         queries, keys, values, attn_mask=mask, dropout_p=dropout_p,
-        is_causal=mask is None and past == 0 and n_tokens > 1,
+        # n_tokens first: under torch.compile ``past`` may be a symbol, and ``past == 0``
+        # must not become the value itself (a SymBool is not a bool)
+        is_causal=n_tokens > 1 and mask is None and past == 0,
         enable_gqa=keys.shape[1] != queries.shape[1],
     )
 

@@ -100,7 +100,18 @@ class PackedLinear(nn.Module):
         if linear.bias is not None:
             self.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
 
+    handle: int | None = None  # set by ``linear_op.register`` when a compiled model uses it
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.handle is not None and torch.compiler.is_compiling():
+            # inside torch.compile: one opaque operator (dynamo cannot trace MKLDNN tensors)
+            from scratchllm.model.linear_op import opaque_linear
+
+            return opaque_linear(x, self.handle, self.out_features)
+        return self.eager_forward(x)
+
+    def eager_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's computation (``forward`` outside ``torch.compile``)."""
         if self.training and torch.is_grad_enabled():
             raise ConfigError(
                 f"this model's linear layers are packed for {_name((self.dtype,))} inference "
@@ -112,6 +123,11 @@ class PackedLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, dtype={self.dtype}, rows={self.rows}, "
                 f"tied={self.weight is not None}")
+
+    def __setstate__(self, state) -> None:
+        """A copy (``copy.deepcopy``) is not the registered layer: it needs its own handle."""
+        super().__setstate__(state)
+        self.__dict__.pop("handle", None)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         """The dense (out, in) weight, as ``nn.Linear`` would write it (unpacked on the fly)."""

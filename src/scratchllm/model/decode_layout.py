@@ -76,16 +76,33 @@ def check_decode_rows(rows: int) -> int:
     return rows
 
 
-def prepare_decoding(model: nn.Module, rows: int = 1) -> int:
+def prepare_decoding(model: nn.Module, rows: int = 1, *, compile: bool = False) -> int:
     """Lay out ``model``'s CPU bf16 and float32 linear layers for decoding ``rows`` rows per
     step (see the module docstring); returns how many layers changed. Call it once, on a
     model used only for inference, before decoding: ``open_model(inference_only=True)`` does,
-    and so do the benchmarks, to time what the commands run."""
+    and so do the benchmarks, to time what the commands run.
+
+    ``compile=True`` (one row only) also compiles the one-token decode step with inductor
+    (``scratchllm.model.compiled_decode``), paying the compile now rather than mid-answer."""
     check_decode_rows(rows)
+    if compile:
+        from scratchllm.model.compiled_decode import check_compile
+
+        check_compile(_device_of(model), rows)
     changed = pack_linears(model, torch.bfloat16, BF16_ROWS)
     if rows == 1:
-        return changed + use_transposed_layout(model)
-    return changed + pack_linears(model, torch.float32, rows)
+        changed += use_transposed_layout(model)
+    else:
+        changed += pack_linears(model, torch.float32, rows)
+    if compile:
+        from scratchllm.model.compiled_decode import compile_decoding
+
+        compile_decoding(model)
+    return changed
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 __all__ = ["BF16_ROWS", "check_decode_rows", "prepare_decoding", "use_transposed_layout"]

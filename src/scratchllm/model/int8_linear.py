@@ -37,6 +37,8 @@ import warnings
 import torch
 from torch import nn
 
+from scratchllm.model.linear_op import opaque_linear
+
 _fbgemm_linear = torch.ops.quantized.linear_dynamic.default  # fbgemm's u8 x s8 -> float32
 # The C++ entry under the op's Python wrapper (one Python frame less per call).
 _fbgemm_entry = getattr(_fbgemm_linear, "_op", _fbgemm_linear)
@@ -69,6 +71,7 @@ class Int8Linear(nn.Module):
     """``nn.Linear`` with int8 weights (one scale per output row) and per-row int8 inputs."""
 
     kind = "int8"  # what ``cpu_linear.describe_linears`` (generate --stats) calls it
+    handle: int | None = None  # set by ``linear_op.register`` when a compiled model uses it
 
     def __init__(self, linear: nn.Linear, reduce_range: bool | None = None) -> None:
         super().__init__()
@@ -98,6 +101,13 @@ class Int8Linear(nn.Module):
             self.anchor_rows = torch.tensor([[1.0], [low]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.handle is not None and torch.compiler.is_compiling():
+            # inside torch.compile: one opaque operator instead of a graph break
+            return opaque_linear(x, self.handle, self.out_features)
+        return self.eager_forward(x)
+
+    def eager_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's computation (``forward`` outside ``torch.compile``)."""
         if x.numel() == self.in_features and x.dim() >= 2:
             # One row (a decode step): the kernel's own grid is this row's; nothing else to do.
             return _int8_matmul(x, self._packed, self.reduce_range)
@@ -119,6 +129,11 @@ class Int8Linear(nn.Module):
         """The float32 weight the int8 codes stand for (for checks; decoding never needs it)."""
         qweight, _ = torch.ops.quantized.linear_unpack(self._packed)
         return qweight.dequantize()
+
+    def __setstate__(self, state) -> None:
+        """A copy (``copy.deepcopy``) is not the registered layer: it needs its own handle."""
+        super().__setstate__(state)
+        self.__dict__.pop("handle", None)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scratchllm.errors import CheckpointError, MissingFileError
+from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 from scratchllm.utils.json_files import read_json_object
 
 # End-of-turn tokens of common chat formats: when the chat template uses one, it ends a reply.
@@ -163,7 +163,8 @@ def open_model(source: str | os.PathLike, *, device: torch.device | str | None =
                dtype: torch.dtype | str | None = None,
                require_tokenizer: bool = False, adapter: str | os.PathLike | None = None,
                merge_adapter: bool = True, quantize: str | None = None,
-               inference_only: bool = False, decode_rows: int = 1) -> LoadedModel:
+               inference_only: bool = False, decode_rows: int = 1,
+               compile: bool = False) -> LoadedModel:
     """Open any model scratchllm reads; see the module docstring for what ``source`` may be.
 
     ``require_tokenizer`` turns a model without a tokenizer into a clear error (every
@@ -177,7 +178,9 @@ def open_model(source: str | os.PathLike, *, device: torch.device | str | None =
     layers on a CPU with bf16 instructions are prepacked for oneDNN
     (``scratchllm.model.cpu_linear``, about 2x the matmul speed), and float32 ones take the
     layout that decodes ``decode_rows`` rows per step fastest (1 for generate and chat, the
-    batch width for serve); such a model refuses training.
+    batch width for serve); such a model refuses training. ``compile=True`` (with
+    ``inference_only``, one decode row) compiles the one-token decode step with
+    ``torch.compile`` before returning (``scratchllm.model.compiled_decode``).
     """
     from scratchllm.model.quantize import check_quantize, quantize_model
 
@@ -186,6 +189,12 @@ def open_model(source: str | os.PathLike, *, device: torch.device | str | None =
         from scratchllm.model.decode_layout import check_decode_rows
 
         check_decode_rows(decode_rows)
+    if compile:
+        from scratchllm.model.compiled_decode import check_compile
+
+        if not inference_only:
+            raise ConfigError("compile=True compiles decoding, so it needs inference_only=True")
+        check_compile(device, decode_rows)
     directory, kind = resolve_source(source)
     opener = _open_hf if kind == "hf" else _open_scratchllm
     loaded = opener(directory, device, dtype)
@@ -198,7 +207,7 @@ def open_model(source: str | os.PathLike, *, device: torch.device | str | None =
     if inference_only:
         from scratchllm.model.decode_layout import prepare_decoding
 
-        prepare_decoding(loaded.model, decode_rows)
+        prepare_decoding(loaded.model, decode_rows, compile=compile)
     if require_tokenizer and loaded.tokenizer is None:
         raise CheckpointError(
             f"{loaded.source} has no tokenizer (no tokenizer.json, vocab.json + merges.txt, or "
