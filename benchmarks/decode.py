@@ -11,6 +11,9 @@ jobs only ever slow a run down):
    and fp32 in ``nn.Linear``'s plain (out, in) layout, beside transformers fp32 on the same
    weights, and llama.cpp q8_0 on a GGUF export of them when ``llama_cpp`` is importable
    (benchmarks/gguf_parity.py builds on it). Ratios are against ours fp32 as generate runs it.
+   "compiled" rows are ``generate --compile``: the same layouts with the one-token decode
+   step compiled by inductor at load (``prepare_decoding(model, 1, compile=True)``); their
+   compile times and the tokens each needs to pay it back are printed under the table.
 2. Batched decoding: 8 prompts of different lengths through ``generate_batch`` against one
    prompt through ``generate``, as aggregate new tokens/s (fp32, int8, bf16). Each round
    times the 1-prompt and the 8-prompt run back to back and gives its own ratio; the median
@@ -27,7 +30,9 @@ int8 >= 2.5x our fp32 tokens/s; bf16 >= 1.6x on a CPU with AVX512-BF16/AMX (its 
 layers prepacked for oneDNN, as ``generate --dtype bf16`` runs them); 8 prompts >= 5x one
 prompt's aggregate tokens/s.
 Run: ``nice -n 5 python benchmarks/decode.py [--quick] [--skip-prefill]``; the last line reads
-``int8_decode_tok_s: X (scratchllm fp32: Y, ratio R)``. ``--only batched`` runs part 2 alone
+``int8_decode_tok_s: X (scratchllm fp32: Y, ratio R)``, after ``int8_compiled_decode_tok_s``
+against llama.cpp q8_0 and against our (eager) fp32. ``--only single`` runs part 1 alone;
+``--only batched`` runs part 2 alone
 (``--batched-kinds`` picks its kinds); its last line reads
 ``batched_fp32_tok_s: X (one prompt: Y, ratio R)``.
 """
@@ -62,6 +67,7 @@ from scratchllm.model.decode_layout import prepare_decoding  # noqa: E402
 PROMPT_LEN, NEW_TOKENS, THREADS, SEED = 10, 200, 2, 123
 BATCH_LENGTHS = (10, 5, 17, 8, 12, 3, 20, 14)
 BATCHED_KINDS = ("fp32", "int8", "bf16", "fp32 one-row layout")
+COMPILED_KINDS = ("fp32", "bf16", "int8")  # generate --compile (batched decoding stays eager)
 SHAKESPEARE = HERE.parents[1] / "shared" / "data" / "tinyshakespeare.txt"
 
 
@@ -148,6 +154,17 @@ def single_stream(rounds: int, new_tokens: int) -> dict:
     bf16_packed = prepare_decoding(bf16, 1)
     int8 = quantize_model(copy.deepcopy(fp32), "int8")
     prepare_decoding(int8, 1)
+    # ``generate --compile``: the same layouts, the one-token step compiled at load time
+    compiled, compile_s = {}, {}
+    for kind in COMPILED_KINDS:
+        model = copy.deepcopy(fp32)
+        if kind == "bf16":
+            model = model.to(torch.bfloat16)
+        elif kind == "int8":
+            quantize_model(model, "int8")
+        prepare_decoding(model, 1, compile=True)
+        compiled[kind], compile_s[kind] = model, model.decode_compile_seconds
+        _progress(f"compiled {kind}: {compile_s[kind]:.1f} s")
     hf = _hf_copy(fp32)
     hf_kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                      use_cache=True, pad_token_id=0, attention_mask=torch.ones_like(prompt))
@@ -160,6 +177,9 @@ def single_stream(rounds: int, new_tokens: int) -> dict:
                   "scratchllm fp32, plain (out,in)": lambda: generate(fp32, prompt, new_tokens),
                   "scratchllm bf16": lambda: generate(bf16, prompt, new_tokens),
                   "scratchllm int8": lambda: generate(int8, prompt, new_tokens),
+                  **{f"scratchllm {kind} compiled":
+                     (lambda m=model: generate(m, prompt, new_tokens))
+                     for kind, model in compiled.items()},
                   "transformers fp32": hf_run}
     with tempfile.TemporaryDirectory() as folder:
         peer = _llama_cpp_peer(fp32, Path(folder), prompt[0].tolist(), new_tokens)
@@ -169,11 +189,26 @@ def single_stream(rounds: int, new_tokens: int) -> dict:
     reference = generate(ours, prompt, new_tokens)[0, PROMPT_LEN:]
     same = {name: float((generate(m, prompt, new_tokens)[0, PROMPT_LEN:] == reference)
                         .float().mean())
-            for name, m in (("fp32 plain (out,in)", fp32), ("bf16", bf16), ("int8", int8))}
+            for name, m in (("fp32 plain (out,in)", fp32), ("bf16", bf16), ("int8", int8),
+                            *((f"{kind} compiled", m) for kind, m in compiled.items()))}
     same["transformers"] = float((hf_run()[0, PROMPT_LEN:] == reference).float().mean())
     return {"tok_s": {name: new_tokens / s for name, s in best.items()},
             "llama_cpp": None if callable(peer) else peer, "same_tokens": same,
-            "bf16_packed": bf16_packed}
+            "bf16_packed": bf16_packed, "compile_s": compile_s}
+
+
+def print_compiled(single: dict) -> None:
+    """Compile times (the warm-up at load) and after how many tokens each compiled kind has
+    paid its compile back against the same kind eager."""
+    tok_s = single["tok_s"]
+    parts = []
+    for kind, seconds in single["compile_s"].items():
+        eager, fast = tok_s[f"scratchllm {kind}"], tok_s[f"scratchllm {kind} compiled"]
+        saved = 1 / eager - 1 / fast  # seconds per token
+        back = f"pays back after {seconds / saved:,.0f} tokens" if saved > 0 else "never pays back"
+        parts.append(f"{kind} {seconds:.1f} s ({fast / eager:.2f}x eager, {back})")
+    print("compile (once at load, inductor's on-disk cache as this machine had it): "
+          + "; ".join(parts))
 
 
 def batched(rounds: int, new_tokens: int, kinds: tuple[str, ...] = BATCHED_KINDS) -> dict:
@@ -432,9 +467,10 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=600)
     parser.add_argument("--skip-prefill", action="store_true",
                         help="leave out the Llama-3.2-1B prefill (10 GB of memory)")
-    parser.add_argument("--only", choices=["batched"], default=None,
+    parser.add_argument("--only", choices=["batched", "single"], default=None,
                         help="run one part only: batched (8 prompts against 1; its last line "
-                        "reads batched_fp32_tok_s: X (one prompt: Y, ratio R))")
+                        "reads batched_fp32_tok_s: X (one prompt: Y, ratio R)) or single "
+                        "(the single-stream table, compiled rows included)")
     parser.add_argument("--batched-kinds", default=",".join(BATCHED_KINDS),
                         help="comma-separated kinds the batched part times (default: "
                         f"{','.join(BATCHED_KINDS)})")
@@ -472,6 +508,11 @@ def main() -> None:
                                     f"({packed_unavailable(torch.bfloat16)})"))
     print("greedy tokens equal to ours fp32 (random weights): " + ", ".join(
         f"{k} {v:.0%}" for k, v in single["same_tokens"].items()))
+    print_compiled(single)
+    if args.only == "single":
+        print(f"load average after: {load_average()}")
+        print_last_lines(single)
+        return
 
     batch = batched(rounds, new_tokens, kinds)
     print_batched(batch, rounds, new_tokens)
@@ -503,7 +544,20 @@ def main() -> None:
               f"first token scratchllm {p['scratchllm']:.2f} s, transformers "
               f"{p['transformers']:.2f} s (ratio {p['transformers'] / p['scratchllm']:.2f}x)")
     print(f"load average after: {load_average()}")
-    int8 = single["tok_s"]["scratchllm int8"]
+    print_last_lines(single)
+
+
+def print_last_lines(single: dict) -> None:
+    """int8 compiled against llama.cpp q8_0 (when it ran), then the headline last line."""
+    tok_s = single["tok_s"]
+    fp32, int8 = tok_s["scratchllm fp32"], tok_s["scratchllm int8"]
+    fast = tok_s["scratchllm int8 compiled"]
+    if "llama.cpp q8_0" in tok_s:
+        peer = tok_s["llama.cpp q8_0"]
+        print(f"int8_compiled_decode_tok_s: {fast:.1f} (llama.cpp q8_0: {peer:.1f}, "
+              f"ratio {fast / peer:.2f})")
+    print(f"int8_compiled_decode_tok_s: {fast:.1f} (scratchllm fp32: {fp32:.1f}, "
+          f"ratio {fast / fp32:.2f})")
     print(f"int8_decode_tok_s: {int8:.1f} (scratchllm fp32: {fp32:.1f}, ratio {int8 / fp32:.2f})")
 
 

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from scratchllm.cli.generate import add_precision_flags, precision
+from scratchllm.cli.generate import add_compile_flag, add_precision_flags, precision
 from scratchllm.errors import ConfigError, ScratchLLMError
 
 HELP = "Commands: /reset clears the history, /system TEXT sets the system message, /quit exits"
@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="drop tokens below min_p x the top token's probability")
     p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     add_precision_flags(p)
+    add_compile_flag(p)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
     p.set_defaults(func=run)
 
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     device = resolve_device(args.device)
     loaded = open_model(args.model, device=device, require_tokenizer=True, adapter=args.adapter,
-                        inference_only=True, **precision(args, device))
+                        inference_only=True, compile=args.compile, **precision(args, device))
     prompt_format = choose_format(loaded.tokenizer, loaded.metadata, args.prompt_style)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                         args.min_p, args.seed)
