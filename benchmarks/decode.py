@@ -63,6 +63,7 @@ from scratchllm.model import GPTConfig, GPTModel, LlamaConfig, LlamaModel  # noq
 from scratchllm.model.quantize import cpu_flags, quantize_model  # noqa: E402
 from scratchllm.model.cpu_linear import packed_unavailable  # noqa: E402
 from scratchllm.model.decode_layout import prepare_decoding  # noqa: E402
+from scratchllm.model.compiled_decode import compile_decoding  # noqa: E402
 
 PROMPT_LEN, NEW_TOKENS, THREADS, SEED = 10, 200, 2, 123
 BATCH_LENGTHS = (10, 5, 17, 8, 12, 3, 20, 14)
@@ -376,7 +377,9 @@ def quality(steps: int) -> dict:
     # one token per call over the first 16 KiB (128 windows of 128: 16k one-row steps per model)
     windows = held_out[:128 * context + 1]
     nll = {}
-    for name, m in (("fp32", model), ("int8", int8)):
+    int8_compiled = copy.deepcopy(int8)  # generate --quantize int8 --compile: the same path
+    compile_decoding(int8_compiled)
+    for name, m in (("fp32", model), ("int8", int8), ("int8 compiled", int8_compiled)):
         nll[name] = sum(float(F.cross_entropy(one_row_logits(m, windows[i:i + context]),
                                               windows[i + 1:i + context + 1], reduction="sum"))
                         for i in range(0, 128 * context, context))
@@ -386,6 +389,7 @@ def quality(steps: int) -> dict:
             "total": total, "agree_per_tensor": agree["per_tensor"],
             "agree_one_row": agree["int8_one_row"], "one_row": one_row,
             "one_row_delta_pct": (one_row["int8"] / one_row["fp32"] - 1) * 100,
+            "compiled_delta_pct": (one_row["int8 compiled"] / one_row["fp32"] - 1) * 100,
             "delta_pct": {name: (value / base - 1) * 100 for name, value in ppl.items()}}
 
 
@@ -537,6 +541,8 @@ def main() -> None:
           f"first 16 KiB: perplexity fp32 {r['fp32']:.3f}, int8 {r['int8']:.3f} "
           f"({q['one_row_delta_pct']:+.2f}%); agreement {q['agree_one_row']}/{q['total']} "
           f"({q['agree_one_row'] / q['total']:.1%})")
+    print(f"  the same, int8 compiled (generate --compile): perplexity "
+          f"{r['int8 compiled']:.3f} ({q['compiled_delta_pct']:+.2f}% against fp32)")
 
     if not args.skip_prefill:
         p = prefill()

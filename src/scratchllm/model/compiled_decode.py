@@ -10,9 +10,11 @@ the model's own eager forward, so outputs and state dicts are as before.
 
 No recompiles as the cache grows: the forward is compiled with ``dynamic=True``, so the
 cache's length (and its buffers' size) are symbols, not constants; one graph serves every
-position and every cache size. int8 layers stay inside the graph as one opaque operator
-each (``scratchllm.model.int8_op``). The first compiled step takes the compile (tens of
-seconds on a small CPU; inductor's on-disk cache makes later processes faster).
+position and every cache size. int8 layers and oneDNN-packed (bf16) layers stay inside the
+graph as one opaque operator each (``scratchllm.model.linear_op``); float32 layers become
+inductor's own matmul calls. ``compile_decoding`` compiles at once on a dummy prompt (tens
+of seconds on a small CPU; inductor's on-disk cache makes later processes faster), so no
+answer waits for it mid-way.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from scratchllm.model.kv_cache import KVCache
 COMPILE_DEVICES = ("cpu",)
 CXX_COMPILERS = ("g++", "c++", "clang++")
 _STEPS = itertools.count()
-# measured on GPT-2 124M (RESULTS.md, "decode, compiled"): freezing folds the weights into
-# the graph as constants, which lets inductor pick its own packed GEMV for float32
-DEFAULT_OPTIONS: dict[str, Any] = {"freezing": True}
+# inductor's defaults (RESULTS.md, "decode, compiled"): ``freezing`` did not apply here (the
+# weights stay graph inputs; no constant was folded) and ``cpp_wrapper`` doubled the compile
+# time for no steady gain
+DEFAULT_OPTIONS: dict[str, Any] = {}
 
 
 def check_compile(device: torch.device | str | None, decode_rows: int = 1) -> None:
@@ -113,9 +116,10 @@ def compile_decoding(model: nn.Module, *, warm_up: bool = True, **options: Any) 
     """Route ``model``'s one-token KV-cached steps through one ``torch.compile``d forward, in
     place (an instance-level ``forward``; weights, names and state dict unchanged).
 
-    ``options`` are inductor settings over ``DEFAULT_OPTIONS``. ``warm_up`` compiles now, on
-    a dummy 3-token prompt, instead of at the first decode step; returns the seconds that
-    took (0.0 without warm-up), also kept as ``model.decode_compile_seconds``."""
+    ``options`` are inductor settings (``cpp_wrapper=True``, ...) over ``DEFAULT_OPTIONS``.
+    ``warm_up`` compiles now, on a dummy 3-token prompt, instead of at the first decode step;
+    returns the seconds that took (0.0 without warm-up), also kept as
+    ``model.decode_compile_seconds``."""
     from scratchllm.model.cpu_linear import PackedLinear
     from scratchllm.model.int8_linear import Int8Linear
     from scratchllm.model.linear_op import register
