@@ -69,8 +69,8 @@ def add_compile_flag(p: argparse.ArgumentParser) -> None:
     """--compile, for the one-row decoding of generate and chat."""
     p.add_argument("--compile", action="store_true",
                    help="compile the one-token decode step with torch.compile (CPU only, "
-                   "needs a C++ compiler): tens of seconds once at load, then ~1.2x (float32) "
-                   "to ~1.3x (--quantize int8) the tokens/s; see README")
+                   "needs a C++ compiler): tens of seconds once at load, then about 1.2x "
+                   "(float32) to 1.4x (--quantize int8) the tokens/s; see README")
 
 
 def check_compile_flags(args: argparse.Namespace) -> None:
