@@ -137,3 +137,37 @@ def test_next_token_loss_plain_path_equals_the_chunked_one(monkeypatch):
     assert plain == pytest.approx(chunked, abs=1e-6)
     for a, b in zip(chunked_grads, plain_grads):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_compiled_model_on_the_plain_path_gets_the_compiled_loss(monkeypatch):
+    """``--compile`` on a GPU: the model is compiled and the plain loss after its logits is
+    compiled too (``_compiled_plain_loss``); same loss and gradients as the eager chunked path.
+    Forced on this CPU through ``plain_loss_pays``."""
+    import scratchllm.model.loss as loss_module
+
+    torch.manual_seed(4)
+    model = GPTModel(GPTConfig(vocab_size=40, context_length=8, emb_dim=16, n_heads=2,
+                               n_layers=1, drop_rate=0.0))
+    ids, targets = torch.randint(0, 40, (2, 8)), torch.randint(0, 40, (2, 8))
+    targets[1, :2] = -100
+    eager = next_token_loss(model, ids, targets)
+    eager.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+
+    calls = []
+    real = loss_module._compiled_plain_loss
+
+    def counted():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(loss_module, "plain_loss_pays", lambda *a: True)
+    monkeypatch.setattr(loss_module, "_compiled_plain_loss", counted)
+    compiled = torch.compile(model)
+    loss = next_token_loss(compiled, ids, targets)
+    loss.backward()
+    assert calls, "the compiled model did not take the compiled loss"
+    assert loss.item() == pytest.approx(eager.item(), abs=1e-5)
+    for a, b in zip(expected, [p.grad for p in model.parameters()]):
+        assert torch.allclose(a, b, atol=1e-5)
