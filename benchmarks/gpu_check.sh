@@ -4,7 +4,11 @@
 #      on a machine without a GPU;
 #   2. training throughput on the GPU (bf16 autocast; ours eager and compile=blocks beside
 #      nanoGPT and the book's package, same run);
-#   3. decoding and prefill on the GPU beside transformers (benchmarks/cuda_decode.py).
+#   3. decoding and prefill on the GPU beside transformers (benchmarks/cuda_decode.py);
+#   4. training throughput again under torch.compile, and with PROFILE=1 (PROFILE_COMPILE=1
+#      for the compiled models) benchmarks/cuda_profile.py: ours beside nanoGPT, op by op.
+# Session 7 ran 1-3 in 253 s and 4 (compile, cold cache) in about 65 s: ~6 minutes of the
+# 15-minute device budget with the machine's start.
 # Python packages the GPU image lacks travel as wheels in .whl/ (installed into /tmp/site);
 # nanoGPT's model.py travels in .peers/nanogpt (passed with --nanogpt).
 # Logs go to $OUT (or ./gpu-logs).
@@ -32,3 +36,13 @@ timeout "${TRAIN_S:-150}" python3 benchmarks/train_throughput.py --device cuda -
 echo "== decoding (GPU)"
 timeout "${DECODE_S:-120}" python3 benchmarks/cuda_decode.py 2>&1 | tee "$OUT/decode_cuda.log" \
   | grep -v '^  \.\.\.' | tail -15
+echo "== training throughput (GPU, torch.compile)"
+timeout "${COMPILE_S:-150}" python3 benchmarks/train_throughput.py --device cuda --precision bf16 \
+  --context-length 1024 --batch-size 8 --rounds 3 --window 4 --warmup 3 --compile --no-blocks \
+  --nanogpt "$NANOGPT" 2>&1 | tee "$OUT/train_cuda_compile.log" | grep -v '^  round' | tail -12
+if [ -n "${PROFILE:-}" ]; then
+  echo "== profile (GPU, ours beside nanoGPT)"
+  timeout "${PROFILE_S:-120}" python3 benchmarks/cuda_profile.py --nanogpt "$NANOGPT" \
+    ${PROFILE_COMPILE:+--compile} > "$OUT/cuda_profile.log" 2>&1
+  grep -v '^-' "$OUT/cuda_profile.log" | cut -c1-70,100-200 | head -70
+fi
