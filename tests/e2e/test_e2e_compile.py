@@ -33,3 +33,19 @@ def test_compile_without_the_cache_is_one_error_line(cli_error, gpt2_hf_dir):
     line = cli_error(["generate", "--model", gpt2_hf_dir, "--compile", "--no-cache", PROMPT],
                      "generate")
     assert "--no-cache" in line and "--compile" in line
+
+
+def test_chat_compile_answers_as_the_eager_session(cli, llama_hf_dir):
+    """``chat --compile`` (a Llama-family model, fp32: inductor's own matmuls in the graph)
+    answers exactly what an eager ChatSession answers."""
+    from scratchllm.chat import ChatSession, Sampling, choose_format
+    from scratchllm.weights.auto import open_model
+
+    proc = cli(["chat", "--model", llama_hf_dir, "--compile", "--max-new-tokens", 8],
+               stdin="Hello there\n/quit\n")
+    loaded = open_model(llama_hf_dir, require_tokenizer=True, inference_only=True)
+    session = ChatSession(loaded.model, loaded.tokenizer, choose_format(loaded.tokenizer),
+                          eos_ids=loaded.eos_ids, sampling=Sampling(8))
+    reply = "".join(session.ask("Hello there"))
+    assert reply.strip() and proc.stdout.strip() == reply.strip()
+    assert "Traceback" not in proc.stderr
