@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,6 @@ def member_seeds(seed: int, size: int) -> list[int]:
     return [seed + i for i in range(size)]
 
 
-
 class ScoreMemo:
     """``raw_scores`` of a scorer, each distinct (sequence, start) scored once: the training
     split's answers are both the normalisation's reference and the train metrics' pairs."""
@@ -165,8 +165,6 @@ def finetune_reward_ensemble(model_dir, data_file, out_dir, *, size: int, seed: 
     Member i trains in ``OUT/members/member-i`` with seed ``seed + i - 1`` and every other
     setting as given. ``resume`` keeps finished members and resumes the others.
     """
-    import time  # noqa: PLC0415
-
     from scratchllm.data.instruction import split_entries  # noqa: PLC0415
     from scratchllm.data.preference import load_preference_data  # noqa: PLC0415
     from scratchllm.finetune.classify import RESULTS_FILE  # noqa: PLC0415

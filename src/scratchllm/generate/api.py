@@ -33,10 +33,10 @@ from scratchllm.generate.loop import (
     eval_mode,
     left_pad,
     make_picker,
-    model_device,
 )
 from scratchllm.generate.stats import DecodeStats
 from scratchllm.generate.stopping import StopState, normalize_stop_strings
+from scratchllm.model.inputs import model_device
 
 TokenIds = list[int] | torch.Tensor
 EosIds = int | Collection[int] | None

@@ -125,10 +125,6 @@ def eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def make_picker(temperature: float, top_k: int | None, top_p: float | None,
                 min_p: float | None, seed: int | None, generator: torch.Generator | None,
                 device: torch.device) -> PickFn:

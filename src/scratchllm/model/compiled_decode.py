@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from scratchllm.errors import ConfigError
+from scratchllm.model.inputs import model_device
 from scratchllm.model.kv_cache import KVCache
 
 COMPILE_DEVICES = ("cpu",)
@@ -146,7 +147,7 @@ def _warm_up(model: nn.Module) -> float:
     model.eval()
     try:
         with torch.inference_mode():
-            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            device = model_device(model)
             cache = model.new_cache(5)
             model(torch.zeros((1, 3), dtype=torch.long, device=device), cache=cache)
             model(torch.zeros((1, 1), dtype=torch.long, device=device), cache=cache)

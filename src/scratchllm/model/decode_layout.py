@@ -40,6 +40,7 @@ from torch import nn
 
 from scratchllm.errors import ConfigError
 from scratchllm.model.cpu_linear import pack_linears
+from scratchllm.model.inputs import model_device
 
 BF16_ROWS = 1  # bf16 layers are packed for one row whatever ``rows`` is (8 rows cost ~1 row)
 
@@ -88,7 +89,7 @@ def prepare_decoding(model: nn.Module, rows: int = 1, *, compile: bool = False) 
     if compile:
         from scratchllm.model.compiled_decode import check_compile
 
-        check_compile(_device_of(model), rows)
+        check_compile(model_device(model), rows)
     changed = pack_linears(model, torch.bfloat16, BF16_ROWS)
     if rows == 1:
         changed += use_transposed_layout(model)
@@ -99,10 +100,6 @@ def prepare_decoding(model: nn.Module, rows: int = 1, *, compile: bool = False) 
 
         compile_decoding(model)
     return changed
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 __all__ = ["BF16_ROWS", "check_decode_rows", "prepare_decoding", "use_transposed_layout"]

@@ -14,6 +14,12 @@ from scratchllm.model.attention import build_attention_mask
 from scratchllm.model.kv_cache import KVCache
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s inputs must go: its first parameter's device (the CPU for a model
+    without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def check_token_ids(token_ids: torch.Tensor, vocab_size: int) -> None:
     """Refuse malformed ids here, instead of an IndexError (or, on CUDA, a device-side assert
     that kills the process) deep inside the embedding lookup."""

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from scratchllm.errors import ConfigError
+from scratchllm.model.inputs import model_device
 
 QUANTIZE_MODES = ("int8",)
 
@@ -98,7 +99,7 @@ def quantize_model(model: nn.Module, quantize: str | None = "int8") -> nn.Module
     """
     if check_quantize(quantize) is None:
         return model
-    device = _device_of(model)
+    device = model_device(model)
     check_quantize(quantize, None, device)
     model.eval()
     if device.type == "cuda":
@@ -129,12 +130,6 @@ def _torchao():
         raise ConfigError("--quantize int8 on CUDA needs torchao (pip install torchao); "
                           "without it use --dtype bf16, or --device cpu") from err
     return torchao
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
