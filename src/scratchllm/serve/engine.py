@@ -182,6 +182,8 @@ class Engine:
                 cache = copy_cache(cache)
             else:
                 del waiting.prefilled[prompt_index]  # the last choice takes the original
+        if job.cancelled:  # the client left during the prefill: take no slot, run no step
+            return
         state = SequenceState(job, index, cache, self.tokenizer, self.eos_ids)
         self._set_slot(slot, state)
         self._advance(slot, state, logits, None)
