@@ -177,12 +177,15 @@ def make_batches(config: GPTConfig, batch_size: int, count: int = 4) -> list[tup
 
 
 def measure(contenders: list[Contender], precisions: list[str], batches, *, device: torch.device,
-            warmup: int, window: int, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+            warmup: int, window: int, rounds: int
+            ) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
     """Fill each contender's ``speeds``.
 
     Returns each contender's loss on its very first step (same seed and batch, so they should
-    agree to ~0.05, dropout masks differ) and the peak matmul FLOP/s per precision, measured
-    before every round and kept at its best: other processes only ever slow a run down.
+    agree to ~0.05, dropout masks differ), the peak matmul FLOP/s per precision, measured
+    before every round and kept at its best (other processes only ever slow a run down), and
+    each round's own peak: the host's speed drifts by 1.5x within minutes, and a round's
+    windows are best judged against the peak measured just before them.
     """
     first_losses: dict[str, float] = {}
     peaks = {p: peak_matmul_flops(DTYPES[p], device) for p in precisions}
@@ -196,8 +199,11 @@ def measure(contenders: list[Contender], precisions: list[str], batches, *, devi
             first_losses.setdefault(contender.name, loss)
         contender.speeds[precision] = []
     tokens = batches[0][0].numel() * window
+    round_peaks: dict[str, list[float]] = {p: [] for p in precisions}
     for r in range(rounds):
-        peaks = {p: max(peaks[p], peak_matmul_flops(DTYPES[p], device)) for p in precisions}
+        for p in precisions:
+            round_peaks[p].append(peak_matmul_flops(DTYPES[p], device))
+            peaks[p] = max(peaks[p], round_peaks[p][-1])
         for contender, precision in (combos if r % 2 == 0 else combos[::-1]):
             def run_window() -> None:
                 for i in range(window):
@@ -205,7 +211,7 @@ def measure(contenders: list[Contender], precisions: list[str], batches, *, devi
             contender.speeds[precision].append(tokens / time_call(run_window, device))
             print(f"  round {r + 1}/{rounds} {contender.name} {precision}: "
                   f"{contender.speeds[precision][-1]:.1f} tok/s", file=sys.stderr, flush=True)
-    return first_losses, peaks
+    return first_losses, peaks, round_peaks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.nullcontext() if args.default_malloc else retained_heap():
         if args.profile:  # on a model of its own: the timed one starts untrained, like its peers
             profile_step(build_ours(config, device, args.compile), batches)
-        first, peaks = measure(contenders, precisions, batches, device=device,
+        first, peaks, round_peaks = measure(contenders, precisions, batches, device=device,
                                warmup=args.warmup, window=args.window, rounds=args.rounds)
         if args.profile and not args.no_blocks:  # after timing: its compile was timed above
             profile_step(build_ours(config, device, args.compile, mode="blocks"), batches)
@@ -274,18 +280,27 @@ def main(argv: list[str] | None = None) -> int:
               f"{' (cold inductor cache)' if args.cold_compile else ''}")
     print(f"\npeak matmul ({'2048' if device.type == 'cpu' else '8192'}^2, best of {5 * (args.rounds + 1)}): "
           + ", ".join(f"{p} {peaks[p] / 1e9:.0f} GFLOP/s" for p in precisions))
+    for p in precisions:
+        print(f"{p} peak before each round: "
+              + ", ".join(f"{x / 1e9:.0f}" for x in round_peaks[p]) + " GFLOP/s")
     print(f"training FLOPs per token: {flops_per_token / 1e6:.0f}M")
-    print(f"\n{'model':<27}{'precision':<11}{'tok/s':>8}{'min':>8}{'best':>8}{'MFU':>8}{'vs book':>9}{'paired':>8}")
+    print("MFU: the median tok/s against the best peak of the run; MFU/round: the median of each "
+          "round's tok/s against that round's own peak")
+    print(f"\n{'model':<27}{'precision':<11}{'tok/s':>8}{'min':>8}{'best':>8}{'MFU':>8}"
+          f"{'MFU/round':>10}{'vs book':>9}{'paired':>8}")
     for precision in precisions:
         book_speed = median(book.speeds[precision])
         for contender in contenders:
             speeds = contender.speeds[precision]
             tok_s = median(speeds)
             mfu = flops_per_token * tok_s / peaks[precision]
+            mfu_round = median([flops_per_token * v / peak
+                                for v, peak in zip(speeds, round_peaks[precision])])
             # Ratio of windows timed back to back in the same round: less exposed to load swings.
             paired = median([a / b for a, b in zip(speeds, book.speeds[precision])])
             print(f"{contender.name:<27}{precision:<11}{tok_s:>8.1f}{min(speeds):>8.1f}"
-                  f"{max(speeds):>8.1f}{mfu:>8.1%}{tok_s / book_speed:>8.2f}x{paired:>7.2f}x")
+                  f"{max(speeds):>8.1f}{mfu:>8.1%}{mfu_round:>10.1%}{tok_s / book_speed:>8.2f}x"
+                  f"{paired:>7.2f}x")
     print()
     for precision in sorted(precisions):  # bf16 first, so fp32's line is the last one
         tok_s, book_speed = median(ours.speeds[precision]), median(book.speeds[precision])
