@@ -131,3 +131,16 @@ def test_require_tokenizer_is_a_clear_error(gpt2_vocab_merges_dir, tmp_path):
     from scratchllm.errors import CheckpointError
     with pytest.raises(CheckpointError, match="has no tokenizer"):
         open_model(bare, require_tokenizer=True)
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_device_auto_and_a_bad_device(llama_dir, quantize):
+    """Library callers may pass "auto", as the CLI does; a typo is one clear error."""
+    from scratchllm.errors import ConfigError
+    from scratchllm.utils.device import resolve_device
+
+    path, _ = llama_dir
+    loaded = open_model(path, device="auto", quantize=quantize, inference_only=True)
+    assert next(loaded.model.parameters()).device.type == resolve_device("auto").type
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        open_model(path, device="gpu", quantize=quantize)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
+from scratchllm.utils.device import resolve_device
 from scratchllm.utils.json_files import read_json_object
 
 # End-of-turn tokens of common chat formats: when the chat template uses one, it ends a reply.
@@ -184,6 +185,8 @@ def open_model(source: str | os.PathLike, *, device: torch.device | str | None =
     """
     from scratchllm.model.quantize import check_quantize, quantize_model
 
+    if device is not None:  # "auto", or a typo: resolved or refused in one line, up front
+        device = resolve_device(device)
     check_quantize(quantize, dtype, device)
     if inference_only:
         from scratchllm.model.decode_layout import check_decode_rows
