@@ -162,8 +162,13 @@ def main() -> int:
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
+    # the model directories (about 1.3 GB with the peer's export) go when the run ends
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        return run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, work: Path) -> int:
     levels = [int(x) for x in args.clients.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     torch.manual_seed(123)
     model_dir = work / "gpt2-124m"
     save_model_dir(model_dir, GPTModel(GPTConfig.preset("gpt2-small")), GPT2Tokenizer())
