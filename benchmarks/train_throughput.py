@@ -38,9 +38,11 @@ Run: ``python benchmarks/train_throughput.py [--rounds 5] [--precision both] [--
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import io
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -237,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="glibc's malloc defaults instead of the trainer's retained heap")
     args = parser.parse_args(argv)
     if args.cold_compile:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
+        cold_cache = tempfile.mkdtemp(prefix="inductor-cold-")
+        atexit.register(shutil.rmtree, cold_cache, True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold_cache
 
     device = torch.device(args.device)
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
