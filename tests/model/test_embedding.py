@@ -98,3 +98,14 @@ def test_reset_grad_follows_the_weight(moved):
     emb.reset_grad()
     assert emb.weight.grad.dtype == emb.weight.dtype == (torch.float64 if moved else torch.float32)
     assert emb.weight.grad.abs().sum() == 0  # rows 4 and 5 zeroed again
+
+
+def test_a_copy_leaves_the_buffer_behind():
+    emb = TokenEmbedding(30, 4)
+    row_grad_embeddings(emb)
+    emb.reset_grad()
+    emb(torch.tensor([[1, 2]])).sum().backward()
+    clone = copy.deepcopy(emb)
+    assert clone._grad_buffer is None and clone._touched == [] and not clone.keep_row_grads
+    assert torch.equal(clone.weight, emb.weight)
+    assert emb._grad_buffer is emb.weight.grad and len(emb._touched) == 1  # the original keeps it

@@ -33,6 +33,13 @@ class TokenEmbedding(nn.Embedding):
         self._grad_buffer: torch.Tensor | None = None
         self._touched: list[torch.Tensor] = []  # token ids since the last reset_grad
 
+    def __getstate__(self) -> dict:
+        """A copy (``copy.deepcopy`` for a checkpoint's merged model or a frozen reference)
+        starts without the buffer: it is this training run's, and as large as the weight."""
+        state = dict(super().__getstate__())
+        state.update(keep_row_grads=False, _grad_buffer=None, _touched=[])
+        return state
+
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         grad = self.weight.grad
         if (self.keep_row_grads and grad is not None and grad is self._grad_buffer
