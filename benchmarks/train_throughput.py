@@ -54,10 +54,9 @@ import torch
 
 from common import load_average, machine_summary, median, peak_matmul_flops, time_call
 from scratchllm.model import GPTConfig, GPTModel
-from scratchllm.model.embedding import row_grad_embeddings
 from scratchllm.model.stats import training_flops_per_token
 from scratchllm.train import steps
-from scratchllm.train.compiling import compile_for_training, compile_mode
+from scratchllm.train.compiling import compile_for_training
 from scratchllm.train.optim import build_optimizer
 from scratchllm.utils.heap import retained_heap
 
@@ -86,10 +85,9 @@ def build_ours(config: GPTConfig, device: torch.device, compile_model: bool,
     forward_model = compile_for_training(model, model, mode or compile_model)
     optimizer = build_optimizer(model, lr=LR, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999),
                                 decay_all=True)
-    kept = row_grad_embeddings(model) if compile_mode(mode or compile_model) != "model" else []
 
     def step(inputs: torch.Tensor, targets: torch.Tensor, precision: str) -> float:
-        steps.zero_grad(optimizer, kept)
+        optimizer.zero_grad(set_to_none=True)
         loss, _ = steps.accumulate_gradients(forward_model, [(inputs, targets)], 1, device=device,
                                              autocast=steps.autocast_for(precision, device))
         optimizer.step()

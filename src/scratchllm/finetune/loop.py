@@ -26,13 +26,12 @@ from scratchllm.errors import ConfigError
 from scratchllm.finetune.batching import EpochBatches
 from scratchllm.finetune.best import BEST_DIR, BestModel, merged_copy
 from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup
-from scratchllm.model.embedding import row_grad_embeddings
 from scratchllm.model.lora import lora_layers
 from scratchllm.train.metrics import Progress
 from scratchllm.train.optim import build_optimizer, build_scheduler
 from scratchllm.train.run_control import run_steps, stopped_message
 from scratchllm.train.state import TrainingState, load_checkpoint, read_trainer_record, save_checkpoint
-from scratchllm.train.steps import autocast_for, grad_scaler_for, optimizer_step, zero_grad
+from scratchllm.train.steps import autocast_for, grad_scaler_for, optimizer_step
 from scratchllm.weights.auto import generation_header
 
 
@@ -138,7 +137,6 @@ class FinetuneLoop:
         self.optimizer = build_optimizer(self.model, lr=settings.lr,
                                          weight_decay=settings.weight_decay,
                                          betas=(0.9, 0.999), decay_all=True)
-        self.kept_grads = row_grad_embeddings(self.model)  # see model.embedding
         self.scheduler = build_scheduler(
             self.optimizer, max_lr=settings.lr,
             min_lr=settings.lr if settings.min_lr is None else settings.min_lr,
@@ -205,7 +203,7 @@ class FinetuneLoop:
         measured = [task.measure(b) for b in batches]
         units = max(1, sum(u for u, _ in measured))
         self.model.train(task.dropout)
-        zero_grad(self.optimizer, self.kept_grads)
+        self.optimizer.zero_grad(set_to_none=True)
         total: torch.Tensor | float = 0.0
         stats: dict[str, float] = {}
         for batch in batches:

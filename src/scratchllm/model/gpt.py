@@ -8,7 +8,6 @@ from torch import nn
 from scratchllm.model.attention import MultiHeadAttention
 from scratchllm.model.config import GPTConfig
 from scratchllm.model.dropout import Dropout
-from scratchllm.model.embedding import TokenEmbedding
 from scratchllm.model.inputs import positions_and_mask
 from scratchllm.model.kv_cache import KVCache
 from scratchllm.model.layers import FeedForward, LayerNorm
@@ -45,7 +44,7 @@ class GPTModel(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.tok_emb = TokenEmbedding(config.vocab_size, config.emb_dim)
+        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
         self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
         self.drop_emb = Dropout(config.drop_rate)
         self.trf_blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))

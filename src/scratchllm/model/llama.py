@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.model.attention import cached_attention
-from scratchllm.model.embedding import TokenEmbedding
 from scratchllm.model.inputs import positions_and_mask
 from scratchllm.model.kv_cache import KVCache
 from scratchllm.model.llama_config import LlamaConfig, RopeScaling
@@ -129,7 +128,7 @@ class LlamaModel(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         self.config = config
-        self.tok_emb = TokenEmbedding(config.vocab_size, config.emb_dim)
+        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
         self.trf_blocks = nn.ModuleList(LlamaBlock(config) for _ in range(config.n_layers))
         self.final_norm = RMSNorm(config.emb_dim, config.rms_norm_eps)
         self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)

@@ -33,12 +33,11 @@ import torch
 from torch import nn
 
 from scratchllm.errors import ConfigError, DataError, ScratchLLMError
-from scratchllm.model.embedding import row_grad_embeddings
 from scratchllm.model.registry import model_from_config
 from scratchllm.tokenizers import get_tokenizer, tokenizer_from_dict
 from scratchllm.train import distributed, steps
 from scratchllm.train.batches import is_prepared, load_batches
-from scratchllm.train.compiling import compile_for_training, compile_mode
+from scratchllm.train.compiling import compile_for_training
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.metrics import METRICS_FILE, MetricsLog, Progress
 from scratchllm.train.optim import build_optimizer, build_scheduler
@@ -130,9 +129,6 @@ class Trainer(RunFiles):
         self.forward_model = compile_for_training(self.model, wrapped, config.compile)
         self.optimizer = build_optimizer(self.model, lr=config.lr, weight_decay=config.weight_decay,
                                          betas=config.betas, decay_all=config.decay_all)
-        # one eager process: the token embedding keeps its gradient buffer (model.embedding)
-        self.kept_grads = (row_grad_embeddings(self.model) if not dist.enabled
-                           and compile_mode(config.compile) != "model" else [])
         if dist.enabled:  # different dropout masks on each rank
             torch.manual_seed(config.seed + dist.rank)
         self.steps_per_epoch = len(self.train_batches) // self.accum_steps
@@ -161,7 +157,7 @@ class Trainer(RunFiles):
     def train_step(self) -> tuple[float, int]:
         """One optimizer step over ``accum_steps`` micro batches; returns (loss, tokens)."""
         cfg = self.config
-        steps.zero_grad(self.optimizer, self.kept_grads)
+        self.optimizer.zero_grad(set_to_none=True)
         loss, tokens = steps.accumulate_gradients(self.forward_model, self.micro_batches(),
                                                   self.accum_steps, device=self.device,
                                                   autocast=self.autocast, scaler=self.scaler)

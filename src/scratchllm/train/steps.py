@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from scratchllm.errors import ConfigError
-from scratchllm.model.embedding import TokenEmbedding
 from scratchllm.model.loss import next_token_loss
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -50,14 +49,6 @@ def accumulate_gradients(model: nn.Module, micro_batches: Iterable[Batch], accum
         total += loss.detach()
         tokens += inputs.numel()
     return float(total), tokens
-
-
-def zero_grad(optimizer: torch.optim.Optimizer, kept: Iterable[TokenEmbedding] = ()) -> None:
-    """Clear the gradients before a step: freed (``set_to_none``), except the embeddings in
-    ``kept`` (``model.embedding.row_grad_embeddings``), whose buffers are zeroed row by row."""
-    optimizer.zero_grad(set_to_none=True)
-    for embedding in kept:
-        embedding.reset_grad()
 
 
 @torch.no_grad()
