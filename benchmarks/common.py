@@ -17,6 +17,22 @@ from typing import Callable
 import torch
 
 
+# The instruction sets that decide CPU matmul speed: fp32 (AVX-512, FMA), int8 (VNNI), bf16.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
+             "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> str:
+    """``CPU_FLAGS`` as /proc/cpuinfo reports them, each marked + (present) or - (absent):
+    benchmarks print it so a figure can be read against the machine that made it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            have = set(next(line for line in handle if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return "unknown (no /proc/cpuinfo flags)"
+    return " ".join(f"{flag}{'+' if flag in have else '-'}" for flag in CPU_FLAGS)
+
+
 def cpu_model_name() -> str:
     """The CPU's model name as ``lscpu`` shows it (from /proc/cpuinfo), or platform's guess."""
     try:

@@ -43,24 +43,13 @@ import time
 from functools import partial
 from pathlib import Path
 
-from common import load_average, machine_summary, median
+from common import cpu_flags, load_average, machine_summary, median
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data" / "instruction" / "instruction-data-with-preference.json"
-FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 TRAIN_PAIRS = 935  # the 85% split of the book's 1,100 pairs
 LORA = {"rank": 8, "alpha": 16.0}
-
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "n/a"
-    have = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines()
-                     if ln.startswith("flags")), []))
-    return " ".join(f for f in FLAGS if f in have) or "none of " + " ".join(FLAGS)
 
 
 def rss_mb() -> float:

@@ -30,23 +30,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_summary  # noqa: E402
+from common import cpu_flags, machine_summary  # noqa: E402
 
 PROMPT_LEN, NEW_TOKENS, PARITY_TOKENS, THREADS = 10, 200, 30, 2
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16",
-             "amx_int8", "fma", "f16c")
-
-
-def cpu_flags() -> str:
-    """The instruction-set flags that decide matmul speed, from /proc/cpuinfo."""
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in CPU_FLAGS if f in have) or "none of " + str(CPU_FLAGS)
-    except OSError:
-        pass
-    return "unknown"
 
 
 def export_gguf_file(model: torch.nn.Module, path: Path, type_name: str = "f32",

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_summary  # noqa: E402
+from common import cpu_flags, machine_summary  # noqa: E402
 from rlhf_align import align_part  # noqa: E402
 from rlhf_reward import cpu_seconds, plot_reward, reward_part  # noqa: E402
 from rlhf_start import build_start  # noqa: E402
@@ -43,16 +43,6 @@ from scratchllm.data.preference import load_preference_data  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
-FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
-
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-        have = set(next(l for l in text.splitlines() if l.startswith("flags")).split(":")[1].split())
-    except (OSError, StopIteration):
-        return "CPU flags: unknown"
-    return "CPU flags: " + " ".join(f"{f}{'+' if f in have else '-'}" for f in FLAGS)
 
 
 def report(results: dict, samples: dict, prompts: list) -> None:
@@ -146,7 +136,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.results.mkdir(parents=True, exist_ok=True)
     print(machine_summary(), flush=True)
-    print(cpu_flags(), flush=True)
+    print(f"CPU flags: {cpu_flags()}", flush=True)
     results: dict = {"rm": {}, "methods": {}, "settings": {k: str(v) for k, v in vars(args).items()}}
     wall0, cpu0 = time.perf_counter(), cpu_seconds()
     tmp = args.workdir

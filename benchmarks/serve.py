@@ -31,7 +31,7 @@ import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_summary  # noqa: E402
+from common import cpu_flags, machine_summary  # noqa: E402
 
 from scratchllm.model import GPTConfig, GPTModel  # noqa: E402
 from scratchllm.tokenizers.gpt2 import GPT2Tokenizer  # noqa: E402
@@ -43,17 +43,6 @@ WORDS = ("river stone light window garden morning paper music winter letter engi
 
 def prompt(i: int) -> str:
     return " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(14))
-
-
-def cpu_flags() -> str:
-    """The SIMD features that decide CPU matmul speed (from /proc/cpuinfo)."""
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = next(line for line in handle if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "n/a"
-    return " ".join(f for f in wanted if f in flags) or "none of " + " ".join(wanted)
 
 
 def lone_generate_tok_s(model_dir: Path, max_tokens: int) -> float:

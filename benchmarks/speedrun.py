@@ -24,7 +24,6 @@ first time scratchllm's loss per character is at or below L. nanoGPT's L is its 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -37,17 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NANOGPT = ROOT.parent / "shared" / "peers" / "nanogpt" / "run_shakespeare_char.sh"
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 CONFIG = ROOT / "configs" / "speedrun_shakespeare.yaml"
-FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_flags() -> str:
-    """The instruction-set flags that decide fp32/bf16 matmul speed, as /proc/cpuinfo has them."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return "n/a"
-    have = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split()) if "flags" in text else set()
-    return " ".join(f"{flag}{'+' if flag in have else '-'}" for flag in FLAGS)
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -127,7 +115,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import torch
 
-    from common import load_average, machine_summary
+    from common import cpu_flags, load_average, machine_summary
 
     torch.set_num_threads(args.threads)
     print(f"machine: {machine_summary()}")

@@ -52,7 +52,8 @@ from typing import Callable
 
 import torch
 
-from common import load_average, machine_summary, median, peak_matmul_flops, time_call
+from common import (cpu_flags, load_average, machine_summary, median, peak_matmul_flops,
+                    time_call)
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.model.stats import training_flops_per_token
 from scratchllm.train import steps
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     config = GPTConfig.preset(args.preset, context_length=args.context_length, drop_rate=0.1)
-    print(f"machine: {machine_summary(device)}")
+    print(f"machine: {machine_summary(device)}; CPU flags: {cpu_flags()}")
     print(f"workload: {args.preset} (context {config.context_length}, batch {args.batch_size}, "
           f"dropout 0.1, AdamW lr {LR} wd {WEIGHT_DECAY}); {args.warmup} warmup steps, "
           f"{args.rounds} rounds x {args.window} steps, compile={args.compile}, "
