@@ -16,12 +16,23 @@ import torch.nn.functional as F
 from scratchllm.errors import ConfigError
 from scratchllm.generate import generate, generate_batch
 from scratchllm.model import GPTConfig, GPTModel, LlamaConfig, LlamaModel
+from scratchllm.model import compiled_decode
 from scratchllm.model.compiled_decode import check_compile, compile_decoding
 from scratchllm.model.decode_layout import prepare_decoding
 from scratchllm.model.int8_linear import Int8Linear
 from scratchllm.model.quantize import quantize_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def inductor_asserts():
+    """Compile with inductor's size and alignment asserts on (decoding runs without them):
+    every opaque linear's real output is checked against what its fake kernel promised."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiled_decode, "DEFAULT_OPTIONS", {})
+        yield
+
 
 PROMPT = [5, 17, 3, 99, 42, 7]
 
