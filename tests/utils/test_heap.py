@@ -57,3 +57,33 @@ def test_big_tensors_use_the_untrimmed_heap_inside_and_mmap_after():
                                        text=True, check=True, timeout=120).stdout)
     assert result == {"before": False, "applied": True, "inside": True, "kept": True,
                       "after": False, "given_back": True}
+
+
+
+RUN_STEPS = textwrap.dedent("""
+    import json, torch
+    from scratchllm.train.run_control import run_steps
+
+    def in_heap():
+        tensor = torch.ones((40 << 20) // 4)  # above glibc's largest mmap threshold
+        with open("/proc/self/maps") as maps:
+            line = next(line for line in maps if line.rstrip().endswith("[heap]"))
+        start, end = (int(x, 16) for x in line.split()[0].split("-"))
+        return start <= tensor.data_ptr() < end
+
+    seen, steps = [], [0]
+
+    def one_step():
+        seen.append(in_heap())
+        steps[0] += 1
+
+    stopped, _ = run_steps(one_step, lambda: steps[0], end=2, total=2, save=lambda: None)
+    print(json.dumps({"stopped": stopped, "inside": seen, "after": in_heap()}))
+""")
+
+
+def test_run_steps_steps_inside_the_retained_heap():
+    """Fine-tuning and RL step through run_steps: their big step tensors come from the heap."""
+    result = json.loads(subprocess.run([sys.executable, "-c", RUN_STEPS], capture_output=True,
+                                       text=True, check=True, timeout=120).stdout)
+    assert result == {"stopped": False, "inside": [True, True], "after": False}

@@ -10,6 +10,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from scratchllm.utils.heap import retained_heap
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) so runs repeat exactly on the CPU."""
@@ -102,8 +104,9 @@ def run_steps(one_step: Callable[[], None], current_step: Callable[[], int], *, 
     whenever the run stops before ``total`` (Ctrl-C, SIGTERM, or ``end < total``).
 
     Returns (stopped early, the signal that asked or None). The fine-tuning loop and the RL
-    trainer share it, so both stop, save and resume the same way."""
-    with StopRequest() as stop:
+    trainer share it, so both stop, save and resume the same way, and both step with the
+    heap retained (``utils.heap``), as pretraining does."""
+    with StopRequest() as stop, retained_heap():
         while current_step() < end:
             one_step()
             step = current_step()

@@ -11,10 +11,13 @@ everything from its heap and never trim it for the duration; afterwards the defa
 put back and the free memory is returned with ``malloc_trim``.
 
 Only glibc (Linux) has these knobs; elsewhere this is a no-op. The memory a run reaches at
-its peak stays reserved until the context exits, which a training process wants anyway. It
-pays when every step repeats the same allocations (pretraining's fixed shapes: flat memory
-and no page faults from the third step on, measured on the 124M model); with shapes that
-change from step to step, freed blocks may not fit and the heap grows instead.
+its peak stays reserved until the context exits, which a training process wants anyway.
+Pretraining (fixed shapes, the 124M model): flat memory and no page faults from the third
+step on. Fine-tuning, whose batches change shape from step to step (DPO at the 124M shape,
+4 pairs a step, 40 steps): 125-150k page faults and 0.24 s of system time a step fell to
+about 10 and 0.015 s, and the resident memory settled after 8 steps at the largest batch's
+peak, 40 MB above what the default allocator reached. The pretraining trainer and
+``train.run_control.run_steps`` (fine-tuning, RL) step inside it.
 """
 
 from __future__ import annotations
