@@ -105,6 +105,7 @@ def child(args: argparse.Namespace) -> dict:
     from scratchllm.model.lora import apply_lora
     from scratchllm.tokenizers import GPT2Tokenizer
     from scratchllm.train.optim import build_optimizer
+    from scratchllm.utils.heap import retained_heap
 
     contender, mode = args.child.split("/")
     tok = GPT2Tokenizer(SHARED / "data" / "gpt2")
@@ -141,6 +142,9 @@ def child(args: argparse.Namespace) -> dict:
         return dpo.dpo_terms(policy, None, batch, beta=0.1)[0].mean()
 
     step_times, losses, tokens = [], [], []
+    # as the fine-tuning loop steps (train.run_control.run_steps), for both contenders
+    heap = retained_heap()
+    heap.__enter__()
     for step in range(n_steps):
         batch = collate([pairs[i] for i in range(step * args.batch, (step + 1) * args.batch)])
         if args.profile and step == 1:
