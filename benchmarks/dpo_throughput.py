@@ -143,29 +143,28 @@ def child(args: argparse.Namespace) -> dict:
 
     step_times, losses, tokens = [], [], []
     # as the fine-tuning loop steps (train.run_control.run_steps), for both contenders
-    heap = retained_heap()
-    heap.__enter__()
-    for step in range(n_steps):
-        batch = collate([pairs[i] for i in range(step * args.batch, (step + 1) * args.batch)])
-        if args.profile and step == 1:
-            from torch.profiler import ProfilerActivity, profile
+    with retained_heap():
+        for step in range(n_steps):
+            batch = collate([pairs[i] for i in range(step * args.batch, (step + 1) * args.batch)])
+            if args.profile and step == 1:
+                from torch.profiler import ProfilerActivity, profile
 
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                loss = loss_of(batch)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18)
-            return {"profile": table, "shape": list(batch["chosen_inputs"].shape)}
-        t0 = time.perf_counter()
-        loss = loss_of(batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step_times.append(time.perf_counter() - t0)
-        losses.append(float(loss.detach()))
-        tokens.append((2 * batch["chosen_inputs"].numel(),
-                       int(batch["chosen_mask"].sum() + batch["rejected_mask"].sum())))
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    loss = loss_of(batch)
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18)
+                return {"profile": table, "shape": list(batch["chosen_inputs"].shape)}
+            t0 = time.perf_counter()
+            loss = loss_of(batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_times.append(time.perf_counter() - t0)
+            losses.append(float(loss.detach()))
+            tokens.append((2 * batch["chosen_inputs"].numel(),
+                           int(batch["chosen_mask"].sum() + batch["rejected_mask"].sum())))
     return {"name": args.child, "step_times": step_times, "losses": losses, "tokens": tokens,
             "prepass": prepass, "prepass_pairs": len(pairs),
             "time_to_steps": time.perf_counter() - tic, "start_rss_mb": start_rss,
