@@ -9,6 +9,7 @@
 #      for the compiled models) benchmarks/cuda_profile.py: ours beside nanoGPT, op by op.
 # Session 7 ran 1-3 in 253 s and 4 (compile, cold cache) in about 65 s: ~6 minutes of the
 # 15-minute device budget with the machine's start.
+# Session 9 ran all of it with PROFILE=1 PROFILE_COMPILE=1 in 344 s (tests 95 s), plus ~30 s of start.
 # Python packages the GPU image lacks travel as wheels in .whl/ (installed into /tmp/site);
 # nanoGPT's model.py travels in .peers/nanogpt (passed with --nanogpt).
 # Logs go to $OUT (or ./gpu-logs).
