@@ -123,8 +123,10 @@ def build_book(config: GPTConfig, device: torch.device, compile_model: bool) -> 
 
 
 def build_nanogpt(config: GPTConfig, device: torch.device, compile_model: bool,
-                  folder: Path = NANOGPT) -> Contender:
-    """nanoGPT's model and optimizer from its own files (imported from the peers folder)."""
+                  folder: Path = NANOGPT, optimizer_device: str | None = None) -> Contender:
+    """nanoGPT's model and optimizer from its own files (imported from the peers folder).
+    Its ``configure_optimizers`` picks fused AdamW for "cuda" only; ``optimizer_device`` names
+    the device type it is told (``host_overhead.py`` asks for CUDA's choice on the CPU)."""
     folder = folder.resolve()
     if not (folder / "model.py").is_file():
         raise SystemExit(f"nanoGPT's model.py is not in {folder}: pass --nanogpt DIR")
@@ -138,7 +140,8 @@ def build_nanogpt(config: GPTConfig, device: torch.device, compile_model: bool,
             block_size=config.context_length, vocab_size=config.vocab_size,
             n_layer=config.n_layers, n_head=config.n_heads, n_embd=config.emb_dim,
             dropout=config.drop_rate, bias=True)).to(device).train()
-        optimizer = model.configure_optimizers(WEIGHT_DECAY, LR, (0.9, 0.999), device.type)
+        optimizer = model.configure_optimizers(WEIGHT_DECAY, LR, (0.9, 0.999),
+                                               optimizer_device or device.type)
     forward_model = torch.compile(model) if compile_model else model
 
     def step(inputs: torch.Tensor, targets: torch.Tensor, precision: str) -> float:
