@@ -113,6 +113,46 @@ def test_attention_with_dropout_equals_the_plain_formula_values_and_gradients():
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_attention_is_computed_in_fp32_with_the_same_mask(dtype):
+    """Under autocast the queries arrive in bf16/fp16: attended in fp32 (as SDPA's CPU math
+    path does), cast back, gradients returned in the inputs' dtype."""
+    torch.manual_seed(3)
+    b, h, t, d = 2, 3, 7, 4
+    inputs = [torch.randn(b, h, t, d).to(dtype).requires_grad_() for _ in range(3)]
+    torch.manual_seed(9)
+    with torch.autocast("cpu", dtype=dtype):
+        out = causal_attention_with_dropout(*inputs, 0.2)
+    assert out.dtype == dtype
+    torch.manual_seed(9)
+    mask = dropout_mask((b * h, t, t), 0.2, dtype=torch.float32,
+                        device=torch.device("cpu")).view(b, h, t, t)
+    ref_inputs = [x.detach().float().requires_grad_() for x in inputs]
+    ref = _reference_attention(*ref_inputs, mask)
+    torch.testing.assert_close(out, ref.to(dtype))
+    grad = torch.randn_like(ref)
+    out.backward(grad.to(dtype))
+    ref.backward(grad.to(dtype).float())
+    for mine, theirs in zip(inputs, ref_inputs):
+        assert mine.grad.dtype == dtype
+        torch.testing.assert_close(mine.grad, theirs.grad.to(dtype))
+
+
+def test_gpt_bf16_autocast_training_takes_the_written_out_attention(monkeypatch):
+    import scratchllm.model.attention as attention
+
+    calls = []
+    real = attention.causal_attention_with_dropout
+    monkeypatch.setattr(attention, "causal_attention_with_dropout",
+                        lambda q, *a: calls.append(q.dtype) or real(q, *a))
+    model = GPTModel(GPTConfig.preset("tiny", vocab_size=100, drop_rate=0.1)).train()
+    ids = torch.randint(0, 100, (2, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(ids).float().sum().backward()
+    assert calls == [torch.bfloat16] * model.config.n_layers
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_attention_with_no_dropout_equals_sdpa():
     q, k, v = torch.randn(3, 2, 4, 16, 8).unbind(0)
     torch.testing.assert_close(causal_attention_with_dropout(q, k, v, 1e-12),

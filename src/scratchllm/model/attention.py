@@ -14,7 +14,8 @@ from torch import nn
 
 from scratchllm.model.causal_attention import (causal_attention_with_dropout,
                                                projected_attention_applies,
-                                               projected_causal_attention)
+                                               projected_causal_attention,
+                                               written_out_attention_applies)
 from scratchllm.model.kv_cache import KVCache
 
 
@@ -77,8 +78,7 @@ def cached_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Te
         if mask is None and n_tokens > 1 and past > 0:  # a fresh prefill stays on is_causal
             mask = build_attention_mask(n_tokens, past, device=queries.device)
     if (dropout_p > 0.0 and mask is None and past == 0 and n_tokens > 1
-            and queries.device.type == "cpu" and queries.dtype == torch.float32
-            and keys.shape == queries.shape):
+            and keys.shape == queries.shape and written_out_attention_applies(queries)):
         return causal_attention_with_dropout(queries, keys, values, dropout_p)
     return F.scaled_dot_product_attention(
         queries, keys, values, attn_mask=mask, dropout_p=dropout_p,

@@ -64,6 +64,12 @@ class _CausalAttentionDropout(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
+        # a backward called inside an autocast region would run these matmuls in its dtype
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _CausalAttentionDropout._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: torch.Tensor):
         q, k, v, probs, keep, dropped = ctx.saved_tensors
         score_scale, keep_scale = ctx.scales
         grad_out = grad_out.contiguous()
@@ -80,14 +86,32 @@ class _CausalAttentionDropout(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None
 
 
+def written_out_attention_applies(queries: torch.Tensor) -> bool:
+    """Whether ``causal_attention_with_dropout`` serves these (training, dropout, causal)
+    queries: CPU tensors in fp32, or in bf16/fp16 outside compiled code. Under bf16 autocast
+    SDPA's CPU math path also computes in fp32, but draws its mask with ``bernoulli_``, which
+    alone took ~10% of a GPT-2 124M step on an AMX CPU."""
+    if queries.device.type != "cpu":
+        return False
+    return queries.dtype == torch.float32 or (
+        queries.dtype in (torch.bfloat16, torch.float16) and not torch.compiler.is_compiling())
+
+
 def causal_attention_with_dropout(queries: torch.Tensor, keys: torch.Tensor,
                                   values: torch.Tensor, dropout_p: float) -> torch.Tensor:
     """Causal attention over (B, H, T, D) queries, keys and values (book 3.5) with dropout
-    ``dropout_p`` on the weights, for fp32 training on the CPU; (B, H, T, D) out.
+    ``dropout_p`` on the weights, for training on the CPU; (B, H, T, D) out.
 
-    Code being compiled gets the same formula as plain ops (inductor fuses those and draws
-    its own dropout mask); eager code gets the written-out backward above.
+    bf16/fp16 inputs (autocast training) are attended in fp32, as SDPA's CPU math path
+    attends them, and the result is cast back. Code being compiled gets the same formula as
+    plain ops (inductor fuses those and draws its own dropout mask); eager code gets the
+    written-out backward above.
     """
+    if queries.dtype != torch.float32:
+        with torch.autocast(queries.device.type, enabled=False):
+            out = causal_attention_with_dropout(queries.float(), keys.float(), values.float(),
+                                                dropout_p)
+        return out.to(queries.dtype)
     batch, heads, n_tokens, head_dim = queries.shape
     q, k, v = (t.reshape(batch * heads, n_tokens, head_dim) for t in (queries, keys, values))
     if cheap_mask_applies(q, dropout_p):
