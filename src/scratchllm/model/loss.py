@@ -138,8 +138,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                         torch.mm(grad.T, h, out=grad_w)
                     else:
                         grad_w.addmm_(grad.T, h)
-                elif need_w:
-                    chunk_w = (grad.T @ h).float()
+                elif need_w:  # bf16/fp16 product, widened by the copy or the add itself
+                    chunk_w = grad.T @ h
                     if start == 0:
                         grad_w.copy_(chunk_w)
                     else:
