@@ -22,3 +22,16 @@ def test_directory_and_file_modes_follow_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "export" / "a.txt").read_text() == "x"
     assert _mode(tmp_path / "b.txt") == 0o644
+
+
+def test_model_directory_weights_get_the_plain_file_mode(tmp_path):
+    """safetensors (>= 0.7) writes model.safetensors as 0600: a model directory saved for a
+    team, a container or a web server would be unreadable to everyone but its owner."""
+    from scratchllm.model import GPTConfig, GPTModel
+    from scratchllm.weights.model_dir import save_model_dir
+
+    model = GPTModel(GPTConfig.preset("tiny", vocab_size=64, context_length=8, n_layers=1))
+    out = save_model_dir(tmp_path / "model", model)
+    (tmp_path / "plain.txt").write_text("x")
+    assert _mode(out / "model.safetensors") == _mode(tmp_path / "plain.txt")
+    assert _mode(out / "config.json") == _mode(tmp_path / "plain.txt")

@@ -94,6 +94,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def give_plain_mode(path: Path) -> None:
+    """Give a file another library wrote the mode a plain open() would (safetensors >= 0.7
+    writes 0600, which hides a saved model from every other user, container or web server)."""
+    os.chmod(path, _FILE_MODE)
+
+
 def fsync_file(path: Path) -> None:
     """Flush a file some other library wrote (e.g. safetensors) to disk."""
     with open(path, "rb+") as handle:

@@ -37,7 +37,7 @@ from scratchllm.model.quantize import as_dtype
 from scratchllm.model.registry import build_model, config_from_dict, family_of, get_family
 from scratchllm.weights.contained import contained_file
 from scratchllm.weights.meta import empty_weights, retie
-from scratchllm.utils.atomic import atomic_directory, fsync_file, write_json
+from scratchllm.utils.atomic import atomic_directory, fsync_file, give_plain_mode, write_json
 from scratchllm.utils.json_files import read_json_object
 from scratchllm.utils.outputs import MODEL, check_output_dir, owner_kind, write_marker
 
@@ -109,6 +109,7 @@ def write_model_files(directory: Path, model: nn.Module, tokenizer: Any = None,
     weights_path = directory / WEIGHTS_FILE
     safetensors.torch.save_file(weights_to_save(model), str(weights_path),
                                 metadata={"format": "pt"})
+    give_plain_mode(weights_path)
     fsync_file(weights_path)
     write_json(directory / CONFIG_FILE, header)
 
