@@ -121,3 +121,19 @@ def test_package_exports():
     assert train_pkg.train is train and train_pkg.TrainConfig is TrainConfig
     with pytest.raises(AttributeError):
         train_pkg.no_such_name
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    """README's `--set lr=3e-4` and a YAML `lr: 3e-4`: PyYAML alone (YAML 1.1) reads both as the
+    string '3e-4' and the config refuses it; YAML 1.2, TOML and JSON read a number."""
+    from scratchllm.cli.pretrain import parse_sets
+
+    assert parse_sets(["model.n_layers=6", "lr=3e-4", "min_lr=1E5", "seed=7", "device=cpu"]) \
+        == {"model": {"n_layers": 6}, "lr": 3e-4, "min_lr": 1e5, "seed": 7, "device": "cpu"}
+    assert parse_sets(["sample_prompt=1e3x"]) == {"sample_prompt": "1e3x"}
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 3e-4\nmin_lr: -2.5e-5\nweight_decay: .1\nsample_prompt: '3e-4'\n")
+    values = read_config_file(path)
+    assert values == {"lr": 0.0003, "min_lr": -2.5e-5, "weight_decay": 0.1,
+                      "sample_prompt": "3e-4"}
+    assert TrainConfig.from_dict({"lr": values["lr"], "max_steps": 1}).lr == 0.0003

@@ -69,16 +69,15 @@ _FLAG_KEYS = ("data", "preset", "max_steps", "epochs", "batch_size", "micro_batc
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """``["model.n_layers=6", "lr=3e-4"]`` -> ``{"model": {"n_layers": 6}, "lr": 0.0003}``."""
-    import yaml
-
     from scratchllm.errors import ConfigError
+    from scratchllm.train.config import load_yaml
 
     values: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        value = yaml.safe_load(raw) if raw else None
+        value = load_yaml(raw) if raw else None
         head, _, sub = key.partition(".")
         if sub:
             values.setdefault(head, {})[sub] = value

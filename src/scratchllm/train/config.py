@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,6 +222,24 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, except that ``3e-4`` is the number YAML 1.2, TOML and JSON read.
+
+    PyYAML follows YAML 1.1, whose floats need a dot (``3.0e-4``), so ``lr: 3e-4`` or
+    ``--set lr=3e-4`` would reach the config as the string '3e-4' and be refused.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        yaml_implicit_resolvers = {key: list(value) for key, value
+                                   in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader: plain values only)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Parse a .yaml/.yml, .toml or .json file into a plain dict (no Python objects)."""
     path = Path(path)
@@ -231,8 +250,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
         if suffix in (".yaml", ".yml"):
-            import yaml
-            values = yaml.safe_load(text)
+            values = load_yaml(text)
         elif suffix == ".toml":
             if sys.version_info >= (3, 11):
                 import tomllib
