@@ -137,7 +137,8 @@ def run_judge(args: argparse.Namespace) -> int:
 
     from scratchllm.data.instruction import load_json_entries
     from scratchllm.evaluate.judge import (
-        JudgeClient, JudgeUnavailableError, judge_responses, read_item_file, save_judgement,
+        JudgeClient, JudgeUnavailableError, check_judge_outputs, judge_responses, read_item_file,
+        save_judgement,
     )
     from scratchllm.utils.progress import Progress
 
@@ -148,6 +149,7 @@ def run_judge(args: argparse.Namespace) -> int:
                          max_tokens=args.max_tokens)
     out = Path(args.out) if args.out else Path(args.responses).with_suffix(".scores.json")
     items = out.with_suffix(".jsonl")
+    check_judge_outputs(out, items)  # before any request: a user's file is never replaced
     progress = Progress(len(entries), every=max(1, len(entries) // 20), unit="item", desc="judge")
     done = [0]
 

@@ -106,12 +106,45 @@ def read_item_file(path: Path, entries: Sequence[dict[str, Any]], client: JudgeC
     return done
 
 
+def _ours(path: Path, is_record: Callable[[Any], bool]) -> bool:
+    """Whether ``path`` is absent, empty, or JSON that ``is_record`` recognises as the judge's
+    (for JSONL, every line; a last line a crash cut short is allowed)."""
+    if not path.exists():
+        return True
+    if not path.is_file():
+        return False
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    if not text.strip():
+        return True
+    try:
+        if path.suffix == ".jsonl":
+            lines = text.split("\n")
+            complete = lines[:-1] if not text.endswith("\n") else lines
+            return all(is_record(json.loads(line)) for line in complete if line.strip())
+        return is_record(json.loads(text))
+    except ValueError:
+        return False
+
+
+def check_judge_outputs(*paths: str | os.PathLike) -> None:
+    """Refuse, before any request, to replace a scores file (``.json``) or per-item log
+    (``.jsonl``) that the judge did not write: never overwrite a user's file."""
+    checks = {".jsonl": lambda r: isinstance(r, dict) and {"index", "fingerprint"} <= r.keys(),
+              ".json": lambda r: isinstance(r, dict) and {"average_score", "items"} <= r.keys()}
+    for path in map(Path, paths):
+        is_record = checks.get(path.suffix, checks[".json"])
+        if not _ours(path.expanduser(), is_record):
+            raise ConfigError(f"{path} exists and was not written by scratchllm's judge; nothing "
+                              "was changed: pass another --out (it writes OUT and OUT's .jsonl)")
+
+
 class _ItemFile:
     """Append-only JSONL of finished items; each line is flushed to disk as it is written."""
 
     def __init__(self, path: Path | None, *, append: bool) -> None:
         self.handle: TextIO | None = None
         if path is not None:
+            check_judge_outputs(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             torn = append and path.is_file() and path.stat().st_size and _last_byte(path) != b"\n"
             self.handle = open(path, "a" if append else "w", encoding="utf-8")
@@ -205,6 +238,7 @@ async def _judge_all(entries: Sequence[dict[str, Any]], todo: list[int], client:
 def save_judgement(path: str | Path, result: JudgeResult) -> Path:
     """Write per-item scores and the average as JSON, atomically."""
     path = Path(path).expanduser()
+    check_judge_outputs(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, result.to_dict())
     return path

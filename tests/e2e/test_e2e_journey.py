@@ -1,0 +1,38 @@
+"""A newcomer's walk through README: the mistakes and paths the other e2e files do not take."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from e2e_support import tree_bytes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def responses_file(tmp_path):
+    """What `finetune instruct` writes into OUT/test_responses.json, two answers long."""
+    path = tmp_path / "test_responses.json"
+    path.write_text(json.dumps([
+        {"instruction": "Name a colour.", "input": "", "output": "Red.", "model_response": "Blue."},
+        {"instruction": "Add.", "input": "2+2", "output": "4", "model_response": "5"},
+    ]), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("users_file", ["report.jsonl", "report.json"])
+def test_judge_never_truncates_a_users_file_beside_its_out(cli_error, responses_file, tmp_path,
+                                                           users_file):
+    """`--out report.json` also writes report.jsonl (the per-item log): a user's file of either
+    name is refused before any request, not emptied."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / users_file).write_text('{"three years": "of work"}\n')
+    before = tree_bytes(folder)
+    line = cli_error(["evaluate", "judge", "--responses", responses_file,
+                      "--endpoint", "http://127.0.0.1:9", "--out", folder / "report.json"],
+                     "evaluate")
+    assert users_file in line and "not written by scratchllm" in line, line
+    assert tree_bytes(folder) == before
