@@ -36,3 +36,12 @@ def test_judge_never_truncates_a_users_file_beside_its_out(cli_error, responses_
                      "evaluate")
     assert users_file in line and "not written by scratchllm" in line, line
     assert tree_bytes(folder) == before
+
+
+def test_rerunning_prepare_suggests_only_flags_it_has(cli, cli_error, corpus_file, tmp_path):
+    """`prepare` (and `export`) have --overwrite but no --resume: the refusal must not send a
+    user to a flag argparse then rejects."""
+    out = tmp_path / "prepared"
+    cli(["prepare", corpus_file, "--out", out, "--workers", "1"])
+    line = cli_error(["prepare", corpus_file, "--out", out, "--workers", "1"], "prepare")
+    assert "--overwrite" in line and "--resume" not in line, line

@@ -133,3 +133,20 @@ def test_claiming_another_kinds_output_replaces_it_instead_of_mixing(tmp_path):
     (run / "train.bin").write_bytes(b"old")
     claim_output_dir(run, PREPARED, overwrite=True)  # same kind: files are replaced one by one
     assert (run / "train.bin").read_bytes() == b"old"
+
+
+def test_refusal_offers_resume_only_to_outputs_that_can_resume(tmp_path):
+    from scratchllm.utils.outputs import PREPARED, claim_output_dir
+
+    for kind in (PREPARED, HF_EXPORT):
+        folder = tmp_path / kind.name
+        claim_output_dir(folder, kind)
+        (folder / kind.entries[0]).write_text("x")
+        with pytest.raises(ConfigError) as err:
+            check_output_dir(folder, kind)
+        assert "--overwrite" in str(err.value) and "--resume" not in str(err.value)
+    folder = tmp_path / "run"
+    prepare_output_dir(folder, PRETRAIN_RUN)
+    (folder / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(ConfigError, match="--resume to continue it"):
+        check_output_dir(folder, PRETRAIN_RUN)

@@ -135,7 +135,9 @@ def check_output_dir(path: str | os.PathLike, kind: OutputKind, *, overwrite: bo
     if resume and found == kind.name:
         return "resume"
     if not overwrite:
-        hint = "--resume to continue it, " if found == kind.name and kind is not MODEL else ""
+        # only training runs resume; prepare, export and model directories have no --resume
+        resumable = found == kind.name and kind in (PRETRAIN_RUN, FINETUNE_RUN)
+        hint = "--resume to continue it, " if resumable else ""
         raise ConfigError(f"{what} {directory} already holds a scratchllm {found} output; pass "
                           f"{hint}--overwrite to replace it, or choose another folder")
     foreign = foreign_entries(directory, patterns)
