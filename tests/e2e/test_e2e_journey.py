@@ -45,3 +45,18 @@ def test_rerunning_prepare_suggests_only_flags_it_has(cli, cli_error, corpus_fil
     cli(["prepare", corpus_file, "--out", out, "--workers", "1"])
     line = cli_error(["prepare", corpus_file, "--out", out, "--workers", "1"], "prepare")
     assert "--overwrite" in line and "--resume" not in line, line
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_a_bad_sampling_flag_is_refused_before_the_model_loads(cli_runner, gpt2_hf_dir, tmp_path,
+                                                               command):
+    """A typo'd --temperature is reported at once (not after loading a multi-GB model), and
+    generate's stdout stays empty instead of holding the echoed prompt."""
+    argv = {"generate": ["generate", "--model", gpt2_hf_dir, "--temperature", "-1", "Hi"],
+            "chat": ["chat", "--model", gpt2_hf_dir, "--temperature", "-1"]}[command]
+    proc = cli_runner.run(argv, stdin="")
+    assert proc.returncode == 2 and "temperature" in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+    missing = [a if a != gpt2_hf_dir else tmp_path / "no-such-model" for a in argv]
+    line = cli_runner.error(missing, command, stdin="")
+    assert "temperature" in line, line

@@ -117,11 +117,14 @@ def _command(session, line: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from scratchllm.chat import ChatSession, Sampling, choose_format
+    from scratchllm.generate import check_sampling_args
     from scratchllm.utils.device import resolve_device
     from scratchllm.weights.auto import open_model
 
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    # a typo'd flag is reported before a multi-GB model loads (and before any output)
+    check_sampling_args(args.temperature, args.top_k, args.top_p, args.min_p)
     device = resolve_device(args.device)
     loaded = open_model(args.model, device=device, require_tokenizer=True, adapter=args.adapter,
                         inference_only=True, compile=args.compile, **precision(args, device))

@@ -93,7 +93,7 @@ def precision(args: argparse.Namespace, device: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scratchllm.generate import DecodeStats, cut_at_stop_strings, stream
+    from scratchllm.generate import DecodeStats, check_sampling_args, cut_at_stop_strings, stream
     from scratchllm.utils.device import resolve_device
     from scratchllm.weights.auto import open_model
 
@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if args.stop is not None and not all(args.stop):
         raise ConfigError("--stop needs a non-empty STRING")
     check_compile_flags(args)
+    # a typo'd flag is reported before a multi-GB model loads (and before any output)
+    check_sampling_args(args.temperature, args.top_k, args.top_p, args.min_p)
     device = resolve_device(args.device)
     started = time.perf_counter()
     loaded = open_model(args.model, device=device, require_tokenizer=True,
