@@ -46,3 +46,22 @@ def test_cli_download_offline_is_one_error_line(offline, capsys):
 def test_load_by_hub_name_offline_explains_how_to_place_files(offline):
     with pytest.raises(MissingFileError, match="huggingface.co/openai-community/gpt2"):
         scratchllm.load("gpt2")
+
+
+def test_a_mistyped_local_path_is_not_sent_to_the_hub(offline, tmp_path, monkeypatch):
+    """`--model runs/mine-typo` while ./runs exists is a local path with a typo, not the Hub
+    repo 'runs/mine-typo': say the folder is missing instead of explaining downloads."""
+    from scratchllm.weights.auto import resolve_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert not is_hub_name("runs/mine-typo") and is_hub_name("owner/repo")
+    with pytest.raises(MissingFileError, match="runs/mine-typo does not exist"):
+        resolve_source("runs/mine-typo")
+
+
+def test_manual_instructions_without_a_cache_dir_read_plainly(offline):
+    with pytest.raises(MissingFileError) as info:
+        download("owner/repo")
+    assert "in any directory" not in str(info.value)
+    assert "into one directory, then pass that directory's path" in str(info.value)

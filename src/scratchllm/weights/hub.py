@@ -33,19 +33,21 @@ def resolve_hub_name(name: str) -> str:
 
 
 def is_hub_name(name: str) -> bool:
-    """A short name we know, or something shaped like 'owner/name' that is not a local path."""
+    """A short name we know, or something shaped like 'owner/name' that is not a local path
+    (nor a mistyped one: 'runs/mine-typo' where a local folder ./runs exists)."""
     if name.lower() in HUB_NAMES:
         return True
     parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not Path(name).exists()
+    return (len(parts) == 2 and all(parts) and not Path(name).exists()
+            and not Path(parts[0]).is_dir())
 
 
 def _offline_help(repo_id: str, cache_dir: Path | None, reason: str) -> str:
-    where = f"under {cache_dir}" if cache_dir else "in any directory"
+    where = f" under {cache_dir}" if cache_dir else ""
     return (f"cannot download {repo_id} ({reason}). To install it by hand, copy config.json, "
             "the model.safetensors file(s) (plus model.safetensors.index.json if sharded) and "
             "the tokenizer files (tokenizer.json + tokenizer_config.json, or vocab.json + "
-            f"merges.txt for GPT-2) from https://huggingface.co/{repo_id} into one directory "
+            f"merges.txt for GPT-2) from https://huggingface.co/{repo_id} into one directory"
             f"{where}, then pass that directory's path instead of the name "
             "(e.g. `scratchllm generate --model DIR` or scratchllm.load('DIR'))")
 
