@@ -60,3 +60,29 @@ def test_a_bad_sampling_flag_is_refused_before_the_model_loads(cli_runner, gpt2_
     missing = [a if a != gpt2_hf_dir else tmp_path / "no-such-model" for a in argv]
     line = cli_runner.error(missing, command, stdin="")
     assert "temperature" in line, line
+
+
+def test_a_model_with_its_own_bpe_exports_a_tokenizer_transformers_runs(cli, corpus_file,
+                                                                      tmp_path):
+    """README's speedrun trains its own BPE (`tokenizer: bpe:N`); `export --to hf` used to write
+    no tokenizer at all, so `AutoTokenizer.from_pretrained(OUT)` failed."""
+    from transformers import AutoTokenizer
+
+    from e2e_support import generated, hf_greedy
+    from scratchllm.weights.auto import open_model
+
+    run, out = tmp_path / "run", tmp_path / "run-hf"
+    cli(["pretrain", "--data", corpus_file, "--preset", "tiny", "--max-steps", 1, "--out", run,
+         "--context-length", 32, "--batch-size", 2, "--set", "tokenizer=bpe:300",
+         "--set", "model.vocab_size=300", "--set", "eval_batches=1", "--set", "sample_tokens=0",
+         "--device", "cpu", "--precision", "fp32"])
+    cli(["export", run, "--to", "hf", out])
+    ours = open_model(run).tokenizer
+    theirs = AutoTokenizer.from_pretrained(out)
+    text = "The Verdict, 1908 <|endoftext|> naïve café  \n\n  end"
+    assert theirs(text).input_ids == ours.encode(text, allowed_special="all")
+    assert theirs.decode(ours.encode(text, allowed_special="all")) == text
+    assert theirs.eos_token == "<|endoftext|>"
+    prompt = "I had always thought"
+    proc = cli(["generate", "--model", run, "--max-new-tokens", 8, prompt])
+    assert generated(proc) == hf_greedy(out, prompt, 8)

@@ -118,8 +118,23 @@ def write_weights(directory: Path, sources: dict[str, TensorSource],
                                         "weight_map": weight_map})
 
 
+def _gpt2_tokenizer_config(directory: Path, context_length: int,
+                           extra_specials: Sequence[str] = ()) -> None:
+    """tokenizer_config.json of GPT-2's layout (vocab.json + merges.txt)."""
+    eot = "<|endoftext|>"
+    config = {"tokenizer_class": "GPT2Tokenizer", "bos_token": eot, "eos_token": eot,
+              "unk_token": eot, "add_prefix_space": False, "model_max_length": context_length}
+    if extra_specials:
+        config["additional_special_tokens"] = list(extra_specials)
+    write_json(directory / "tokenizer_config.json", config)
+
+
 def write_tokenizer_files(directory: Path, tokenizer: Any, context_length: int) -> None:
-    """tokenizer.json (HF tokenizers) or vocab.json + merges.txt (GPT-2), with its config."""
+    """tokenizer.json (HF tokenizers) or vocab.json + merges.txt (GPT-2's, or a scratchllm
+    BPE that splits text as GPT-2 does, e.g. the speedrun's ``tokenizer: bpe:N``), with its
+    config."""
+    from scratchllm.tokenizers.bpe import BPETokenizer
+    from scratchllm.tokenizers.byte_level import ENDOFTEXT, GPT2_SPLIT_PATTERN
     from scratchllm.tokenizers.gpt2 import GPT2Tokenizer
 
     if callable(getattr(tokenizer, "save_files", None)):
@@ -134,10 +149,17 @@ def write_tokenizer_files(directory: Path, tokenizer: Any, context_length: int) 
             return
         shutil.copyfile(found[0], directory / "vocab.json")
         shutil.copyfile(found[1], directory / "merges.txt")
-        eot = "<|endoftext|>"
-        write_json(directory / "tokenizer_config.json", {
-            "tokenizer_class": "GPT2Tokenizer", "bos_token": eot, "eos_token": eot,
-            "unk_token": eot, "add_prefix_space": False, "model_max_length": context_length})
+        _gpt2_tokenizer_config(directory, context_length)
+        return
+    if isinstance(tokenizer, BPETokenizer) and tokenizer.pattern == GPT2_SPLIT_PATTERN:
+        # The same spelling as GPT-2's files (bytes as printable characters), so GPT-2's
+        # tokenizer class runs it; merges.txt's first line is a header transformers skips.
+        specials = tokenizer.special_tokens
+        write_json(directory / "vocab.json", {**tokenizer.vocab, **specials})
+        merges = "".join(f"{a} {b}\n" for a, b in tokenizer.merges)
+        (directory / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
+        _gpt2_tokenizer_config(directory, context_length,
+                               [t for t in specials if t != ENDOFTEXT])
         return
     warnings.warn(f"{type(tokenizer).__name__} has no Hugging Face format; exported the "
                   "model without tokenizer files")
