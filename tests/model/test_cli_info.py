@@ -71,3 +71,38 @@ def test_bad_context_length_exits_2(run_cli):
     code, _, err = run_cli("info", "--preset", "tiny", "--context-length", "0")
     assert code == 2
     assert "context_length" in err
+
+
+# README: "Model sizes, memory and FLOPs of any architecture"; pretrain takes these presets.
+@pytest.mark.parametrize("name, total", [("llama3.2-1b", 1_235_814_400),  # book's notebooks
+                                         ("qwen3-0.6b", 596_049_920),
+                                         ("tiny-llama", None), ("tiny-qwen3", None)])
+def test_llama_and_qwen3_presets_are_described(run_cli, name, total):
+    import torch
+
+    from scratchllm.model import LlamaConfig, LlamaModel
+
+    with torch.device("meta"):
+        model = LlamaModel(LlamaConfig.preset(name))
+    counted = sum(p.numel() for p in model.parameters())  # a tied head counts once
+    code, out, _ = run_cli("info", "--preset", name, "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["parameters"]["total"] == counted == (total or counted)
+    assert info["parameters"]["position_embedding"] == 0  # RoPE has no table
+    assert info["parameters"]["token_embedding"] == model.tok_emb.weight.numel()
+    assert info["parameters"]["out_head"] == (0 if model.config.tie_weights
+                                              else model.out_head.weight.numel())
+    assert info["memory"]["bf16"]["bytes"] == 2 * counted
+    c = model.config
+    head = c.vocab_size * c.emb_dim
+    attention = 2 * c.n_layers * c.context_length * c.n_heads * c.head_dim
+    non_embedding = counted - model.tok_emb.weight.numel()
+    untied_non_embedding = non_embedding + (head if c.tie_weights else 0)
+    assert info["flops_per_token"]["forward"] == 2 * untied_non_embedding + attention
+
+
+def test_unknown_preset_lists_every_family(run_cli):
+    code, _, err = run_cli("info", "--preset", "nosuch")
+    assert code == 2
+    assert "gpt2-small" in err and "llama3.2-1b" in err and "qwen3-0.6b" in err

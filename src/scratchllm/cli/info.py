@@ -10,6 +10,7 @@ import argparse
 import json
 from typing import Any
 
+from scratchllm.errors import ConfigError
 from scratchllm.model.config import GPTConfig  # no torch: ``scratchllm --help`` stays fast
 
 
@@ -19,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="show a model preset's size, memory and FLOPs",
         description="Describe a GPT architecture: its hyperparameters, parameter count "
         "(embedding vs non-embedding), weight memory in fp32 and bf16, and FLOPs per token. "
-        f"Presets: {', '.join(GPTConfig.preset_names())}.",
+        f"Presets: {', '.join(GPTConfig.preset_names())}, and the Llama 3 / Qwen3 presets "
+        "`pretrain --preset` takes (llama3.2-1b, qwen3-0.6b, tiny-llama, ...).",
     )
     p.add_argument("--preset", default="gpt2-small",
                    help="architecture name (default gpt2-small)")
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def describe(config: GPTConfig) -> dict[str, Any]:
+def describe(config: Any) -> dict[str, Any]:
     """Everything ``info`` reports, as plain JSON-ready values."""
     import torch  # noqa: PLC0415 (imported here, not when the CLI builds its parser)
 
@@ -90,7 +92,15 @@ def run(args: argparse.Namespace) -> int:
         overrides["tie_weights"] = True
     if args.context_length is not None:
         overrides["context_length"] = args.context_length
-    config = GPTConfig.preset(args.preset, **overrides)
+    from scratchllm.model.llama_config import LlamaConfig  # noqa: PLC0415 (imports torch)
+
+    if args.preset.lower() in LlamaConfig.preset_names():
+        config = LlamaConfig.preset(args.preset.lower(), **overrides)
+    elif args.preset.lower() in GPTConfig.preset_names():
+        config = GPTConfig.preset(args.preset, **overrides)
+    else:
+        names = [*GPTConfig.preset_names(), *LlamaConfig.preset_names()]
+        raise ConfigError(f"unknown preset {args.preset!r}; choose one of: {', '.join(names)}")
     info = describe(config)
     if args.json:
         print(json.dumps({"preset": args.preset, **info}, indent=2))

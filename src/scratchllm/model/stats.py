@@ -1,4 +1,5 @@
-"""Size and cost of a GPT model, computed from its config without building it (book 4.6).
+"""Size and cost of a GPT, Llama 3 or Qwen3 model, computed from its config without building
+it (book 4.6).
 
 Counting analytically lets ``scratchllm info`` describe GPT-2 XL in microseconds instead of
 allocating 6 GB; the tests check the formulas against ``sum(p.numel())`` of real models.
@@ -13,6 +14,9 @@ from torch import nn
 
 from scratchllm.errors import ConfigError
 from scratchllm.model.config import GPTConfig
+from scratchllm.model.llama_config import LlamaConfig
+
+AnyConfig = GPTConfig | LlamaConfig
 
 _DTYPE_NAMES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -56,20 +60,36 @@ def _block_parameters(config: GPTConfig) -> int:
     return norms + qkv + out_proj + feed_forward
 
 
-def parameter_counts(config: GPTConfig, tied: bool | None = None) -> ParameterCounts:
-    """Per-part parameter counts of ``GPTModel(config)``; ``tied`` overrides config.tie_weights."""
+def _llama_block_parameters(config: LlamaConfig) -> int:
+    """One Llama / Qwen3 block: two RMSNorms (scale only), grouped-query attention (fewer
+    key/value heads; Qwen3's per-head query/key RMSNorms), a SwiGLU feed-forward (3 matrices)."""
+    e, d = config.emb_dim, config.head_dim
+    q, kv = config.n_heads * d, config.n_kv_groups * d
+    attention = e * q + 2 * e * kv + q * e
+    if config.attention_bias:
+        attention += q + 2 * kv + e
+    if config.qk_norm:
+        attention += 2 * d
+    return 2 * e + attention + 3 * e * config.hidden_dim
+
+
+def parameter_counts(config: AnyConfig, tied: bool | None = None) -> ParameterCounts:
+    """Per-part parameter counts of ``GPTModel(config)`` or ``LlamaModel(config)``; ``tied``
+    overrides config.tie_weights."""
     tied = config.tie_weights if tied is None else tied
     e = config.emb_dim
+    llama = isinstance(config, LlamaConfig)
     return ParameterCounts(
         token_embedding=config.vocab_size * e,
-        position_embedding=config.context_length * e,
-        blocks=config.n_layers * _block_parameters(config),
-        final_norm=2 * e,
+        position_embedding=0 if llama else config.context_length * e,  # RoPE: no table
+        blocks=config.n_layers * (_llama_block_parameters(config) if llama
+                                  else _block_parameters(config)),
+        final_norm=e if llama else 2 * e,
         out_head=0 if tied else config.vocab_size * e,
     )
 
 
-def count_parameters(model_or_config: nn.Module | GPTConfig, tied: bool | None = None) -> int:
+def count_parameters(model_or_config: nn.Module | AnyConfig, tied: bool | None = None) -> int:
     """Number of distinct parameters (book 4.6).
 
     For a config the count is analytic. For a module, shared tensors count once. ``tied``
@@ -77,7 +97,7 @@ def count_parameters(model_or_config: nn.Module | GPTConfig, tied: bool | None =
     embedding": with the book's untied 163,009,536-parameter GPT-2 small, ``tied=True`` gives
     GPT-2's 124,412,160. ``None`` counts the model as it is.
     """
-    if isinstance(model_or_config, GPTConfig):
+    if isinstance(model_or_config, (GPTConfig, LlamaConfig)):
         return parameter_counts(model_or_config, tied).total
     if not isinstance(model_or_config, nn.Module):
         raise ConfigError(
@@ -113,7 +133,7 @@ def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return _DTYPE_NAMES[key]
 
 
-def model_memory_bytes(model_or_config: nn.Module | GPTConfig,
+def model_memory_bytes(model_or_config: nn.Module | AnyConfig,
                        dtype: torch.dtype | str = torch.float32) -> int:
     """Bytes the weights take in ``dtype`` (book 4.6: 163M params x 4 bytes = 621.83 MB).
 
@@ -124,7 +144,7 @@ def model_memory_bytes(model_or_config: nn.Module | GPTConfig,
     return count_parameters(model_or_config) * element_size
 
 
-def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> int:
+def flops_per_token(config: AnyConfig, seq_len: int | None = None) -> int:
     """Forward-pass floating-point operations per token, estimated from the config.
 
     Uses Kaplan et al. 2020 (Table 1): C_forward = 2 N + 2 n_layers seq_len emb_dim.
@@ -146,10 +166,13 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> int:
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
         raise ConfigError(f"seq_len must be a positive integer, got {seq_len!r}")
     counts = parameter_counts(config, tied=False)  # head counted as a matmul either way
-    attention = 2 * config.n_layers * seq_len * config.emb_dim
+    # queries and keys are n_heads x head_dim wide (emb_dim, except Qwen3's wider heads)
+    width = (config.n_heads * config.head_dim if isinstance(config, LlamaConfig)
+             else config.emb_dim)
+    attention = 2 * config.n_layers * seq_len * width
     return 2 * counts.non_embedding + attention
 
 
-def training_flops_per_token(config: GPTConfig, seq_len: int | None = None) -> int:
+def training_flops_per_token(config: AnyConfig, seq_len: int | None = None) -> int:
     """Forward plus backward: the backward pass costs about twice the forward (6 N in all)."""
     return 3 * flops_per_token(config, seq_len)
