@@ -136,7 +136,9 @@ def load_labelled_file(path: str | os.PathLike, *, file_format: str | None = Non
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise MissingFileError(f"labelled data file {path} not found; check the path")
+        what = "is a folder" if path.is_dir() else "not found"
+        raise MissingFileError(f"labelled data file {path} {what}; pass the .tsv, .csv or "
+                               ".jsonl file itself")
     kind = file_format or detect_format(path)
     if kind == "tsv":
         rows = _rows_tsv(path, quoting)

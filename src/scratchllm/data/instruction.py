@@ -71,7 +71,8 @@ def load_json_entries(path: str | os.PathLike, required: Sequence[str]) -> list[
     """A JSON list of objects that all have string values for ``required`` keys."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise MissingFileError(f"data file {path} not found; pass a JSON file holding a list of "
+        what = "is a folder" if path.is_dir() else "not found"
+        raise MissingFileError(f"data file {path} {what}; pass a JSON file holding a list of "
                                f"entries with keys {', '.join(required)}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -63,7 +63,8 @@ def load_prompts(path: str | os.PathLike, style: str = "alpaca", *, shuffle_spli
     check_prompt_style(style)
     path = Path(path).expanduser()
     if not path.is_file():
-        raise MissingFileError(f"prompts file {path} not found; pass the book's instruction "
+        what = "is a folder" if path.is_dir() else "not found"
+        raise MissingFileError(f"prompts file {path} {what}; pass the book's instruction "
                                "JSON or a text file with one prompt per line")
     if path.suffix.lower() == ".json":
         entries = load_json_entries(path, ("instruction",))
