@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 from scratchllm import __version__
 from scratchllm.errors import ScratchLLMError
@@ -43,6 +47,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM as an exception: it unwinds like Ctrl-C, so temp files and half-written folders
+    are removed (``utils.atomic``) instead of left behind by Python's default, which kills the
+    process at once. Not a KeyboardInterrupt: chat's "Ctrl-C stops the answer" must not catch
+    it. Training loops install their own handler (``train.run_control``) that saves first."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; a caller's thread keeps its own
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -50,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_unwinds():
+            return int(args.func(args) or 0)
     except ScratchLLMError as err:
         message = " ".join(line.strip() for line in str(err).strip().splitlines())
         print(f"scratchllm {args.command}: error: {message}", file=sys.stderr)  # one line
@@ -58,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"scratchllm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"scratchllm {args.command}: stopped by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+"""Interrupted and refused work: a signal or a bad output path never costs the user the last
+good state, and never leaves temp files behind.
+
+SIGTERM is what ``kill``, job schedulers and ``docker stop`` send. Python's default for it ends
+the process on the spot, skipping the clean-up that removes temp files (``utils.atomic``); the
+CLI turns it into an exception instead, so every command unwinds as it does for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from e2e_support import corpus_text, tree_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def _temps(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def _wait_for(condition, started, cli_runner, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, cli_runner.finish(started, timeout=1).stderr
+        time.sleep(0.01)
+
+
+def test_sigterm_mid_prepare_keeps_the_earlier_output_and_no_temp_files(cli, cli_runner,
+                                                                        corpus_file, tmp_path):
+    """``prepare --overwrite`` stopped by SIGTERM while it writes: exit 143 with one line, the
+    previous train.bin/val.bin and sidecars byte-identical, no ``.train.bin.tmp-*`` left (the
+    default SIGTERM left temp files as big as the corpus, never cleaned by a rerun)."""
+    out = tmp_path / "tokens"
+    cli(["prepare", corpus_file, "--out", out, "--workers", "1"])
+    before = tree_bytes(out)
+    big = tmp_path / "big.txt"
+    big.write_text(corpus_text() * 1500, encoding="utf-8")  # ~9 MB: a few seconds of work
+    started = cli_runner.start(["prepare", big, "--out", out, "--overwrite", "--workers", "1",
+                                "--chunk-kb", "64"])
+    # mid-run: the new train.bin has received its first tokens
+    _wait_for(lambda: any(p.stat().st_size > 0 for p in out.glob(".train.bin.tmp-*")),
+              started, cli_runner)
+    cli_runner.signal(started, signal.SIGTERM)
+    done = cli_runner.finish(started, timeout=60)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == "scratchllm prepare: stopped by SIGTERM", done.stderr
+    assert "Traceback" not in done.stderr
+    assert _temps(out) == []
+    assert tree_bytes(out) == before
