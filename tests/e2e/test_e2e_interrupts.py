@@ -53,3 +53,37 @@ def test_sigterm_mid_prepare_keeps_the_earlier_output_and_no_temp_files(cli, cli
     assert "Traceback" not in done.stderr
     assert _temps(out) == []
     assert tree_bytes(out) == before
+
+
+@pytest.fixture
+def users_file(tmp_path) -> Path:
+    """The user's own file where a command might be told to write."""
+    path = tmp_path / "mine" / "results.json"
+    path.parent.mkdir()
+    path.write_text('{"my": "notes"}\n')
+    return path
+
+
+def test_file_outputs_refuse_a_users_file_or_a_folder(cli, cli_error, pretrain_run, gpt2_hf_dir,
+                                                      spam_file, users_file, tmp_path):
+    """``plot --out`` and ``evaluate classification --out`` name one file: a user's file there
+    is refused untouched (they replaced it), and a folder is one line, not an
+    IsADirectoryError traceback after all the work; their own earlier file is replaced."""
+    png = users_file.with_name("holiday.png")
+    png.write_bytes(b"\x89PNG\r\n\x1a\n my photo")
+    folder = users_file.parent
+    before = tree_bytes(folder)
+    for target in (png, users_file, folder):
+        line = cli_error(["plot", pretrain_run, "--out", target], "plot")
+        assert str(target) in line
+    # the check runs before the model loads, so a model is not even needed to be refused
+    for target in (users_file, folder):
+        line = cli_error(["evaluate", "classification", "--model", gpt2_hf_dir, "--data",
+                          spam_file, "--out", target], "evaluate")
+        assert str(target) in line
+    assert tree_bytes(folder) == before
+    ours = tmp_path / "plots" / "loss.png"  # a missing folder is created, as for --out DIR
+    cli(["plot", pretrain_run, "--out", ours])
+    first = ours.read_bytes()
+    cli(["plot", pretrain_run, "--out", ours])  # a rerun replaces its own plot
+    assert ours.read_bytes() == first and first.startswith(b"\x89PNG")

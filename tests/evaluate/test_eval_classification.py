@@ -57,3 +57,22 @@ def test_bad_input():
         confusion_matrix([0, 1], [0], 2)
     with pytest.raises(DataError, match=r"\[0, 2\)"):
         confusion_matrix([0, 2], [0, 1], 2)
+
+
+def test_only_an_earlier_report_may_be_replaced(tmp_path):
+    """``evaluate classification --out``: an earlier report (or an empty file) is replaced,
+    anything else is the user's and refused."""
+    import json
+
+    from scratchllm.evaluate.classification import is_report_file
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(classification_report([0, 1, 1], [0, 1, 0], ["ham", "spam"])))
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"accuracy": "my own notes"}')
+    listing = tmp_path / "list.json"
+    listing.write_text("[1, 2]")
+    assert is_report_file(report) and is_report_file(empty)
+    assert not is_report_file(mine) and not is_report_file(listing)

@@ -109,10 +109,13 @@ def run_perplexity(args: argparse.Namespace) -> int:
 
 
 def run_classification(args: argparse.Namespace) -> int:
-    from scratchllm.evaluate.classification import format_report
+    from scratchllm.evaluate.classification import format_report, is_report_file
     from scratchllm.finetune.classify import evaluate_classifier
     from scratchllm.utils.atomic import atomic_write_json
+    from scratchllm.utils.outputs import check_output_file
 
+    if args.out:  # before the model loads: a user's file of that name is never replaced
+        check_output_file(args.out, is_report_file)
     report = evaluate_classifier(args.model, args.data, batch_size=args.batch_size,
                                  max_length=args.max_length, truncate=args.truncate,
                                  device=args.device)

@@ -7,6 +7,7 @@ A class that is never predicted (or never present) gets 0.0 instead of a divisio
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from scratchllm.errors import DataError
@@ -66,3 +67,16 @@ def format_report(report: dict) -> str:
     lines.append(f"accuracy {report['accuracy'] * 100:.2f}%  confusion (rows=true, cols=pred): "
                  f"{report['confusion_matrix']}")
     return "\n".join(lines)
+
+
+def is_report_file(path: Path) -> bool:
+    """Whether ``path`` is empty or a report ``evaluate classification --out`` wrote (so a
+    rerun may replace it; anything else is the user's and is refused)."""
+    import json
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        value = json.loads(text) if text.strip() else {}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(value, dict) and (not value or {"accuracy", "n", "per_class"} <= value.keys())

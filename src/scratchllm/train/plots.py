@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 PLOT_FILE = "loss.png"
+SOFTWARE = "scratchllm"  # the PNG's Software text: how `plot --out` knows a file is its own
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def plot_losses(records: list[dict], out_path: str | os.PathLike, *, title: str | None = None) -> Path:
@@ -65,16 +67,46 @@ def save_figure(fig: "Figure", out_path: str | os.PathLike, *, dpi: int = 120) -
     image viewer refreshing the plot during training) never sees half a file."""
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    from scratchllm import __version__
+
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": f"{SOFTWARE} {__version__}"})
     out_path = Path(out_path)
     with AtomicWriter(out_path) as writer:
         writer.write(buffer.getvalue())
     return out_path
 
 
+def is_our_png(path: Path) -> bool:
+    """Whether ``path`` is a PNG scratchllm drew (its Software text says so), or a ``*.png``
+    in a scratchllm output folder (runs of versions before that text)."""
+    from scratchllm.utils.outputs import owner_kind
+
+    if path.suffix == ".png" and owner_kind(path.parent)[0] is not None:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(8) != _PNG_SIGNATURE:
+                return False
+            while header := handle.read(8):  # chunks: length, type, data, crc
+                length, kind = int.from_bytes(header[:4], "big"), header[4:]
+                if kind in (b"IDAT", b"IEND") or len(header) < 8:
+                    return False  # text chunks written by matplotlib come before the image
+                data = handle.read(length + 4)[:length]
+                if kind == b"tEXt" and data.startswith(b"Software\0"):
+                    return data[len(b"Software\0"):].startswith(SOFTWARE.encode())
+    except OSError:
+        return False
+    return False
+
+
 def plot_run(run_dir: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
-    """(Re)draw ``RUN_DIR/loss.png`` from ``RUN_DIR/metrics.jsonl``."""
+    """(Re)draw ``RUN_DIR/loss.png`` from ``RUN_DIR/metrics.jsonl``; an ``out_path`` that
+    exists must be a plot scratchllm drew (a user's file of that name is never replaced)."""
+    from scratchllm.utils.outputs import check_output_file
+
     run_dir = Path(run_dir)
+    if out_path is not None:
+        out_path = check_output_file(out_path, is_our_png)
     metrics = run_dir / METRICS_FILE
     if not metrics.is_file():
         raise MissingFileError(f"{str(metrics)!r} not found; give the folder a `scratchllm pretrain` "

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from scratchllm.errors import ConfigError
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -31,6 +33,9 @@ class AtomicWriter:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        if self.path.is_dir():  # os.replace would fail only at commit, after all the work
+            raise ConfigError(f"{self.path} is a folder; give a file path")
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # as atomic_directory does
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
         self.tmp_path = Path(tmp)
         os.chmod(self.tmp_path, _FILE_MODE)

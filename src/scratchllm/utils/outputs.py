@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from scratchllm.errors import ConfigError
 from scratchllm.utils.atomic import atomic_write_json, fsync_dir
@@ -183,3 +184,21 @@ def claim_output_dir(path: str | os.PathLike, kind: OutputKind, *, overwrite: bo
     if read_marker(directory) is None:
         write_marker(directory, kind)
     return directory
+
+
+def check_output_file(path: str | os.PathLike, is_ours: Callable[[Path], bool], *,
+                      what: str = "--out") -> Path:
+    """Refuse, before any work, a file target scratchllm may not replace: a folder, a path
+    under a file, or an existing file ``is_ours`` does not recognise as this command's output
+    (a user's file of the same name is never overwritten). Returns the path."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise ConfigError(f"{what} {target} is a folder; give a file path")
+    parent = next((p for p in target.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"{what} {target}: {parent} is a file, not a folder; choose another "
+                          "path")
+    if target.exists() and not is_ours(target):
+        raise ConfigError(f"{what} {target} exists and was not written by scratchllm; nothing "
+                          "was changed: choose another file name")
+    return target
