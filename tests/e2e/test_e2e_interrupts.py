@@ -87,3 +87,48 @@ def test_file_outputs_refuse_a_users_file_or_a_folder(cli, cli_error, pretrain_r
     first = ours.read_bytes()
     cli(["plot", pretrain_run, "--out", ours])  # a rerun replaces its own plot
     assert ours.read_bytes() == first and first.startswith(b"\x89PNG")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 4 MiB tmpfs (root only) and ``fill()``, which leaves it a few KiB of free space."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root and the mount command")
+    point = tmp_path / "disk"
+    point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(point)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+
+    def fill() -> None:
+        free = shutil.disk_usage(point).free
+        (point / "filler").write_bytes(b"\0" * max(0, free - 8192))
+
+    try:
+        yield point, fill
+    finally:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def test_a_full_disk_during_export_is_one_line_and_keeps_the_last_export(cli, cli_error,
+                                                                         gpt2_hf_dir, full_disk):
+    """``export --overwrite`` (hf and gguf) onto a full disk: exit 2 with one line, not a
+    traceback (gguf's writer reports a short write with no errno), the earlier export intact and
+    no temp files left."""
+    disk, fill = full_disk
+    hf, gguf = disk / "hf", disk / "model.gguf"
+    cli(["export", gpt2_hf_dir, "--to", "hf", hf])
+    cli(["export", gpt2_hf_dir, "--to", "gguf", gguf, "--type", "f32"])
+    before_hf, before_gguf = tree_bytes(hf), gguf.read_bytes()
+    fill()
+    for argv in (["export", gpt2_hf_dir, "--to", "hf", hf, "--overwrite"],
+                 ["export", gpt2_hf_dir, "--to", "gguf", gguf, "--type", "f32", "--overwrite"]):
+        line = cli_error(argv, "export")
+        assert "disk is full" in line and "unchanged" in line
+    assert tree_bytes(hf) == before_hf and gguf.read_bytes() == before_gguf
+    assert _temps(disk) == [] and _temps(hf) == []

@@ -89,6 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print(f"scratchllm {args.command}: stopped by SIGTERM", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except OSError as err:
+        from scratchllm.utils.disk_full import is_disk_full
+
+        if not is_disk_full(err):
+            raise
+        # every write is atomic (utils.atomic): the unfinished file or folder was removed and
+        # what was there before is unchanged
+        print(f"scratchllm {args.command}: error: the disk is full (no space left on device); "
+              "nothing half-written was kept and earlier outputs are unchanged: free some space "
+              "and run the command again", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

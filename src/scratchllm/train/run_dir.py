@@ -11,7 +11,6 @@ the previous checkpoint, which the atomic writes left intact (``--resume`` conti
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -22,34 +21,16 @@ from torch import nn
 
 from scratchllm.errors import CheckpointError
 from scratchllm.utils.atomic import atomic_directory, atomic_write_text, fsync_dir, fsync_file
+from scratchllm.utils.disk_full import is_disk_full  # noqa: F401  (re-exported)
 from scratchllm.weights.model_dir import CONFIG_FILE, write_model_files
 # the checkpoint layout lives with the model directories, so opening a run needs no training code
 from scratchllm.weights.run_layout import LATEST_POINTER, latest_checkpoint
 
 BEST_DIR = "best"
-# errno values of a full disk or an exhausted quota, and how Rust-backed writers (safetensors)
-# spell them in their messages, since they raise their own exception types.
-_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e)
-_FULL_TEXTS = ("no space left on device", "disk quota exceeded",
-               *(f"os error {e})" for e in _FULL_ERRNOS))
 
 
 class DiskFullError(CheckpointError):
     """The disk (or quota) filled up while the run was writing; earlier files are intact."""
-
-
-def is_disk_full(err: BaseException) -> bool:
-    """True for ENOSPC/EDQUOT, raised directly or wrapped by a library (safetensors, torch)."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
-            return True
-        if any(text in str(current).lower() for text in _FULL_TEXTS):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
 
 
 def disk_full_error(run_dir: Path, what: str, previous: Path | None) -> DiskFullError:

@@ -58,9 +58,13 @@ class AtomicWriter:
 
     def abort(self) -> None:
         """Drop the temporary file (after an error); the target is left untouched."""
-        if not self.file.closed:
-            self.file.close()
-        self.tmp_path.unlink(missing_ok=True)
+        try:
+            if not self.file.closed:
+                self.file.close()  # flushes what is buffered: on a full disk that fails too
+        except OSError:
+            pass
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
 
     def __enter__(self) -> "AtomicWriter":
         return self
