@@ -86,3 +86,18 @@ def test_a_model_with_its_own_bpe_exports_a_tokenizer_transformers_runs(cli, cor
     prompt = "I had always thought"
     proc = cli(["generate", "--model", run, "--max-new-tokens", 8, prompt])
     assert generated(proc) == hf_greedy(out, prompt, 8)
+
+
+@pytest.mark.parametrize("argv", [["info", "--preset", "gpt2-small"], ["--help"]])
+def test_output_piped_into_a_reader_that_stops_is_no_traceback(cli_runner, argv):
+    """`scratchllm generate ... | head -1`: when the reader goes away, the command ends quietly
+    (as `cat` does) instead of printing a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "scratchllm", *argv], env=cli_runner.env,
+                            cwd=cli_runner.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first write
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) in (0, 141)  # 141: ended by the closed pipe, as cat is
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
