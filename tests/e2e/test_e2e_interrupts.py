@@ -8,7 +8,9 @@ CLI turns it into an exception instead, so every command unwinds as it does for 
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,11 +25,25 @@ def _temps(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
 
 
+def _ended(started: tuple) -> bool:
+    proc = started[1]
+    if isinstance(proc, subprocess.Popen):  # SCRATCHLLM_E2E_SPAWN=1
+        return proc.poll() is not None
+    try:
+        os.kill(proc, 0)  # a child of the e2e zygote, reaped as soon as it exits
+    except ProcessLookupError:
+        return True
+    return Path(started[2]["rc"]).exists()
+
+
 def _wait_for(condition, started, cli_runner, seconds: float = 60) -> None:
+    """Poll ``condition`` every 2 ms; fail at once if the command ended first (too fast)."""
     deadline = time.monotonic() + seconds
     while not condition():
-        assert time.monotonic() < deadline, cli_runner.finish(started, timeout=1).stderr
-        time.sleep(0.01)
+        if _ended(started) or time.monotonic() > deadline:
+            pytest.fail("the moment to signal never came:\n"
+                        + cli_runner.finish(started, timeout=10).stderr)
+        time.sleep(0.002)
 
 
 def test_sigterm_mid_prepare_keeps_the_earlier_output_and_no_temp_files(cli, cli_runner,
@@ -92,9 +108,7 @@ def test_file_outputs_refuse_a_users_file_or_a_folder(cli, cli_error, pretrain_r
 @pytest.fixture
 def full_disk(tmp_path):
     """A 4 MiB tmpfs (root only) and ``fill()``, which leaves it a few KiB of free space."""
-    import os
     import shutil
-    import subprocess
 
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small tmpfs needs root and the mount command")
@@ -132,3 +146,40 @@ def test_a_full_disk_during_export_is_one_line_and_keeps_the_last_export(cli, cl
         assert "disk is full" in line and "unchanged" in line
     assert tree_bytes(hf) == before_hf and gguf.read_bytes() == before_gguf
     assert _temps(disk) == [] and _temps(hf) == []
+
+
+def _kill_when(cli_runner, argv: list, pattern: str, where: Path) -> None:
+    """Start ``argv``, SIGKILL it the moment ``where`` holds an entry matching ``pattern``
+    (a save in progress), and wait for it to be gone."""
+    started = cli_runner.start(argv)
+    _wait_for(lambda: any(where.glob(pattern)) if where.is_dir() else False, started, cli_runner)
+    cli_runner.signal(started, signal.SIGKILL)
+    assert cli_runner.finish(started, timeout=60).returncode == -signal.SIGKILL
+
+
+def _records(run: Path) -> list[dict]:
+    import json
+
+    timing = ("time", "elapsed", "seconds", "tokens_per_sec")
+    return [{k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigkill_while_the_final_model_is_saved_then_resume_finishes_clean(
+        cli, cli_runner, pretrain_run, preference_file, tmp_path):
+    """``finetune reward`` killed (SIGKILL: nothing can clean up) while it writes OUT/model
+    after its last checkpoint: --resume has no step left, writes the model, and the killed
+    save's temp folder is removed (it stayed, as big as the model, since no checkpoint save
+    followed to sweep it). The metrics equal an uninterrupted run's."""
+    # the tiny preset (GPT-2's vocabulary: 26 MB of weights) takes long enough to save that
+    # the kill lands inside the save; a 300-token model's save is over before it is seen
+    args = ["finetune", "reward", "--model", pretrain_run / "latest", "--data", preference_file,
+            "--batch-size", "4", "--save-every", "2", "--seed", "5"]
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    cli([*args, "--out", straight])
+    _kill_when(cli_runner, [*args, "--out", run], ".model.tmp-*", run)
+    assert not (run / "model").exists()
+    cli([*args, "--out", run, "--resume"])
+    assert _temps(run) == []
+    assert (run / "model" / "model.safetensors").is_file()
+    assert _records(run) == _records(straight)

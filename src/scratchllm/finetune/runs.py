@@ -22,6 +22,7 @@ from scratchllm.errors import ConfigError
 from scratchllm.train.metrics import METRICS_FILE, MetricsLog, read_metrics
 from scratchllm.train.plots import PLOT_FILE, plot_losses
 from scratchllm.train.run_control import seed_everything
+from scratchllm.train.run_dir import remove_stale_temps
 from scratchllm.train.state import latest_checkpoint
 from scratchllm.train.steps import master_weights_config, resolve_precision
 from scratchllm.utils.device import resolve_device
@@ -84,8 +85,11 @@ def check_out(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = F
 
 
 def claim_out(out: Path, *, overwrite: bool, checkpoint: Path | None) -> Path:
-    """Create/clear and mark the folder ``check_out`` approved (kept as is when resuming)."""
+    """Create/clear and mark the folder ``check_out`` approved (kept as is when resuming, but
+    for the temp files of a save the earlier run was killed in: a resume with no step left to
+    run saves no checkpoint, the only other place they are removed)."""
     if checkpoint is not None:
+        remove_stale_temps(out)
         return prepare_output_dir(out, FINETUNE_RUN, resume=True)[0]
     return prepare_output_dir(out, FINETUNE_RUN, overwrite=overwrite)[0]
 
