@@ -59,7 +59,7 @@ def directory_kind(directory: Path) -> str:
             raise MissingFileError(f"{directory} is a LoRA adapter, not a model; pass its base "
                                    f"model as the model and this folder as the adapter "
                                    f"(--model BASE --adapter {directory})")
-        if (directory / "latest").is_dir() or (directory / "checkpoints").is_dir():
+        if any((directory / name).is_dir() for name in ("latest", "checkpoints", "best")):
             return "run"
         if (directory / "model" / "config.json").is_file():
             return "run"  # a classification fine-tuning run keeps its model in model/

@@ -233,6 +233,13 @@ def resolve_model_dir(path: PathLike) -> Path:
     newest = latest_checkpoint(directory)
     if newest is None and (directory / HEADED_SUBDIR / CONFIG_FILE).exists():
         return directory / HEADED_SUBDIR  # a classifier / reward-model run keeps it in model/
+    if newest is None and (directory / "best" / CONFIG_FILE).exists():
+        # stopped (killed, or out of disk) before its first checkpoint: say where the last
+        # good model is rather than "not a model directory"; best/ is not the latest state,
+        # so it is not loaded in its place
+        raise MissingFileError(f"{directory} is a run stopped before its first checkpoint: it "
+                               f"has no latest/ model; its best model so far is in "
+                               f"{directory / 'best'}: pass that folder")
     return newest if newest is not None else directory
 
 
