@@ -183,3 +183,23 @@ def test_sigkill_while_the_final_model_is_saved_then_resume_finishes_clean(
     assert _temps(run) == []
     assert (run / "model" / "model.safetensors").is_file()
     assert _records(run) == _records(straight)
+
+
+def test_sigkill_mid_export_keeps_the_last_export_and_the_next_one_sweeps_up(
+        cli, cli_runner, pretrain_run, tmp_path):
+    """SIGKILL while ``export --overwrite`` writes: the earlier export is intact and loads, and
+    the model-sized temp folder the kill left beside it (in the user's folder) is removed by
+    the next export instead of staying for good."""
+    folder = tmp_path / "exports"
+    out = folder / "tiny-hf"
+    cli(["export", pretrain_run, "--to", "hf", out])
+    before = tree_bytes(out)
+    _kill_when(cli_runner, ["export", pretrain_run, "--to", "hf", out, "--overwrite"],
+               ".tiny-hf.tmp-*", folder)
+    assert tree_bytes(out) == before
+    assert _temps(folder), "the kill came after the save; nothing was tested"
+    cli(["export", pretrain_run, "--to", "hf", out, "--overwrite"])
+    assert _temps(folder) == []
+    again = tree_bytes(out)
+    assert again.pop(".scratchllm") and before.pop(".scratchllm")  # it holds the time written
+    assert again == before

@@ -28,6 +28,46 @@ _FILE_MODE = 0o666 & ~_current_umask()  # what a plain open() would give; mkstem
 _DIR_MODE = 0o777 & ~_current_umask()   # what a plain mkdir() would give; mkdtemp gives 0700
 
 
+def temp_name(path: Path) -> str:
+    """The prefix of ``path``'s temp file or folder: hidden, and naming the writer's pid, so a
+    later writer can tell a dead process's leftover from a live one's work in progress."""
+    return f".{path.name}.tmp-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: someone else's live process
+        return True
+    return True
+
+
+def remove_dead_temps(path: Path) -> None:
+    """Remove what a writer of ``path`` that was killed mid-write (SIGKILL, a crash) left
+    beside it: nothing cleaned up after it, and a model-sized temp folder would otherwise stay
+    in the user's folder for good. Temps of a process still running are left alone."""
+    prefix = f".{path.name}.tmp-"
+    try:
+        siblings = [c for c in path.parent.iterdir() if c.name.startswith(prefix)]
+    except OSError:
+        return
+    for child in siblings:
+        pid = child.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            try:
+                child.unlink()
+            except OSError:
+                pass
+
+
 class AtomicWriter:
     """A binary file that appears at ``path`` only when :meth:`commit` is called."""
 
@@ -36,7 +76,8 @@ class AtomicWriter:
         if self.path.is_dir():  # os.replace would fail only at commit, after all the work
             raise ConfigError(f"{self.path} is a folder; give a file path")
         self.path.parent.mkdir(parents=True, exist_ok=True)  # as atomic_directory does
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
+        remove_dead_temps(self.path)
+        fd, tmp = tempfile.mkstemp(prefix=temp_name(self.path), dir=self.path.parent)
         self.tmp_path = Path(tmp)
         os.chmod(self.tmp_path, _FILE_MODE)
         self.file = os.fdopen(fd, "wb")
@@ -149,7 +190,8 @@ def replace_directory(new: Path, final: Path) -> None:
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a temp dir beside ``final``; on success it replaces ``final``, on error it vanishes."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_dead_temps(final)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_name(final), dir=final.parent))
     os.chmod(tmp, _DIR_MODE)  # the finished folder reads like any other the user makes
     try:
         yield tmp

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from scratchllm.errors import ConfigError
-from scratchllm.utils.atomic import fsync_dir, fsync_file
+from scratchllm.utils.atomic import fsync_dir, fsync_file, remove_dead_temps, temp_name
 from scratchllm.weights.gguf_files import OWNER_KEY, check_gguf_target
 from scratchllm.weights.gguf_tokenizer import add_vocab, gguf_vocab
 from scratchllm.weights.model_dir import tied_aliases
@@ -199,7 +199,8 @@ def write_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, *,
     vocab = gguf_vocab(tokenizer, model.config.vocab_size)
     vocab.eot_id = eot_id if eot_id is not None and eot_id != vocab.eos_id else None
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    remove_dead_temps(target)
+    tmp = target.with_name(f"{temp_name(target)}{uuid.uuid4().hex[:8]}")
     writer = gguf.GGUFWriter(tmp, arch)
     try:
         writer.add_type(gguf.GGUFType.MODEL)
