@@ -35,7 +35,7 @@ def temp_name(path: Path) -> str:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name != "posix":  # Windows' os.kill(pid, 0) would end it
         return True
     try:
         os.kill(pid, 0)
