@@ -140,7 +140,9 @@ def test_cli_flags_save_every_and_resume(dropout_model_dir, toy_labels_file, ins
             str(toy_labels_file), "--out", str(out), "--epochs", "1", "--batch-size", "4",
             "--micro-batch-size", "2", "--warmup-steps", "2", "--min-lr", "1e-5",
             "--grad-clip", "0.5", "--save-every", "3", "--keep-last", "1", "--device", "cpu"]
-    assert main(args) == 0
+    assert main(args + ["--resume"]) == 0  # a new folder (a mistyped --out): said, not silent
+    assert f"no checkpoint in {out} yet; starting a new run" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000006"]
     assert (out / "best" / "config.json").is_file()
     _, _, info = load_classifier(out / "latest")  # the final classifier, not a training state

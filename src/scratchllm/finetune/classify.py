@@ -164,7 +164,8 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
     n_trainable, n_total = trainable_parameters(model)
     out_dir = claim_out(out_dir, overwrite=overwrite, checkpoint=checkpoint)
     setup = RunSetup(model, tokenizer, device_, precision, out_dir,
-                     MetricsLog(out_dir / METRICS_FILE), loaded.eos_ids, checkpoint)
+                     MetricsLog(out_dir / METRICS_FILE), loaded.eos_ids, checkpoint,
+                     resume_requested=resume)
 
     def save(directory: Path, model_: nn.Module, metadata: dict) -> Path:
         return save_classifier(directory, model_, tokenizer, {**metadata, **classifier_metadata(

@@ -25,7 +25,7 @@ from torch import nn
 from scratchllm.errors import ConfigError
 from scratchllm.finetune.batching import EpochBatches
 from scratchllm.finetune.best import BEST_DIR, BestModel, merged_copy
-from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup
+from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup, fresh_start_notice
 from scratchllm.model.lora import lora_layers
 from scratchllm.train.metrics import Progress
 from scratchllm.train.optim import build_optimizer, build_scheduler
@@ -266,6 +266,8 @@ class FinetuneLoop:
         if self.setup.checkpoint is not None:
             self.resume(self.setup.checkpoint)
             state = self.state
+        elif notice := fresh_start_notice(self.setup):
+            self.say(notice)
         if self.progress is not None:
             self.progress.start_step = state.step
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)

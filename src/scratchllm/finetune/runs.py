@@ -50,6 +50,7 @@ class RunSetup:
     eos_ids: tuple[int, ...] = ()   # every end id of the source model (kept in saved copies)
     checkpoint: Path | None = None  # the checkpoint a --resume continues from
     source: str | None = None       # the base model as given (recorded in LoRA adapters)
+    resume_requested: bool = False  # --resume was given (with no checkpoint: say it starts anew)
     # What every model the run saves records (latest/, best/, checkpoints): e.g. the
     # prompt_style that chat and export read.
     model_metadata: dict[str, Any] = field(default_factory=dict)
@@ -94,6 +95,14 @@ def claim_out(out: Path, *, overwrite: bool, checkpoint: Path | None) -> Path:
     return prepare_output_dir(out, FINETUNE_RUN, overwrite=overwrite)[0]
 
 
+def fresh_start_notice(setup: RunSetup) -> str | None:
+    """What a run asked to ``--resume`` says when there was nothing to resume: it starts anew
+    (as pretraining says), so a mistyped ``--out`` is not a silent retraining from scratch."""
+    if setup.resume_requested and setup.checkpoint is None:
+        return f"no checkpoint in {setup.out_dir} yet; starting a new run"
+    return None
+
+
 def master_weights(model: nn.Module) -> nn.Module:
     """Train in fp32 what a config stores in bf16/fp16 (Llama 3 / Qwen3 checkpoints).
 
@@ -124,7 +133,7 @@ def start_run(model_dir: str | Path, out_dir: str | Path, *, device: str | None 
     master_weights(loaded.model).train()
     return RunSetup(loaded.model, loaded.tokenizer, torch_device,
                     resolve_precision(precision, torch_device), out, MetricsLog(out / METRICS_FILE),
-                    loaded.eos_ids, checkpoint, source_name(model_dir))
+                    loaded.eos_ids, checkpoint, source_name(model_dir), resume_requested=resume)
 
 
 def maybe_apply_lora(model: nn.Module, lora: dict | None) -> None:

@@ -31,7 +31,7 @@ from scratchllm.finetune.rl.rollout import encode_prompt, sample_rollout, step_g
 from scratchllm.finetune.rl.settings import RLSettings
 from scratchllm.finetune.rl.value_file import VALUE_HEAD_FILE, load_value_head, save_value_head
 from scratchllm.finetune.best import merged_copy
-from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup, model_saver
+from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup, fresh_start_notice, model_saver
 from scratchllm.model.lora import lora_layers
 from scratchllm.train.metrics import Progress, read_metrics
 from scratchllm.train.run_control import run_steps, stopped_message
@@ -206,6 +206,8 @@ class RLTrainer:
         s = self.settings
         if self.setup.checkpoint is not None:
             self.resume(self.setup.checkpoint)
+        elif notice := fresh_start_notice(self.setup):
+            self.say(notice)
         if self.progress is not None:
             self.progress.start_step = self.state.step
         trainable = sum(p.numel() for p in self.learner.params)
