@@ -29,6 +29,19 @@ def test_defaults_and_bad_options(capsys):
     assert err == "scratchllm serve: error: --max-batch must be at least 1, got 0"
 
 
+@pytest.mark.parametrize("host, key, warned", [
+    ("127.0.0.1", None, False), ("localhost", None, False), ("::1", None, False),
+    ("0.0.0.0", None, True), ("192.168.1.5", None, True), ("my-box.local", None, True),
+    ("0.0.0.0", "k", False)])
+def test_a_server_others_can_reach_without_a_key_is_warned_about(host, key, warned):
+    from scratchllm.cli.serve import open_host_warning
+
+    warning = open_host_warning(host, key)
+    assert (warning is not None) == warned
+    if warned:
+        assert host in warning and "--api-key" in warning
+
+
 def test_judge_runs_against_the_server(server, model_dir, tmp_path):
     """One tiny model (the server's) judges another tiny model's answers."""
     answerer = open_model(tiny_model_dir(tmp_path / "answerer", seed=5), device="cpu",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import sys
 
 from scratchllm.cli.generate import add_precision_flags, precision
 from scratchllm.errors import ConfigError
@@ -96,8 +98,24 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--model and --compare-model are both named "
                               f"{config.model_id!r}; give one --model-name or "
                               "--compare-model-name")
+    if (warning := open_host_warning(args.host, args.api_key)) is not None:
+        print(warning, file=sys.stderr, flush=True)
     print(f"scratchllm serve: {config.model_id} on http://{args.host}:{args.port}/v1 "
           f"(batch {args.max_batch}, queue {args.max_queue}); web page: "
           f"http://{args.host}:{args.port}/, ratings: {ratings.path}", flush=True)
     serve(engine, config, host=args.host, port=args.port, drain_timeout=args.drain_timeout)
     return 0
+
+
+def open_host_warning(host: str, api_key: str | None) -> str | None:
+    """A line for a server that others can reach (any address but loopback) with no key."""
+    if api_key is not None:
+        return None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if loopback:
+        return None
+    return (f"warning: serving on {host} without --api-key: anyone who can reach this port can "
+            "use the model; pass --api-key KEY (clients send it as a Bearer token)")
