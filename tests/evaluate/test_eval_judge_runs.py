@@ -149,3 +149,17 @@ def test_works_where_an_event_loop_already_runs(judge_server):
         return judge_responses(entries(2), JudgeClient(judge_server.url), workers=2).scores
 
     assert asyncio.run(notebook_cell()) == [50, 50]
+
+
+def test_an_unreachable_judge_leaves_no_empty_item_file(tmp_path):
+    """Nothing judged: the per-item log this run would have started is not left behind."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    items = tmp_path / "scores.jsonl"
+    with pytest.raises(JudgeUnavailableError):
+        judge_responses(entries(2), JudgeClient(f"http://127.0.0.1:{port}", retries=0),
+                        items_path=items)
+    assert not items.exists()

@@ -143,6 +143,8 @@ class _ItemFile:
 
     def __init__(self, path: Path | None, *, append: bool) -> None:
         self.handle: TextIO | None = None
+        self.path, self.written = path, 0
+        self.created = path is not None and not path.exists()  # removed again if left empty
         if path is not None:
             check_judge_outputs(path)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,10 +158,14 @@ class _ItemFile:
             self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             self.handle.flush()
             os.fsync(self.handle.fileno())
+            self.written += 1
 
     def close(self) -> None:
+        """Close; a file this run created and never wrote to (the judge was unreachable) goes."""
         if self.handle is not None:
             self.handle.close()
+            if self.created and not self.written:
+                self.path.unlink(missing_ok=True)
 
 
 def _last_byte(path: Path) -> bytes:
