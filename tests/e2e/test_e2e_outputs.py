@@ -55,5 +55,7 @@ def test_out_pointing_at_a_users_folder_is_refused_untouched(
     before = tree_bytes(users_folder)
     line = cli_error(WRITERS[command](data, users_folder), command.split()[0])
     assert str(users_folder) in line
+    # named as the user typed it: export's OUT is positional, the others take --out
+    assert f"{'OUT' if command == 'export' else '--out'} {users_folder}" in line
     assert tree_bytes(users_folder) == before
     assert sorted(p.name for p in users_folder.iterdir()) == ["config.json", "thesis.txt"]

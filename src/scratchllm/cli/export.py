@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.weights.hf_export import export_hf_dir, parse_size
 
     shard_size = parse_size(args.shard_size) if args.shard_size is not None else None
-    check_output_dir(args.out, HF_EXPORT, overwrite=args.overwrite)  # before loading anything
+    check_output_dir(args.out, HF_EXPORT, overwrite=args.overwrite, what="OUT")  # before loading
     loaded = open_model(args.model_dir)
     out = export_hf_dir(loaded.model, args.out, loaded.tokenizer, shard_size=shard_size,
                         overwrite=args.overwrite, eos_ids=loaded.eos_ids,
@@ -75,7 +75,7 @@ def run_gguf(args: argparse.Namespace) -> int:
     from scratchllm.utils.outputs import check_output_dir
     from scratchllm.export.ollama import OLLAMA_EXPORT, export_ollama
 
-    check_output_dir(args.out, OLLAMA_EXPORT, overwrite=args.overwrite)
+    check_output_dir(args.out, OLLAMA_EXPORT, overwrite=args.overwrite, what="OUT")
     loaded = open_model(args.model_dir, require_tokenizer=True)
     out = export_ollama(loaded, args.out, type_name=args.gguf_type, overwrite=args.overwrite)
     print(f"exported {args.model_dir} -> {out} (Ollama; create it with: ollama create NAME "
