@@ -129,8 +129,11 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(dropout_model_dir
     with pytest.raises(ConfigError, match="no checkpoint to resume"):
         finetune_instruct(dropout_model_dir, instruct_file, tmp_path / "done", resume=True,
                           **common)
-    with pytest.raises(ConfigError, match="--resume to continue it"):
+    with pytest.raises(ConfigError, match="--resume to continue it"):  # a checkpoint is there
+        finetune_instruct(dropout_model_dir, instruct_file, tmp_path / "run", **common)
+    with pytest.raises(ConfigError) as refused:  # none: --resume would only be refused next
         finetune_instruct(dropout_model_dir, instruct_file, tmp_path / "done", **common)
+    assert "--overwrite" in str(refused.value) and "--resume" not in str(refused.value)
 
 
 def test_cli_flags_save_every_and_resume(dropout_model_dir, toy_labels_file, instruct_file,

@@ -122,6 +122,19 @@ def test_refuses_to_mix_runs_and_overwrite_starts_over(tmp_path):
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-00000001"]
 
 
+def test_a_run_with_no_checkpoint_left_is_not_told_to_resume(tmp_path):
+    """Killed during its first save: --resume would only be refused next, so only
+    --overwrite (or another folder) is offered."""
+    import shutil
+
+    _run(_config(tmp_path, max_steps=1))
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    (tmp_path / "run" / "LATEST").unlink(missing_ok=True)
+    with pytest.raises(ConfigError) as refused:
+        _run(_config(tmp_path, max_steps=1))
+    assert "--overwrite" in str(refused.value) and "--resume" not in str(refused.value)
+
+
 def test_it_learns(tmp_path):
     """A dozen steps on the book's short story take the loss from ln(50257) = 10.8 below 8.5."""
     _, result = _run(_config(tmp_path, max_steps=12, eval_every=100, lr=3e-2, warmup_steps=2,

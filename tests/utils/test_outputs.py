@@ -150,3 +150,6 @@ def test_refusal_offers_resume_only_to_outputs_that_can_resume(tmp_path):
     (folder / "metrics.jsonl").write_text("{}\n")
     with pytest.raises(ConfigError, match="--resume to continue it"):
         check_output_dir(folder, PRETRAIN_RUN)
+    with pytest.raises(ConfigError) as refused:  # a run with no checkpoint to continue
+        check_output_dir(folder, PRETRAIN_RUN, can_resume=False)
+    assert "--overwrite" in str(refused.value) and "--resume" not in str(refused.value)

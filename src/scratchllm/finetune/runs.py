@@ -74,10 +74,11 @@ def check_out(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = F
     out = Path(out_dir).expanduser()
     if out.exists() and out.resolve() == Path(model_dir).expanduser().resolve():
         raise ConfigError(f"--out {out} is the input model directory; choose a new folder")
-    decision = check_output_dir(out, FINETUNE_RUN, overwrite=overwrite, resume=resume)
+    checkpoint = latest_checkpoint(out) if out.is_dir() else None
+    decision = check_output_dir(out, FINETUNE_RUN, overwrite=overwrite, resume=resume,
+                                can_resume=checkpoint is not None)
     if not resume or decision != "resume":
         return out, None
-    checkpoint = latest_checkpoint(out)
     if checkpoint is None and not overwrite:
         raise ConfigError(f"{out} holds an earlier fine-tuning run but no checkpoint to resume "
                           "from (save them with --save-every); nothing was deleted. Pass "

@@ -45,7 +45,8 @@ class RunFiles:
         if resume and newest is not None:
             check_output_dir(self.run_dir, PRETRAIN_RUN, resume=True)
             return newest
-        decision = check_output_dir(self.run_dir, PRETRAIN_RUN, overwrite=overwrite, resume=resume)
+        decision = check_output_dir(self.run_dir, PRETRAIN_RUN, overwrite=overwrite, resume=resume,
+                                    can_resume=newest is not None)
         if decision == "resume" and not overwrite:  # ours, but no checkpoint left to continue
             raise ConfigError(f"{self.run_dir} has no checkpoint to resume from (checkpoints/ "
                               "is empty or gone) but holds an earlier run; nothing was deleted. "

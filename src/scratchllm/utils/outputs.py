@@ -114,8 +114,11 @@ def owner_kind(directory: Path) -> tuple[str | None, tuple[str, ...]]:
 
 
 def check_output_dir(path: str | os.PathLike, kind: OutputKind, *, overwrite: bool = False,
-                     resume: bool = False, what: str = "--out") -> str:
+                     resume: bool = False, what: str = "--out", can_resume: bool = True) -> str:
     """Decide, without changing anything, whether ``kind`` may be written at ``path``.
+
+    ``can_resume=False`` (a run with no checkpoint left, e.g. killed during its first save)
+    keeps ``--resume`` out of the refusal's advice: it would only be refused next.
 
     Returns ``"new"`` (absent or empty), ``"resume"`` (ours, same kind, ``resume`` asked) or
     ``"replace"`` (ours, ``overwrite`` asked, nothing foreign inside). Raises ConfigError
@@ -137,7 +140,7 @@ def check_output_dir(path: str | os.PathLike, kind: OutputKind, *, overwrite: bo
         return "resume"
     if not overwrite:
         # only training runs resume; prepare, export and model directories have no --resume
-        resumable = found == kind.name and kind in (PRETRAIN_RUN, FINETUNE_RUN)
+        resumable = can_resume and found == kind.name and kind in (PRETRAIN_RUN, FINETUNE_RUN)
         hint = "--resume to continue it, " if resumable else ""
         raise ConfigError(f"{what} {directory} already holds a scratchllm {found} output; pass "
                           f"{hint}--overwrite to replace it, or choose another folder")
