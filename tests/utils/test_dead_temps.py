@@ -35,3 +35,27 @@ def test_a_killed_writers_leftovers_go_and_a_live_ones_stay(tmp_path):
         writer.write(b"done")
     assert not (tmp_path / f".notes.txt.tmp-{dead}-q1").exists()
     assert (tmp_path / "notes.txt").read_bytes() == b"done"
+
+
+def test_a_writer_killed_between_the_two_renames_gets_its_old_folder_back(tmp_path):
+    """``replace_directory`` parks the old folder aside, then moves the new one in: a SIGKILL
+    between the two left no folder at all. The next writer of that path puts the last good
+    one back before anything else; a live writer's parked folder is left alone."""
+    from scratchllm.utils.atomic import remove_dead_temps
+
+    target = tmp_path / "latest"
+    parked = tmp_path / f".latest.old-{_dead_pid()}-abcd1234"
+    parked.mkdir()
+    (parked / "config.json").write_text('{"old": true}')
+    (tmp_path / f".latest.tmp-{_dead_pid()}-x").mkdir()  # the new one, half written
+    remove_dead_temps(target)
+    assert (target / "config.json").read_text() == '{"old": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
+
+    live = tmp_path / f".latest.old-{os.getppid()}-abcd1234"  # mid-swap in a live process
+    live.mkdir()
+    with atomic_directory(target) as tmp:
+        (tmp / "config.json").write_text('{"new": true}')
+    assert (target / "config.json").read_text() == '{"new": true}'
+    assert live.is_dir()
+    assert not any(p.name.startswith(".latest.old-") and p != live for p in tmp_path.iterdir())

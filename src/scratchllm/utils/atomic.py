@@ -46,19 +46,39 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_dead_temps(path: Path) -> None:
-    """Remove what a writer of ``path`` that was killed mid-write (SIGKILL, a crash) left
-    beside it: nothing cleaned up after it, and a model-sized temp folder would otherwise stay
-    in the user's folder for good. Temps of a process still running are left alone."""
-    prefix = f".{path.name}.tmp-"
+def aside_name(path: Path) -> str:
+    """Where ``replace_directory`` parks the old ``path`` while the new one moves in (pid
+    named, like ``temp_name``)."""
+    return f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _dead_leftovers(path: Path, kind: str) -> list[Path]:
+    prefix = f".{path.name}.{kind}-"
     try:
         siblings = [c for c in path.parent.iterdir() if c.name.startswith(prefix)]
     except OSError:
-        return
+        return []
+    dead = []
     for child in siblings:
         pid = child.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
-            continue
+        if not (pid.isdigit() and _alive(int(pid))):
+            dead.append(child)
+    return dead
+
+
+def remove_dead_temps(path: Path) -> None:
+    """Clean up after a writer of ``path`` that was killed mid-write (SIGKILL, a crash):
+    nothing cleaned up after it, and a model-sized temp folder would otherwise stay in the
+    user's folder for good. Temps of a process still running are left alone.
+
+    A writer killed between ``replace_directory``'s two renames left no ``path`` at all, only
+    the old one parked aside: that last good state is put back first."""
+    asides = _dead_leftovers(path, "old")
+    if asides and not os.path.lexists(path):
+        newest = max(asides, key=lambda p: p.stat().st_mtime)
+        os.replace(newest, path)
+        asides.remove(newest)
+    for child in _dead_leftovers(path, "tmp") + asides:
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child, ignore_errors=True)
         else:
@@ -173,7 +193,7 @@ def replace_directory(new: Path, final: Path) -> None:
     """
     aside = None
     if final.exists():
-        aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        aside = final.with_name(aside_name(final))
         os.replace(final, aside)
     try:
         os.replace(new, final)

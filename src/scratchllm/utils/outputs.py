@@ -19,14 +19,13 @@ import fnmatch
 import json
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from scratchllm.errors import ConfigError
-from scratchllm.utils.atomic import atomic_write_json, fsync_dir
+from scratchllm.utils.atomic import aside_name, atomic_write_json, fsync_dir
 
 MARKER = ".scratchllm"
 # Leftovers of an interrupted atomic write (utils.atomic): always scratchllm's own.
@@ -155,7 +154,7 @@ def check_output_dir(path: str | os.PathLike, kind: OutputKind, *, overwrite: bo
 
 def clear_output_dir(directory: Path) -> None:
     """Empty a folder ``check_output_dir`` approved for replacing (renamed aside, then deleted)."""
-    aside = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
+    aside = directory.with_name(aside_name(directory))
     os.replace(directory, aside)
     directory.mkdir()
     fsync_dir(directory.parent)
