@@ -51,3 +51,12 @@ def test_plot_run_reads_the_metrics_file(tmp_path):
     for record in _records():
         log.write(record)
     assert plot_run(tmp_path) == tmp_path / "loss.png" and (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_plot_of_an_rl_run_points_at_its_reward_curves(tmp_path):
+    """PPO/GRPO log reward records, no losses: say where their curves are, not 'wait'."""
+    records = [{"event": "train", "step": 1, "tokens_seen": 64, "reward_mean": 0.2, "kl": 0.0}]
+    with pytest.raises(DataError, match="reward.png"):
+        plot_losses(records, tmp_path / "loss.png")
+    with pytest.raises(DataError, match="first eval step"):
+        plot_losses([{"event": "train", "step": 1, "train_loss": 3.0}], tmp_path / "loss.png")

@@ -27,6 +27,9 @@ def plot_losses(records: list[dict], out_path: str | os.PathLike, *, title: str 
     """
     evals = [r for r in records if r.get("event") == "eval"]
     if not evals:
+        if any("reward_mean" in r for r in records):  # PPO/GRPO log rewards, not losses
+            raise DataError("this is an RL run (PPO/GRPO): it has no loss curves to plot; its "
+                            "reward and KL curves are in reward.png beside metrics.jsonl")
         raise DataError("no evaluation records to plot yet; let the run reach its first eval step")
     tokens = [r["tokens_seen"] for r in evals]
     fig = new_figure(figsize=(6, 3.5))
