@@ -247,6 +247,7 @@ def test_cli_names_the_damaged_config(scratch_dir, change, culprit):
        value=st.one_of(bad_config_value, json_values()))
 @example(field="n_embd", value=-32)
 @example(field="n_head", value=3)  # 32 is not divisible by 3
+@example(field="n_embd", value=39748)  # would allocate 25 GB before any shape check
 def test_damaged_hf_config_is_named(hf_dir, field, value):
     directory = fresh_copy(hf_dir)
     config = json.loads((directory / "config.json").read_text())

@@ -21,6 +21,7 @@ from torch import nn
 
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 from scratchllm.model.quantize import as_dtype
+from scratchllm.model.stats import count_parameters
 from scratchllm.weights.model_dir import tied_aliases
 from scratchllm.weights.adapter import FamilyAdapter
 from scratchllm.weights.contained import contained_file
@@ -182,9 +183,11 @@ def _check_layer_count(files: list[Path], adapter: FamilyAdapter, config: Any,
     the safetensors headers before a model is built (a damaged ``n_layer`` of millions would
     otherwise spend minutes building modules only to fail)."""
     blocks: set[int] = set()
+    stored = 0  # elements the files hold
     for path in files:
         with open_safetensors(path) as handle:
             for hf_name in handle.keys():
+                stored += _elements(handle.get_slice(hf_name).get_shape())
                 ours = adapter.hf_to_ours(hf_name) or ""
                 head, _, rest = ours.partition(".")
                 index = rest.partition(".")[0]
@@ -195,6 +198,24 @@ def _check_layer_count(files: list[Path], adapter: FamilyAdapter, config: Any,
         raise CheckpointError(f"{directory / CONFIG_FILE} says {wanted} layers but the weight "
                               f"files hold {max(blocks) + 1}; the config does not belong to "
                               "these weights, download it again")
+    # A damaged width (n_embd of 40,000) would have the model's modules allocate tens of GB
+    # before any shape is compared: compare the sizes first.
+    try:
+        needed = count_parameters(config)
+    except (TypeError, ValueError, AttributeError):
+        return  # a config the counter does not know: the shape checks still run later
+    if needed > 2 * stored:  # a missing tensor or an untied head is named later, precisely
+        where = ", ".join(map(str, files[:3])) + (" ..." if len(files) > 3 else "")
+        raise CheckpointError(f"{directory / CONFIG_FILE} describes a model of {needed:,} "
+                              f"parameters but {where} hold(s) {stored:,} values: one does not "
+                              "belong to the other (damaged or mismatched); download them again")
+
+
+def _elements(shape: list[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count
 
 
 def load_hf_dir(path: PathLike, *, device: torch.device | str | None = None,
