@@ -21,12 +21,11 @@ from torch import nn
 
 from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 from scratchllm.model.quantize import as_dtype
-from scratchllm.model.stats import count_parameters
 from scratchllm.weights.model_dir import tied_aliases
 from scratchllm.weights.adapter import FamilyAdapter
 from scratchllm.weights.contained import contained_file
 from scratchllm.weights.hf_gpt2 import GPT2_ADAPTER
-from scratchllm.weights.meta import empty_weights, meta_tensor_names, retie
+from scratchllm.weights.meta import check_config_fits, empty_weights, meta_tensor_names, retie
 from scratchllm.utils.json_files import read_json_object
 
 CONFIG_FILE = "config.json"
@@ -198,17 +197,8 @@ def _check_layer_count(files: list[Path], adapter: FamilyAdapter, config: Any,
         raise CheckpointError(f"{directory / CONFIG_FILE} says {wanted} layers but the weight "
                               f"files hold {max(blocks) + 1}; the config does not belong to "
                               "these weights, download it again")
-    # A damaged width (n_embd of 40,000) would have the model's modules allocate tens of GB
-    # before any shape is compared: compare the sizes first.
-    try:
-        needed = count_parameters(config)
-    except (TypeError, ValueError, AttributeError):
-        return  # a config the counter does not know: the shape checks still run later
-    if needed > 2 * stored:  # a missing tensor or an untied head is named later, precisely
-        where = ", ".join(map(str, files[:3])) + (" ..." if len(files) > 3 else "")
-        raise CheckpointError(f"{directory / CONFIG_FILE} describes a model of {needed:,} "
-                              f"parameters but {where} hold(s) {stored:,} values: one does not "
-                              "belong to the other (damaged or mismatched); download them again")
+    where = ", ".join(map(str, files[:3])) + (" ..." if len(files) > 3 else "")
+    check_config_fits(config, stored, directory / CONFIG_FILE, where)
 
 
 def _elements(shape: list[int]) -> int:

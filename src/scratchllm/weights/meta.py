@@ -10,9 +10,12 @@ hold them. ``load_state_dict(..., assign=True)`` then installs the loaded tensor
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 from torch import nn
+
+from scratchllm.errors import CheckpointError
 
 
 @contextmanager
@@ -57,3 +60,20 @@ def retie(model: nn.Module, aliases: dict[str, str]) -> None:
     for alias, source in aliases.items():
         owner, _, attr = alias.rpartition(".")
         setattr(model.get_submodule(owner), attr, model.get_parameter(source))
+
+
+def check_config_fits(config: Any, stored: int, config_file: Path, weights: str) -> None:
+    """Refuse a config that needs far more parameters than the weight files hold, before the
+    model is built: ``empty_weights`` moves each parameter to "meta" only after its module
+    allocated it, so a damaged width (an ``emb_dim`` of 40,000) would first ask for tens of
+    GB. Small shortfalls (a missing tensor, an untied head) are named precisely later."""
+    from scratchllm.model.stats import count_parameters
+
+    try:
+        needed = count_parameters(config)
+    except (TypeError, ValueError, AttributeError):
+        return  # a config the counter does not know: the shape checks still run later
+    if needed > 2 * stored:
+        raise CheckpointError(f"{config_file} describes a model of {needed:,} parameters but "
+                              f"{weights} hold(s) {stored:,} values: one does not belong to the "
+                              "other (damaged or mismatched); download or save them again")

@@ -36,7 +36,7 @@ from scratchllm.errors import CheckpointError, ConfigError, MissingFileError
 from scratchllm.model.quantize import as_dtype
 from scratchllm.model.registry import build_model, config_from_dict, family_of, get_family
 from scratchllm.weights.contained import contained_file
-from scratchllm.weights.meta import empty_weights, retie
+from scratchllm.weights.meta import check_config_fits, empty_weights, retie
 from scratchllm.utils.atomic import atomic_directory, fsync_file, give_plain_mode, write_json
 from scratchllm.utils.json_files import read_json_object
 from scratchllm.utils.outputs import MODEL, check_output_dir, owner_kind, write_marker
@@ -266,6 +266,8 @@ def load_model_dir(path: PathLike, *, device: torch.device | str | None = None,
         )
     config = config_from_header(header, directory)
     weights = read_weights(directory)
+    check_config_fits(config, sum(t.numel() for t in weights.values()),
+                      directory / CONFIG_FILE, str(directory / WEIGHTS_FILE))
     with empty_weights():  # no time spent on random init that is overwritten anyway
         model = build_model(header.get("family", FAMILY), config)
     check_weights(model, weights, directory / WEIGHTS_FILE)
