@@ -59,3 +59,15 @@ def test_atomic_writer_refuses_a_folder_before_any_work(tmp_path):
     with AtomicWriter(tmp_path / "new" / "deeper" / "file.bin") as writer:
         writer.write(b"x")  # missing folders are created, as atomic_directory does
     assert (tmp_path / "new" / "deeper" / "file.bin").read_bytes() == b"x"
+
+
+def test_a_png_in_a_scratchllm_folder_is_ours_only_where_its_kind_writes_pngs(tmp_path):
+    from scratchllm.utils.outputs import HF_EXPORT, PRETRAIN_RUN, claim_output_dir
+
+    run, export = tmp_path / "run", tmp_path / "export"
+    claim_output_dir(run, PRETRAIN_RUN)
+    claim_output_dir(export, HF_EXPORT)
+    for folder in (run, export):
+        (folder / "chart.png").write_bytes(_matplotlib_png())  # no scratchllm Software text
+    assert is_our_png(run / "chart.png")  # a run's *.png: an older version's plot
+    assert not is_our_png(export / "chart.png")  # exports write no PNG: the user's file

@@ -80,11 +80,13 @@ def save_figure(fig: "Figure", out_path: str | os.PathLike, *, dpi: int = 120) -
 
 
 def is_our_png(path: Path) -> bool:
-    """Whether ``path`` is a PNG scratchllm drew (its Software text says so), or a ``*.png``
-    in a scratchllm output folder (runs of versions before that text)."""
-    from scratchllm.utils.outputs import owner_kind
+    """Whether ``path`` is a PNG scratchllm drew (its Software text says so), or one that a
+    scratchllm folder's kind lists as its own (``*.png`` of runs from before that text)."""
+    from scratchllm.utils.outputs import foreign_entries, owner_kind
 
-    if path.suffix == ".png" and owner_kind(path.parent)[0] is not None:
+    found, patterns = owner_kind(path.parent)
+    if found is not None and path.exists() and path.name not in foreign_entries(path.parent,
+                                                                                 patterns):
         return True
     try:
         with open(path, "rb") as handle:
