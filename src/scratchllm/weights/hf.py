@@ -11,6 +11,7 @@ is returned, never as a half-loaded one.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,7 @@ def load_hf_weights(directory: Path, adapter: FamilyAdapter, config: Any, *,
     files = weight_files(directory)
     dtype = as_dtype(dtype) or _default_dtype(files)
     device = torch.device(device) if device is not None else None
-    _check_layer_count(files, adapter, config, directory)
+    _check_config_against_files(files, adapter, config, directory)
     with empty_weights():
         model = adapter.build_model(config)
     aliases = tied_aliases(model)
@@ -176,17 +177,17 @@ def load_hf_weights(directory: Path, adapter: FamilyAdapter, config: Any, *,
     return model.eval()
 
 
-def _check_layer_count(files: list[Path], adapter: FamilyAdapter, config: Any,
-                       directory: Path) -> None:
-    """config.json's layer count must match the blocks the weight files hold: checked from
+def _check_config_against_files(files: list[Path], adapter: FamilyAdapter, config: Any,
+                                directory: Path) -> None:
+    """config.json's layer count and size must match what the weight files hold: checked from
     the safetensors headers before a model is built (a damaged ``n_layer`` of millions would
-    otherwise spend minutes building modules only to fail)."""
+    otherwise spend minutes building modules only to fail, a damaged width ask for tens of GB)."""
     blocks: set[int] = set()
     stored = 0  # elements the files hold
     for path in files:
         with open_safetensors(path) as handle:
             for hf_name in handle.keys():
-                stored += _elements(handle.get_slice(hf_name).get_shape())
+                stored += math.prod(handle.get_slice(hf_name).get_shape())
                 ours = adapter.hf_to_ours(hf_name) or ""
                 head, _, rest = ours.partition(".")
                 index = rest.partition(".")[0]
@@ -199,13 +200,6 @@ def _check_layer_count(files: list[Path], adapter: FamilyAdapter, config: Any,
                               "these weights, download it again")
     where = ", ".join(map(str, files[:3])) + (" ..." if len(files) > 3 else "")
     check_config_fits(config, stored, directory / CONFIG_FILE, where)
-
-
-def _elements(shape: list[int]) -> int:
-    count = 1
-    for size in shape:
-        count *= int(size)
-    return count
 
 
 def load_hf_dir(path: PathLike, *, device: torch.device | str | None = None,
