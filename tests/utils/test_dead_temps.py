@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from scratchllm.utils.atomic import AtomicWriter, atomic_directory, temp_name
 
 
@@ -59,3 +61,58 @@ def test_a_writer_killed_between_the_two_renames_gets_its_old_folder_back(tmp_pa
     assert (target / "config.json").read_text() == '{"new": true}'
     assert live.is_dir()
     assert not any(p.name.startswith(".latest.old-") and p != live for p in tmp_path.iterdir())
+
+
+def test_replacing_a_folder_never_leaves_its_path_empty(tmp_path, monkeypatch):
+    """Where the kernel can swap two paths in one step (Linux renameat2), a reader, or a
+    writer killed at any moment, finds the old folder or the new one, never none: every
+    rename ``atomic_directory`` makes happens with ``latest`` in place."""
+    from scratchllm.utils import atomic
+
+    target = tmp_path / "latest"
+    with atomic_directory(target) as tmp:
+        (tmp / "config.json").write_text('{"v": 1}')
+    real_replace, seen = os.replace, []
+
+    def watched_replace(src, dst):
+        seen.append(target.is_dir())
+        real_replace(src, dst)
+        seen.append(target.is_dir())
+
+    monkeypatch.setattr(atomic.os, "replace", watched_replace)
+    probe_a, probe_b = tmp_path / "a", tmp_path / "b"
+    probe_a.mkdir(), probe_b.mkdir()
+    if not atomic.exchange_paths(probe_a, probe_b):
+        pytest.skip("this kernel or filesystem cannot swap two paths in one step")
+    with atomic_directory(target) as tmp:
+        (tmp / "config.json").write_text('{"v": 2}')
+    assert all(seen)
+    assert (target / "config.json").read_text() == '{"v": 2}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "latest"]
+
+
+def test_exchange_paths_swaps_two_folders_and_reports_a_missing_one(tmp_path):
+    from scratchllm.utils.atomic import exchange_paths
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "x").write_text("from a")
+    (b / "y").write_text("from b")
+    if not exchange_paths(a, b):
+        pytest.skip("this kernel or filesystem cannot swap two paths in one step")
+    assert [p.name for p in a.iterdir()] == ["y"] and [p.name for p in b.iterdir()] == ["x"]
+    with pytest.raises(FileNotFoundError):
+        exchange_paths(tmp_path / "missing", a)
+
+
+def test_without_the_swap_two_renames_still_replace_the_folder(tmp_path, monkeypatch):
+    """Other systems (macOS, Windows, old kernels) take the two-rename path."""
+    from scratchllm.utils import atomic
+
+    monkeypatch.setattr(atomic, "exchange_paths", lambda a, b: False)
+    target = tmp_path / "latest"
+    for version in (1, 2):
+        with atomic_directory(target) as tmp:
+            (tmp / "config.json").write_text(f'{{"v": {version}}}')
+    assert (target / "config.json").read_text() == '{"v": 2}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]

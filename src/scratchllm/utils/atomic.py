@@ -6,9 +6,12 @@ the target (a rename within one filesystem is atomic). A crash leaves only a ``.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from contextlib import contextmanager
@@ -185,12 +188,58 @@ def write_json(path: Path, value: Any) -> None:
         os.fsync(handle.fileno())
 
 
-def replace_directory(new: Path, final: Path) -> None:
-    """Rename ``new`` onto ``final``; an old ``final`` is moved aside first, deleted last.
+_RENAME_EXCHANGE = 2  # linux/fs.h; renameat2() swaps two paths in one step
+_AT_FDCWD = -100
 
-    ``os.replace`` cannot overwrite a non-empty directory, so the old one is renamed to a
-    hidden name; if installing the new one fails, the old one is put back.
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap what ``a`` and ``b`` name in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``); False where the system or filesystem cannot, and nothing moved.
+
+    Why: replacing a folder with two renames leaves a moment with no folder at all, and a
+    writer killed in it leaves none until the next write; a swap has no such moment."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # a libc without the wrapper (glibc < 2.28, some musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+        return False  # kernel or filesystem without the flag: the caller falls back
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _remove_tree_or_file(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def replace_directory(new: Path, final: Path) -> None:
+    """Put folder ``new`` in place of ``final``: a reader sees the old folder or the new one.
+
+    An existing ``final`` is swapped with ``new`` in one step where the system can
+    (``exchange_paths``), then the old contents, now under ``new``'s temp name, are deleted;
+    a writer killed before that leaves only a dead temp, removed by the next write. Elsewhere
+    ``os.replace``, which cannot overwrite a non-empty folder, needs two renames: the old
+    ``final`` is parked under a hidden name first and put back if installing the new fails
+    (or, after a kill, by the next write's ``remove_dead_temps``).
     """
+    if os.path.lexists(final) and exchange_paths(new, final):
+        fsync_dir(final.parent)
+        _remove_tree_or_file(new)
+        return
     aside = None
     if final.exists():
         aside = final.with_name(aside_name(final))
@@ -203,16 +252,23 @@ def replace_directory(new: Path, final: Path) -> None:
         raise
     fsync_dir(final.parent)
     if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+        _remove_tree_or_file(aside)
+
+
+def new_temp_dir(final: Path) -> Path:
+    """An empty temp folder beside ``final`` that ``replace_directory`` can put in its place
+    (dead writers' leftovers of ``final`` are cleaned first)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(final)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_name(final), dir=final.parent))
+    os.chmod(tmp, _DIR_MODE)  # the finished folder reads like any other the user makes
+    return tmp
 
 
 @contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a temp dir beside ``final``; on success it replaces ``final``, on error it vanishes."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temps(final)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_name(final), dir=final.parent))
-    os.chmod(tmp, _DIR_MODE)  # the finished folder reads like any other the user makes
+    tmp = new_temp_dir(final)
     try:
         yield tmp
         fsync_dir(tmp)

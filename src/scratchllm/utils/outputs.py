@@ -18,14 +18,13 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from scratchllm.errors import ConfigError
-from scratchllm.utils.atomic import aside_name, atomic_write_json, fsync_dir
+from scratchllm.utils.atomic import atomic_write_json, new_temp_dir, replace_directory
 
 MARKER = ".scratchllm"
 # Leftovers of an interrupted atomic write (utils.atomic): always scratchllm's own.
@@ -153,12 +152,9 @@ def check_output_dir(path: str | os.PathLike, kind: OutputKind, *, overwrite: bo
 
 
 def clear_output_dir(directory: Path) -> None:
-    """Empty a folder ``check_output_dir`` approved for replacing (renamed aside, then deleted)."""
-    aside = directory.with_name(aside_name(directory))
-    os.replace(directory, aside)
-    directory.mkdir()
-    fsync_dir(directory.parent)
-    shutil.rmtree(aside, ignore_errors=True)
+    """Empty a folder ``check_output_dir`` approved for replacing: an empty folder takes its
+    place in one step where the system can (``replace_directory``), then the old is deleted."""
+    replace_directory(new_temp_dir(directory), directory)
 
 
 def prepare_output_dir(path: str | os.PathLike, kind: OutputKind, *, overwrite: bool = False,
