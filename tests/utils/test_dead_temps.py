@@ -116,3 +116,49 @@ def test_without_the_swap_two_renames_still_replace_the_folder(tmp_path, monkeyp
             (tmp / "config.json").write_text(f'{{"v": {version}}}')
     assert (target / "config.json").read_text() == '{"v": 2}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
+
+
+_REWRITER = """
+import sys, time
+from pathlib import Path
+from scratchllm.utils.atomic import atomic_directory
+target, version = Path(sys.argv[1]), 0
+print("ready", flush=True)
+while True:
+    version += 1
+    with atomic_directory(target) as tmp:
+        (tmp / "weights.bin").write_bytes(bytes([version % 256]) * 200_000)
+        (tmp / "config.json").write_text(str(version % 256))
+"""
+
+
+def test_a_writer_sigkilled_at_any_moment_leaves_a_whole_folder(tmp_path):
+    """A real process rewrites a folder in a loop and is SIGKILLed at 12 moments: each time the
+    folder is there and whole (its two files agree) before anything is cleaned up, and the
+    next writer removes what the killed one left."""
+    import random
+    import signal
+    import time
+
+    from scratchllm.utils.atomic import exchange_paths, remove_dead_temps
+
+    target, probe = tmp_path / "latest", tmp_path / "probe"
+    target.mkdir(), probe.mkdir()
+    if not exchange_paths(target, probe):
+        pytest.skip("this kernel or filesystem cannot swap two paths in one step")
+    probe.rmdir()
+    (target / "weights.bin").write_bytes(bytes([0]) * 200_000)
+    (target / "config.json").write_text("0")
+    rng = random.Random(0)
+    for _ in range(12):
+        proc = subprocess.Popen([sys.executable, "-c", _REWRITER, str(target)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.01, 0.15))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        version = int((target / "config.json").read_text())  # before any clean-up
+        assert (target / "weights.bin").read_bytes() == bytes([version]) * 200_000
+        remove_dead_temps(target)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
