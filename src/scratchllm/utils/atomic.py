@@ -69,6 +69,16 @@ def _dead_leftovers(path: Path, kind: str) -> list[Path]:
     return dead
 
 
+def _remove_tree_or_file(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
 def remove_dead_temps(path: Path) -> None:
     """Clean up after a writer of ``path`` that was killed mid-write (SIGKILL, a crash):
     nothing cleaned up after it, and a model-sized temp folder would otherwise stay in the
@@ -82,13 +92,7 @@ def remove_dead_temps(path: Path) -> None:
         os.replace(newest, path)
         asides.remove(newest)
     for child in _dead_leftovers(path, "tmp") + asides:
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            try:
-                child.unlink()
-            except OSError:
-                pass
+        _remove_tree_or_file(child)
 
 
 class AtomicWriter:
@@ -214,16 +218,6 @@ def exchange_paths(a: Path, b: Path) -> bool:
     if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
         return False  # kernel or filesystem without the flag: the caller falls back
     raise OSError(err, os.strerror(err), str(b))
-
-
-def _remove_tree_or_file(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            path.unlink()
-        except OSError:
-            pass
 
 
 def replace_directory(new: Path, final: Path) -> None:
