@@ -56,8 +56,11 @@ def test_a_mistyped_local_path_is_not_sent_to_the_hub(offline, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     assert not is_hub_name("runs/mine-typo") and is_hub_name("owner/repo")
-    with pytest.raises(MissingFileError, match="runs/mine-typo does not exist"):
+    with pytest.raises(MissingFileError, match="runs/mine-typo does not exist") as info:
         resolve_source("runs/mine-typo")
+    # and it says why it was not taken for a Hub name, and how to get that model if it was one
+    assert "./runs is a folder here" in str(info.value)
+    assert "scratchllm download runs/mine-typo" in str(info.value)
 
 
 def test_manual_instructions_without_a_cache_dir_read_plainly(offline):

@@ -86,6 +86,12 @@ def resolve_source(source: str | os.PathLike) -> tuple[Path, str]:
         raise MissingFileError(f"{path} is a file; pass the directory that holds config.json")
     if is_hub_name(str(source)):
         return download(str(source)), "hf"
+    owner = str(source).split("/")
+    if len(owner) == 2 and all(owner) and Path(owner[0]).is_dir():
+        raise MissingFileError(
+            f"{source} does not exist; it was read as a local path because ./{owner[0]} is a "
+            f"folder here. If you meant the Hugging Face Hub model {source}, run "
+            f"`scratchllm download {source}` and pass the directory it prints")
     raise MissingFileError(f"{source} does not exist and is not a Hub name; pass a model "
                            "directory, or a name like gpt2, gpt2-medium or owner/repo")
 
