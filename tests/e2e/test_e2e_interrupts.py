@@ -203,3 +203,130 @@ def test_sigkill_mid_export_keeps_the_last_export_and_the_next_one_sweeps_up(
     again = tree_bytes(out)
     assert again.pop(".scratchllm") and before.pop(".scratchllm")  # it holds the time written
     assert again == before
+
+
+# --------------------------------------------------------------------------- evaluate judge
+
+class _SlowJudge:
+    """An Ollama stand-in on 127.0.0.1 that thinks ``delay`` seconds per request and gives
+    every answer 70; ``stop()`` takes it down as a crashed judge goes (connections refused)."""
+
+    def __init__(self, delay: float = 0.1) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        judge = self
+        self.delay, self.asked = delay, 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                self.rfile.read(int(self.headers["Content-Length"]))
+                judge.asked += 1
+                time.sleep(judge.delay)
+                body = json.dumps({"message": {"role": "assistant", "content": "Score: 70"}})
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body.encode())
+                except OSError:
+                    pass  # the client hung up (it was stopped)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def slow_judge():
+    judge = _SlowJudge()
+    yield judge
+    judge.stop()
+
+
+@pytest.fixture
+def forty_answers(tmp_path) -> Path:
+    import json
+
+    path = tmp_path / "test_responses.json"
+    path.write_text(json.dumps([{"instruction": f"Say {i}.", "input": "", "output": str(i),
+                                 "model_response": str(i)} for i in range(40)]))
+    return path
+
+
+def _judged(items: Path) -> list[int]:
+    """The indexes in the per-item log; every line must be whole JSON (none cut mid-line)."""
+    import json
+
+    text = items.read_text(encoding="utf-8")
+    assert text.endswith("\n"), text[-200:]
+    return [json.loads(line)["index"] for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_judge_stopped_mid_run_keeps_whole_items_and_resume_asks_only_the_rest(
+        cli, cli_runner, slow_judge, forty_answers, tmp_path, signum):
+    """Ctrl-C or SIGTERM while 4 requests are in flight: exit 130/143 with one line, at once
+    (SIGTERM used to be swallowed inside asyncio/anyio now and then: all 40 items judged,
+    then exit 143 with no scores file), the per-item log whole lines only, no scores file
+    yet; ``--resume`` asks the judge only about the items not kept."""
+    out = tmp_path / "scores.json"
+    items = out.with_suffix(".jsonl")
+    argv = ["evaluate", "judge", "--responses", forty_answers, "--endpoint", slow_judge.url,
+            "--workers", "4", "--out", out]
+    started = cli_runner.start(argv)
+    _wait_for(lambda: items.is_file() and items.read_bytes().count(b"\n") >= 5,
+              started, cli_runner)
+    cli_runner.signal(started, signum)
+    done = cli_runner.finish(started, timeout=30)
+    assert done.returncode == 128 + signum, done.stderr
+    word = "interrupted" if signum == signal.SIGINT else "stopped by SIGTERM"
+    assert done.stderr.splitlines()[-1] == f"scratchllm evaluate: {word}", done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    kept = _judged(items)
+    assert 5 <= len(kept) <= 5 + 4 + 2 and len(set(kept)) == len(kept), kept  # stopped at once
+    assert not out.exists()
+    asked = slow_judge.asked
+    proc = cli([*argv, "--resume"])
+    assert slow_judge.asked - asked == 40 - len(kept)
+    assert sorted(_judged(items)) == list(range(40))
+    assert "average score: 70.00 / 100 over 40 responses" in proc.stdout
+
+
+def test_a_judge_that_dies_mid_run_is_one_line_and_resume_goes_on_elsewhere(
+        cli, cli_runner, slow_judge, forty_answers, tmp_path):
+    """The judge server goes away mid-run: one line saying how many items are kept and to
+    add --resume (not a traceback, not a hang); resuming against another judge server of
+    the same model asks it only about the rest."""
+    out = tmp_path / "scores.json"
+    items = out.with_suffix(".jsonl")
+    argv = ["evaluate", "judge", "--responses", forty_answers, "--workers", "2", "--out", out,
+            "--retries", "1"]
+    started = cli_runner.start([*argv, "--endpoint", slow_judge.url])
+    _wait_for(lambda: items.is_file() and items.read_bytes().count(b"\n") >= 5,
+              started, cli_runner)
+    slow_judge.stop()
+    done = cli_runner.finish(started, timeout=60)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("scratchllm evaluate: error: ") and "Traceback" not in done.stderr
+    kept = _judged(items)
+    assert f"the {len(kept)} items judged so far are kept in {items}" in last, last
+    assert "add --resume" in last and not out.exists()
+    other = _SlowJudge(delay=0)
+    try:
+        cli([*argv, "--endpoint", other.url, "--resume"])
+    finally:
+        other.stop()
+    assert other.asked == 40 - len(kept)
+    assert sorted(_judged(items)) == list(range(40))

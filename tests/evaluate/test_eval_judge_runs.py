@@ -163,3 +163,48 @@ def test_an_unreachable_judge_leaves_no_empty_item_file(tmp_path):
         judge_responses(entries(2), JudgeClient(f"http://127.0.0.1:{port}", retries=0),
                         items_path=items)
     assert not items.exists()
+
+
+class _Stopped(BaseException):
+    """What a caller's SIGTERM handler raises (the CLI's is ``Terminated``)."""
+
+
+def test_sigterm_reaches_the_callers_handler_after_the_requests_unwind(judge_server, tmp_path):
+    """SIGTERM mid-run: the caller's handler runs once the event loop has closed, not inside
+    it, where asyncio and anyio catch or defer a BaseException raised at a random moment (a
+    real ``kill`` was seen to let all 40 items be judged, then exit 143 with no scores). The
+    run stops at once; the items finished stay in the log and --resume asks only the rest."""
+    import os
+    import signal
+
+    judge_server.delay = 0.05
+    seen: list[bool] = []
+
+    def handler(signum, frame) -> None:
+        try:
+            asyncio.get_running_loop()
+            seen.append(True)
+        except RuntimeError:
+            seen.append(False)
+        raise _Stopped
+
+    def on_item(index: int, score) -> None:
+        if len(items.read_text().splitlines()) == 3 and not seen:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    items = tmp_path / "scores.jsonl"
+    client = JudgeClient(judge_server.url, retries=0)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(_Stopped):
+            judge_responses(entries(20), client, workers=2, items_path=items, on_item=on_item)
+        assert signal.getsignal(signal.SIGTERM) is handler  # the caller's handler is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [False]  # called once, outside the loop
+    kept = [json.loads(line)["index"] for line in items.read_text().splitlines()]
+    asked = len(judge_server.requests)
+    assert 3 <= len(kept) <= asked <= 5  # the requests in flight at the signal, no new ones
+    result = judge_responses(entries(20), client, workers=2, items_path=items, resume=True)
+    assert len(judge_server.requests) - asked == 20 - len(kept)
+    assert result.scores == [50] * 20

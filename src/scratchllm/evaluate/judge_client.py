@@ -16,6 +16,9 @@ import asyncio
 import builtins
 import errno
 import json
+import os
+import signal
+import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -202,6 +205,50 @@ def run_sync(make: Callable[[], Awaitable[T]]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(make())
+        return _run_deferring_sigterm(make)
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(lambda: asyncio.run(make())).result()
+
+
+def _run_deferring_sigterm(make: Callable[[], Awaitable[T]]) -> T:
+    """``asyncio.run``, taking SIGTERM the way asyncio takes Ctrl-C: the coroutine is cancelled
+    and its requests unwind, and only then, outside the loop, is the handler that was there
+    before (the CLI's raises ``Terminated``; the default ends the process) given the signal.
+
+    Why: a handler that raises at a random moment inside the loop can land in asyncio's or
+    anyio's own machinery, which catches or defers it, and the run goes on to the end."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or \
+            previous in (signal.SIG_IGN, None):
+        return asyncio.run(make())
+    caught: list[int] = []
+    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task]] = []
+
+    async def main() -> T:
+        running.append((asyncio.get_running_loop(), asyncio.current_task()))
+        if caught:  # the signal came before the loop started
+            raise asyncio.CancelledError
+        return await make()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        if running:
+            loop, task = running[0]
+            loop.call_soon_threadsafe(task.cancel)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        result = asyncio.run(main())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if caught:
+            _deliver(previous, caught[0])
+    return result
+
+
+def _deliver(handler: Any, signum: int) -> None:
+    """Hand a deferred signal to ``handler`` as the interpreter would have."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)  # the default action: the process ends
