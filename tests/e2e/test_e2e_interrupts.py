@@ -330,3 +330,104 @@ def test_a_judge_that_dies_mid_run_is_one_line_and_resume_goes_on_elsewhere(
         other.stop()
     assert other.asked == 40 - len(kept)
     assert sorted(_judged(items)) == list(range(40))
+
+
+# --------------------------------------------------------------------------- chat
+
+@pytest.fixture(scope="module")
+def chatty_model(e2e_root) -> Path:
+    """A random model with GPT-2's 50,257 tokens: it all but never picks the end token, so
+    an answer runs its full --max-new-tokens and is still streaming when the signal comes."""
+    from scratchllm.model.config import GPTConfig
+    from scratchllm.model.gpt import GPTModel
+    from scratchllm.tokenizers.gpt2 import GPT2Tokenizer
+    from scratchllm.weights.model_dir import save_model_dir
+
+    import torch
+
+    torch.manual_seed(0)
+    out = e2e_root / "interrupts" / "chatty"
+    save_model_dir(out, GPTModel(GPTConfig.preset("tiny", context_length=1024)), GPT2Tokenizer())
+    return out
+
+
+def _streaming(started, bytes_out: int = 20):
+    """A condition: the answer has begun on stdout (after the banner, which goes to stderr)."""
+    out = Path(started[2]["stdout"])
+    return lambda: out.is_file() and out.stat().st_size >= bytes_out
+
+
+def test_chat_sigterm_mid_answer_ends_the_answer_line_then_one_line(cli_runner, chatty_model):
+    """SIGTERM while an answer streams: exit 143; the cut answer's line is ended, so the
+    reason is a line of its own (it used to run on after the answer's last word)."""
+    started = cli_runner.start(["chat", "--model", chatty_model, "--max-new-tokens", "900",
+                                "--device", "cpu"], stdin="Hello\n/quit\n")
+    _wait_for(_streaming(started), started, cli_runner)
+    cli_runner.signal(started, signal.SIGTERM)
+    done = cli_runner.finish(started, timeout=30)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert done.stdout.endswith("\n") and done.stdout.count("\n") == 1, done.stdout[-200:]
+    assert done.stderr.splitlines()[-1] == "scratchllm chat: stopped by SIGTERM"
+    assert "Traceback" not in done.stderr
+
+
+def test_chat_ctrl_c_mid_answer_keeps_the_chat_and_end_of_input_ends_it(cli_runner,
+                                                                         chatty_model):
+    """Ctrl-C stops only the answer (a note on stderr, the cut answer's line ended); the
+    next message is answered in full, and the end of input ends the chat with exit 0."""
+    started = cli_runner.start(["chat", "--model", chatty_model, "--max-new-tokens", "60",
+                                "--device", "cpu"], stdin="Hello\nAgain\n")
+    _wait_for(_streaming(started, 2), started, cli_runner)
+    cli_runner.signal(started, signal.SIGINT)
+    done = cli_runner.finish(started, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("[answer stopped; kept in the history as cut]") == 1, done.stderr
+    cut, full = done.stdout.split("\n")[:2]
+    assert done.stdout == f"{cut}\n{full}\n" and len(full) > len(cut)
+
+
+def test_chat_sigterm_at_a_terminal_prompt_leaves_the_terminal_as_it_was(cli_runner,
+                                                                         chatty_model):
+    """``chat`` on a real terminal (a pty: readline is on) and SIGTERM at the ``> `` prompt:
+    exit 143, the terminal's modes as before (echo and line editing back), and the reason on
+    its own line, not after ``> ``."""
+    import pty
+    import select
+    import sys
+    import termios
+
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen([sys.executable, "-m", "scratchllm", "chat", "--model",
+                             chatty_model, "--device", "cpu"], stdin=slave, stdout=slave,
+                            stderr=slave, env=cli_runner.env, cwd=cli_runner.cwd)
+    shown = b""
+
+    def read(seconds: float) -> None:
+        nonlocal shown
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if select.select([master], [], [], 0.02)[0]:
+                try:
+                    shown += os.read(master, 65536)
+                except OSError:  # the child closed its side
+                    return
+
+    try:
+        deadline = time.monotonic() + 60
+        while not shown.endswith(b"> ") and proc.poll() is None:
+            assert time.monotonic() < deadline, shown
+            read(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM, shown
+        read(0.2)
+        assert termios.tcgetattr(slave) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
+    text = shown.decode("utf-8", "replace")
+    assert text.endswith("> \r\nscratchllm chat: stopped by SIGTERM\r\n"), text[-300:]
+    assert "Traceback" not in text

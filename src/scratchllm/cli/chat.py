@@ -55,18 +55,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# Whether the terminal's current line holds text (the "> " prompt, or an answer being
+# streamed): a chat ended by SIGTERM there ends that line first, so the one line the CLI
+# prints about it starts a line of its own instead of running on after "> " or the answer.
+_LINE = {"open": False}
+
+
 def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
 def _read_line(interactive: bool) -> str | None:
     """The next message, or None at end of input (Ctrl-D, or the end of piped stdin)."""
+    _LINE["open"] = interactive
     try:
-        return input("> " if interactive else "")
+        line = input("> " if interactive else "")
     except EOFError:
+        _LINE["open"] = False
         if interactive:
             print()
         return None
+    _LINE["open"] = False  # the user's Enter ended it
+    return line
 
 
 def _answer(session, text: str) -> None:
@@ -81,19 +91,24 @@ def _answer(session, text: str) -> None:
         for piece in reply:
             sys.stdout.write(piece)
             sys.stdout.flush()
+            _LINE["open"] = True
     except ScratchLLMError as err:  # too long for the context, refused by the template, ...
         _note(f"not sent: {' '.join(str(err).split())}")
         return
     except KeyboardInterrupt:
         if reply is not None:
             reply.stop()
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        _end_line()
         _note("[answer stopped; kept in the history as cut]" if reply is not None
               else "[stopped before the answer began]")
         return
+    _end_line()
+
+
+def _end_line() -> None:
     sys.stdout.write("\n")
     sys.stdout.flush()
+    _LINE["open"] = False
 
 
 def _command(session, line: str) -> bool:
@@ -149,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
         _loop(session, interactive)
     except KeyboardInterrupt:  # Ctrl-C at the prompt (or between answers): leave quietly
         print(file=sys.stderr)
+    except BaseException:  # SIGTERM at the prompt or mid-answer: the CLI says so, on its line
+        if _LINE["open"]:
+            _end_line()
+        raise
     return 0
 
 
