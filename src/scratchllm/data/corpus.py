@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from scratchllm.utils.outputs import PREPARED, claim_output_dir
-from scratchllm.utils.atomic import AtomicWriter, atomic_write_json
+from scratchllm.utils.outputs import PREPARED, check_output_dir, write_marker
+from scratchllm.utils.atomic import atomic_directory, write_json
 from scratchllm.data.chunking import Piece, read_piece, split_file
 from scratchllm.data.sliding_window import EOT_TEXT
 from scratchllm.data.text_files import find_text_files
@@ -180,6 +180,43 @@ def _run_pieces(pieces: list[Piece], search: int, dtype: str, eot_id: int | None
             yield pending.popleft().result()
 
 
+def _swap_target(out: Path) -> Path:
+    """The folder the new set replaces: for a symlinked ``--out``, the folder it points to (the
+    user's link stays as it is and still leads to the data)."""
+    return out.resolve() if out.is_symlink() else out
+
+
+def _write_splits(folder: Path, pieces: list[Piece], splits: list[str], used: list[str],
+                  stream: Any, files_total: int,
+                  progress: Callable[[PrepareProgress], None] | None) -> tuple[dict, dict, dict]:
+    """Stream every piece's ids into ``folder/{split}.bin``; (token counts, sha256, sources)."""
+    handles = {s: open(folder / f"{s}.bin", "wb") for s in used}
+    hashers = {s: hashlib.sha256() for s in used}
+    counts = {s: 0 for s in used}
+    sources: dict[str, list[str]] = {s: [] for s in used}
+    total_bytes = sum(p.nominal_bytes for p in pieces)
+    done_bytes, start = 0, time.perf_counter()
+    try:
+        for i, (piece, split, ids) in enumerate(zip(pieces, splits, stream)):
+            data = ids.tobytes()
+            handles[split].write(data)
+            hashers[split].update(data)
+            counts[split] += int(ids.size)
+            if not sources[split] or sources[split][-1] != piece.path:
+                sources[split].append(piece.path)
+            done_bytes += piece.nominal_bytes
+            if progress is not None:
+                progress(PrepareProgress(i + 1, len(pieces), files_total, done_bytes, total_bytes,
+                                         sum(counts.values()), time.perf_counter() - start))
+        for handle in handles.values():
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return counts, {s: h.hexdigest() for s, h in hashers.items()}, sources
+
+
 def prepare_corpus(
     inputs: list[str | os.PathLike] | str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -197,8 +234,14 @@ def prepare_corpus(
 
     Deterministic for a given (inputs, tokenizer, val_fraction, seed, chunk_bytes): the worker
     count changes only the speed. ``workers=None`` uses up to 8 CPU cores. ``out_dir`` must be
-    new, empty, or an earlier ``prepare`` output replaced with ``overwrite`` (file by file, so a
-    failed rerun keeps the old files; a folder holding anyone else's files is never touched).
+    new, empty, or an earlier ``prepare`` output replaced with ``overwrite`` (a folder holding
+    anyone else's files is never touched).
+
+    The set is one unit: it is written whole into a temp folder beside ``out_dir`` that then
+    takes ``out_dir``'s place in one step (``utils.atomic.replace_directory``). Why: the four
+    files belong together (a sidecar describes its ``.bin``, train and val share a tokenizer),
+    so a run killed at any moment must leave the complete old set or the complete new one,
+    never a mix that only a rerun can repair. A killed run's temp folder is removed by the next.
     """
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
@@ -215,44 +258,25 @@ def prepare_corpus(
     dtype = token_dtype(int(tokenizer.vocab_size))
     pieces, splits, chunk = _plan(files, chunk_bytes, float(val_fraction), int(seed), eot)
     used = [s for s in SPLITS if s in splits]
-    out = claim_output_dir(out_dir, PREPARED, overwrite=overwrite)  # files replaced atomically
+    out = Path(out_dir).expanduser()
+    check_output_dir(out, PREPARED, overwrite=overwrite)  # refuse before any work
 
-    writers = {s: AtomicWriter(out / f"{s}.bin") for s in used}
-    hashers = {s: hashlib.sha256() for s in used}
-    counts = {s: 0 for s in used}
-    sources: dict[str, list[str]] = {s: [] for s in used}
-    total_bytes = sum(p.nominal_bytes for p in pieces)
-    done_bytes, start = 0, time.perf_counter()
-    try:
+    start = time.perf_counter()
+    with atomic_directory(_swap_target(out)) as tmp:
+        write_marker(tmp, PREPARED)
         stream = _run_pieces(pieces, chunk, dtype.str, eot_id, tokenizer, workers)
-        for i, (piece, split, ids) in enumerate(zip(pieces, splits, stream)):
-            data = ids.tobytes()
-            writers[split].write(data)
-            hashers[split].update(data)
-            counts[split] += int(ids.size)
-            if not sources[split] or sources[split][-1] != piece.path:
-                sources[split].append(piece.path)
-            done_bytes += piece.nominal_bytes
-            if progress is not None:
-                progress(PrepareProgress(i + 1, len(pieces), len(files), done_bytes, total_bytes,
-                                         sum(counts.values()), time.perf_counter() - start))
+        counts, digests, sources = _write_splits(tmp, pieces, splits, used, stream, len(files),
+                                                 progress)
         for split in used:
-            writers[split].commit()
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
-    for split in used:  # sidecars last: a sidecar only ever describes a complete .bin
-        meta = {
-            "format": FORMAT, "version": FORMAT_VERSION, "split": split,
-            "dtype": dtype.name, "byte_order": "little", "num_tokens": counts[split],
-            "sha256": hashers[split].hexdigest(), "tokenizer": tokenizer.to_dict(),
-            "eot_id": eot_id if eot else None, "val_fraction": float(val_fraction),
-            "seed": int(seed), "chunk_bytes": chunk, "sources": sorted(set(sources[split])),
-        }
-        atomic_write_json(out / f"{split}.json", meta)
-    for split in set(SPLITS) - set(used):  # stale files from an earlier run would mislead
-        for suffix in (".bin", ".json"):
-            (out / f"{split}{suffix}").unlink(missing_ok=True)
+            write_json(tmp / f"{split}.json", {
+                "format": FORMAT, "version": FORMAT_VERSION, "split": split,
+                "dtype": dtype.name, "byte_order": "little", "num_tokens": counts[split],
+                "sha256": digests[split], "tokenizer": tokenizer.to_dict(),
+                "eot_id": eot_id if eot else None, "val_fraction": float(val_fraction),
+                "seed": int(seed), "chunk_bytes": chunk, "sources": sorted(set(sources[split])),
+            })
+        # again at the swap: files the user put into out_dir meanwhile are never replaced
+        check_output_dir(out, PREPARED, overwrite=overwrite)
+    total_bytes = sum(p.nominal_bytes for p in pieces)
     return PreparedCorpus(out, files, {s: counts.get(s, 0) for s in SPLITS}, total_bytes,
                           time.perf_counter() - start, dtype.name)
