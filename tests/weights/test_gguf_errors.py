@@ -122,3 +122,14 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, gpt, tok):
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and not out.exists()
     assert issubclass(ConfigError, ScratchLLMError)
+
+
+def test_a_name_without_the_gguf_suffix_is_refused_before_any_work(tmp_path, gpt, tok):
+    """llama.cpp's tools, Ollama's ``FROM`` and the README all name a GGUF ``*.gguf``; a bare
+    ``out/sft`` was written as a suffix-less file where a folder was likely meant."""
+    for name in ("sft", "sft.bin", "sft.v2"):
+        with pytest.raises(ConfigError) as err:
+            write_gguf(gpt, tok, tmp_path / name)
+        assert f"{tmp_path / name}.gguf" in str(err.value) and "*.gguf" in str(err.value)
+    assert not list(tmp_path.iterdir())
+    assert write_gguf(gpt, tok, tmp_path / "Upper.GGUF").is_file()  # the suffix in any case

@@ -19,9 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--to", choices=["hf", "gguf", "ollama"], default="hf",
                    help="target format: hf (a transformers directory), gguf (one file for "
                    "llama.cpp) or ollama (a folder with model.gguf and a Modelfile)")
-    p.add_argument("out", help="output directory (a .gguf file path for --to gguf): new or "
-                   "empty (an earlier export is replaced only with --overwrite; anything else "
-                   "is refused)")
+    p.add_argument("out", help="output directory (for --to gguf: a file path ending in "
+                   ".gguf): new or empty (an earlier export is replaced only with --overwrite; "
+                   "anything else is refused)")
     p.add_argument("--type", default=None, dest="gguf_type",
                    help="GGUF tensor type for --to gguf/ollama: f32, f16, bf16 or q8_0 "
                    "(default: the weights' own dtype)")

@@ -55,11 +55,19 @@ def is_scratchllm_gguf(path: Path, scan: int = 8) -> bool:
 
 def check_gguf_target(path: str | os.PathLike, *, overwrite: bool = False,
                       what: str = "OUT") -> Path:
-    """Refuse, before any work, a target scratchllm may not write: a folder, anyone else's
-    file (even with --overwrite), or an earlier export without --overwrite."""
+    """Refuse, before any work, a target scratchllm may not write: a folder, a name without
+    the ``.gguf`` suffix, anyone else's file (even with --overwrite), or an earlier export
+    without --overwrite.
+
+    Why the suffix: llama.cpp's tools, Ollama and the README name a GGUF ``*.gguf``, and a bare
+    ``out/sft`` was most likely meant as a folder (``--to hf`` and ``--to ollama`` take one);
+    writing a suffix-less file there surprises both the user and the next command."""
     target = Path(path).expanduser()
     if target.is_dir():
         raise ConfigError(f"{what} {target} is a folder; give the path of a .gguf file")
+    if target.suffix.lower() != ".gguf":
+        raise ConfigError(f"{what} {target} does not end in .gguf; a GGUF export is one file "
+                          f"named *.gguf: give e.g. {target}.gguf")
     if target.exists():
         if not is_scratchllm_gguf(target):
             raise ConfigError(f"{what} {target} exists and was not written by scratchllm; "
