@@ -431,3 +431,46 @@ def test_chat_sigterm_at_a_terminal_prompt_leaves_the_terminal_as_it_was(cli_run
     text = shown.decode("utf-8", "replace")
     assert text.endswith("> \r\nscratchllm chat: stopped by SIGTERM\r\n"), text[-300:]
     assert "Traceback" not in text
+
+
+# --------------------------------------------------------------------------- serve
+
+@pytest.mark.parametrize("second", [None, signal.SIGINT], ids=["drain-deadline", "ctrl-c-again"])
+def test_serve_sigterm_mid_stream_cuts_it_at_the_deadline_and_exits(cli_runner, chatty_model,
+                                                                    second):
+    """SIGTERM while a 1000-token stream runs: past --drain-timeout (or at a Ctrl-C that
+    follows the SIGTERM: force quit) the server closes the stream, which the client sees as
+    a cut body, not a hang, and exits 0 at once; the cancelled request is no traceback in
+    the log (uvicorn printed a CancelledError traceback per cut request, and for the app's
+    lifespan on a force quit)."""
+    import httpx
+
+    from e2e_support import start_serve
+
+    drain = "0.5" if second is None else "30"
+    server, base = start_serve(cli_runner, ["--model", chatty_model, "--device", "cpu",
+                                            "--max-batch", "2", "--drain-timeout", drain])
+    events, outcome = 0, None
+    try:
+        with httpx.stream("POST", f"{base}/v1/completions", trust_env=False, timeout=60,
+                          json={"prompt": "Once", "max_tokens": 1000, "temperature": 0,
+                                "stream": True}) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue  # the blank line after each event
+                events += 1
+                if events == 3:
+                    cli_runner.signal(server, signal.SIGTERM)
+                    signalled = time.monotonic()
+                    if second is not None:
+                        time.sleep(0.2)
+                        cli_runner.signal(server, second)
+                assert line != "data: [DONE]", "the stream finished before the deadline"
+    except httpx.RemoteProtocolError as err:  # the body ended mid-chunk: the cut
+        outcome = err
+    finally:
+        done = cli_runner.finish(server, timeout=60)
+    assert outcome is not None and 3 <= events < 1000
+    assert time.monotonic() - signalled < float(drain) + 10
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "CancelledError" not in done.stderr, done.stderr

@@ -8,6 +8,8 @@ background thread on a free port, for tests, notebooks and the benchmark.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
 import socket
@@ -49,6 +51,19 @@ def uvicorn_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000,
                           access_log=log_level == "debug")
 
 
+class _QuietCancelled(logging.Filter):
+    """Drops the traceback uvicorn logs for each request (and the app's lifespan) it cancels
+    on the way out, past ``drain_timeout`` or at a Ctrl-C during the drain. Its own line
+    ("Cancel N running task(s), timeout graceful shutdown exceeded") says what happened;
+    a CancelledError traceback after it reads as a crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+            return False
+        text = record.msg if isinstance(record.msg, str) else ""
+        return not (text.startswith("Traceback") and text.rstrip().endswith("CancelledError"))
+
+
 def run(engine: Engine, config: ServerConfig, *, host: str = "127.0.0.1", port: int = 8000,
         drain_timeout: float = 30.0, log_level: str = "info") -> None:
     """Serve until SIGTERM/SIGINT, then drain and return."""
@@ -63,10 +78,13 @@ def run(engine: Engine, config: ServerConfig, *, host: str = "127.0.0.1", port: 
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, lambda *_: None)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
+    quiet = _QuietCancelled()
+    logging.getLogger("uvicorn.error").addFilter(quiet)
     try:
         server.run()
     finally:
         engine.close()
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
