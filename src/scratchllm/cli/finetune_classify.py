@@ -23,7 +23,8 @@ def register(methods: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier scratchllm output at --out (never other files)")
-    p.add_argument("--epochs", type=int, default=5, help="passes over the training split (5)")
+    p.add_argument("--epochs", type=int, default=5,
+                   help="passes over the training split (5); with --resume, more extends the run")
     p.add_argument("--trainable", choices=TRAINABLE_CHOICES, default="last-block",
                    help="what to train: head, last-block (default, the book's), all, lora")
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r (8)")

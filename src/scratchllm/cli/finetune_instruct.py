@@ -17,7 +17,9 @@ def add_common_args(p: argparse.ArgumentParser, *, epochs: int, lr: float,
                    "best/ (best validation loss), checkpoints/; must be new or empty")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier scratchllm output at --out (never other files)")
-    p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the data (default {epochs})")
+    p.add_argument("--epochs", type=int, default=epochs,
+                   help=f"passes over the data (default {epochs}); with --resume, more "
+                   "extends the run")
     p.add_argument("--batch-size", type=int, default=8, help="examples per step (default 8)")
     p.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default {lr})")
     p.add_argument("--weight-decay", type=float, default=weight_decay,

@@ -23,7 +23,8 @@ def register(methods: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier scratchllm output at --out (never other files)")
-    p.add_argument("--epochs", type=int, default=1, help="passes over the training pairs (1)")
+    p.add_argument("--epochs", type=int, default=1,
+                   help="passes over the training pairs (1); with --resume, more extends the run")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step (8)")
     p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (1e-5)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (0.01)")

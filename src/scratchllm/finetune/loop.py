@@ -25,12 +25,13 @@ from torch import nn
 from scratchllm.errors import ConfigError
 from scratchllm.finetune.batching import EpochBatches
 from scratchllm.finetune.best import BEST_DIR, BestModel, merged_copy
+from scratchllm.finetune.resume_check import check_resume
 from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup, fresh_start_notice
 from scratchllm.model.lora import lora_layers
 from scratchllm.train.metrics import Progress
 from scratchllm.train.optim import build_optimizer, build_scheduler
 from scratchllm.train.run_control import run_steps, stopped_message
-from scratchllm.train.state import TrainingState, load_checkpoint, read_trainer_record, save_checkpoint
+from scratchllm.train.state import TrainingState, load_checkpoint, save_checkpoint
 from scratchllm.train.steps import autocast_for, grad_scaler_for, optimizer_step
 from scratchllm.weights.auto import generation_header
 
@@ -157,13 +158,11 @@ class FinetuneLoop:
 
     # ------------------------------------------------------------------------ resume / save
     def resume(self, checkpoint: Path) -> None:
-        """Continue from ``checkpoint``: the recipe must match the one it was written with."""
-        saved = read_trainer_record(checkpoint).get("train_config") or {}
-        diffs = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in self.recipe.items()
-                 if saved.get(k) != v]
-        if diffs:
-            raise ConfigError(f"cannot resume {checkpoint}: the settings differ "
-                              f"({'; '.join(diffs)}); pass the ones of the original run")
+        """Continue from ``checkpoint``: the recipe must match the one it was written with
+        (a new ``epochs`` may extend the run: ``finetune.resume_check``)."""
+        if note := check_resume(checkpoint, self.recipe, self.settings,
+                                self.batches.steps_per_epoch, self.total_steps):
+            self.say(note)
         state = load_checkpoint(checkpoint, model=self.model, optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler)
         data = state.data_state or {}
