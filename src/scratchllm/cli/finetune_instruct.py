@@ -42,7 +42,8 @@ def add_common_args(p: argparse.ArgumentParser, *, epochs: int, lr: float,
 def add_loop_args(p: argparse.ArgumentParser) -> None:
     """The training-loop options every `finetune` method shares (scratchllm.finetune.loop)."""
     p.add_argument("--resume", action="store_true",
-                   help="continue the newest checkpoint in --out (same settings as before)")
+                   help="continue the newest checkpoint in --out (same settings as before; "
+                   "a larger --epochs extends the run)")
     p.add_argument("--save-every", type=int, default=0, metavar="N",
                    help="checkpoint every N steps into OUT/checkpoints (default: only on Ctrl-C)")
     p.add_argument("--keep-last", type=int, default=3, metavar="N",
@@ -66,12 +67,11 @@ def loop_options(args: argparse.Namespace) -> dict:
 
 
 def report_stop(result) -> int | None:
-    """For a run stopped by Ctrl-C or SIGTERM (checkpoint saved): say how to continue and
-    return the shell's exit status for that signal (130 / 143); None for a finished run."""
+    """For a run stopped by Ctrl-C or SIGTERM (checkpoint saved): the shell's exit status for
+    that signal (130 / 143); None for a finished run. The library has said how to continue
+    (``train.run_control.report_stopped``), once."""
     if not getattr(result, "interrupted", False):
         return None
-    print(f"stopped at step {result.steps}; checkpoint in {result.out_dir}; continue with "
-          "--resume")
     return 128 + int(result.stop_signal or signal.SIGINT)
 
 

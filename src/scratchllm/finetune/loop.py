@@ -30,7 +30,7 @@ from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup, fresh_start_notice
 from scratchllm.model.lora import lora_layers
 from scratchllm.train.metrics import Progress
 from scratchllm.train.optim import build_optimizer, build_scheduler
-from scratchllm.train.run_control import run_steps, stopped_message
+from scratchllm.train.run_control import report_stopped, run_steps
 from scratchllm.train.state import TrainingState, load_checkpoint, save_checkpoint
 from scratchllm.train.steps import autocast_for, grad_scaler_for, optimizer_step
 from scratchllm.weights.auto import generation_header
@@ -151,6 +151,7 @@ class FinetuneLoop:
         self.checkpoint: Path | None = None
         self.progress = (Progress(self.total_steps, every=settings.log_every, stream=stream)
                          if settings.progress else None)
+        self.stream = stream
 
     def say(self, text: str) -> None:
         if self.progress is not None:
@@ -284,7 +285,7 @@ class FinetuneLoop:
         if self.progress is not None:
             self.progress.close()
         if stopped:
-            self.say(stopped_message(stop_signal, state.step, self.checkpoint))
+            report_stopped(self.progress, stop_signal, state.step, self.checkpoint, self.stream)
         elif not self.last_eval:  # resumed at the very end: nothing evaluated in this session
             self.last_eval = self.measured(self.task.evaluate)
         self.model.eval()

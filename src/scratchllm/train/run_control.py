@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 import random
 import signal
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 import numpy as np
 import torch
 
 from scratchllm.utils.heap import retained_heap
+from scratchllm.utils.progress import Progress
 
 
 def seed_everything(seed: int) -> None:
@@ -123,3 +124,14 @@ def stopped_message(stop_signal: int | None, step: int, checkpoint: Any) -> str:
     why = {signal.SIGINT: "interrupted", signal.SIGTERM: "stopped by SIGTERM"}.get(
         stop_signal, "stopped")
     return f"{why} at step {step}; saved {checkpoint}; continue with --resume"
+
+
+def report_stopped(progress: Progress | None, stop_signal: int | None, step: int,
+                   checkpoint: Any, stream: TextIO | None = None) -> None:
+    """Say ``stopped_message`` once, through the run's progress display. With progress off,
+    a signal's stop is still said (a display made for this one line): a user who pressed
+    Ctrl-C needs to know how to go on even with ``--quiet``; a caller's ``stop_at`` is not."""
+    if progress is None and stop_signal is None:
+        return
+    shown = progress if progress is not None else Progress(step, stream=stream)
+    shown.message(stopped_message(stop_signal, step, checkpoint))

@@ -34,7 +34,7 @@ from scratchllm.finetune.best import merged_copy
 from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup, fresh_start_notice, model_saver
 from scratchllm.model.lora import lora_layers
 from scratchllm.train.metrics import Progress, read_metrics
-from scratchllm.train.run_control import run_steps, stopped_message
+from scratchllm.train.run_control import report_stopped, run_steps
 from scratchllm.train.state import (TrainingState, load_checkpoint, read_trainer_record,
                                     save_checkpoint)
 from scratchllm.train.steps import autocast_for, grad_scaler_for
@@ -222,7 +222,7 @@ class RLTrainer:
         if self.progress is not None:
             self.progress.close()
         if stopped:
-            self.say(stopped_message(stop_signal, self.state.step, self.checkpoint))
+            report_stopped(self.progress, stop_signal, self.state.step, self.checkpoint)
         else:
             self.plot()
         return TrainerResult(self.state.step, dict(self.last), stopped, stop_signal,
