@@ -474,3 +474,60 @@ def test_serve_sigterm_mid_stream_cuts_it_at_the_deadline_and_exits(cli_runner, 
     assert time.monotonic() - signalled < float(drain) + 10
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "CancelledError" not in done.stderr, done.stderr
+
+
+# --------------------------------------------------------------------------- SIGKILL mid-checkpoint
+
+_REWARD_FN = "def score(prompt: str, response: str) -> float:\n    return float(len(response))\n"
+_SAVES = ["--device", "cpu", "--precision", "fp32", "--save-every", "1"]  # (classify: no --quiet)
+_RL = ["--max-steps", "3", "--rollout-batch", "2", "--minibatch", "2", "--ppo-epochs", "1",
+       "--max-new-tokens", "4", "--lr", "1e-3", "--quiet", *_SAVES]
+_KILLED_SAVES = {
+    "classify": lambda d: ["finetune", "classify", "--model", d["model"], "--data", d["spam"],
+                           "--epochs", "1", "--batch-size", "8", "--trainable", "all",
+                           "--lr", "1e-3", "--seed", "5", *_SAVES],
+    "dpo": lambda d: ["finetune", "dpo", "--model", d["model"], "--data", d["prefs"],
+                      "--batch-size", "4", "--max-length", "96", "--lr", "1e-3",
+                      "--no-test-responses", "--quiet", *_SAVES],
+    "ppo": lambda d: ["finetune", "ppo", "--policy", d["model"], "--reward-fn",
+                      f"{d['reward']}:score", "--prompts", d["prompts"], *_RL],
+    "grpo": lambda d: ["finetune", "ppo", "--policy", d["model"], "--reward-fn",
+                       f"{d['reward']}:score", "--prompts", d["prompts"], "--algorithm", "grpo",
+                       "--group-size", "2", *_RL],
+}
+
+
+@pytest.mark.parametrize("command", list(_KILLED_SAVES))
+def test_sigkill_mid_checkpoint_keeps_the_last_one_and_resume_finishes_as_if_never_killed(
+        cli, cli_runner, chatty_model, spam_file, preference_file, instruct_file, tmp_path,
+        command):
+    """SIGKILL (nothing can clean up) the moment step 2's checkpoint folder starts being
+    written: LATEST, latest/ and step 1 stay whole and load; ``--resume`` continues from step
+    1, sweeps the killed save's temp folder, and logs exactly what an uninterrupted run logs;
+    the finished OUT opens with ``open_model`` (a classifier: with ``load_classifier``, which
+    ``classify`` uses; a stopped run's checkpoints were language models to it: no labels)."""
+    import json
+
+    from scratchllm.finetune.classifier_model import load_classifier
+    from scratchllm.weights.auto import open_model
+
+    opens = (lambda path: load_classifier(path)) if command == "classify" else open_model
+    reward = tmp_path / "reward.py"
+    reward.write_text(_REWARD_FN)
+    args = _KILLED_SAVES[command]({"model": chatty_model, "spam": spam_file, "reward": reward,
+                                   "prefs": preference_file, "prompts": instruct_file})
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    cli([*args, "--out", straight])
+    _kill_when(cli_runner, [*args, "--out", run], ".step-00000002.tmp-*", run / "checkpoints")
+    checkpoints = run / "checkpoints"
+    assert _temps(checkpoints), "the kill came after the save; nothing was tested"
+    assert not (checkpoints / "step-00000002").exists()
+    assert (run / "LATEST").read_text().strip() == "step-00000001"
+    for model in (checkpoints / "step-00000001", run / "latest"):
+        assert json.loads((model / "config.json").read_text())["metadata"]["step"] == 1
+        assert opens(model)
+    assert opens(run)  # a run folder opens as its latest/
+    cli([*args, "--out", run, "--resume"])
+    assert _temps(checkpoints) == [] and _temps(run) == []
+    assert _records(run) == _records(straight)
+    assert opens(run)

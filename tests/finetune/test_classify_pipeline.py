@@ -183,3 +183,20 @@ def test_keep_best_restores_the_best_validation_epoch(base_dir, spam_subset, tmp
     assert kept.keys() == plain.keys()
     assert all(torch.equal(kept[k], plain[k]) for k in kept)
     assert best.metrics["test"] == stopped.metrics["test"]
+
+
+def test_a_run_stopped_early_leaves_a_classifier_that_loads(base_dir, toy_file, tmp_path):
+    """Stopped before the end (stop_at here; Ctrl-C, SIGTERM or a kill mid-save alike) there
+    is no OUT/model yet: OUT/latest/, the last checkpoint, must be a classifier that
+    ``classify OUT`` loads with its labels (it was saved as a plain language model, which
+    load_classifier refused and open_model failed on with an unexpected out_head.bias)."""
+    out = tmp_path / "run"
+    result = finetune_classifier(base_dir, toy_file, out, epochs=1, lr=1e-3, trainable="all",
+                                 batch_size=8, save_every=2, stop_at=3, progress=False)
+    assert result.interrupted and not (out / "model").exists()
+    model, _, info = load_classifier(out)
+    assert info["labels"] == ["neg", "pos"] and info["num_classes"] == 2
+    saved = safetensors.torch.load_file(str(out / "latest" / "model.safetensors"))
+    assert json.loads((out / "latest" / "config.json").read_text())["metadata"]["step"] == 3
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items() if k in saved)
+    assert model.out_head.weight.shape[0] == 2

@@ -163,14 +163,16 @@ def finetune_classifier(model_dir: str | os.PathLike, data_file: str | os.PathLi
     model.to(device_)
     n_trainable, n_total = trainable_parameters(model)
     out_dir = claim_out(out_dir, overwrite=overwrite, checkpoint=checkpoint)
+    labelled = classifier_metadata(data.labels, tokenizer.eot_id, train_ds.max_length,
+                                   trainable=trainable, truncate=truncate)
+    # checkpoints carry the labels too: a run stopped early (Ctrl-C, a kill) leaves a latest/
+    # that `classify` and `evaluate classification` load, not a "language model" they refuse
     setup = RunSetup(model, tokenizer, device_, precision, out_dir,
                      MetricsLog(out_dir / METRICS_FILE), loaded.eos_ids, checkpoint,
-                     resume_requested=resume)
+                     resume_requested=resume, model_metadata=labelled)
 
     def save(directory: Path, model_: nn.Module, metadata: dict) -> Path:
-        return save_classifier(directory, model_, tokenizer, {**metadata, **classifier_metadata(
-            data.labels, tokenizer.eot_id, train_ds.max_length, trainable=trainable,
-            truncate=truncate)})
+        return save_classifier(directory, model_, tokenizer, {**metadata, **labelled})
 
     task = ClassifyTask(model, datasets, list(data.labels), batch_size=batch_size,
                         eval_batches=eval_batches, device=device_, save=save, out_dir=out_dir)
