@@ -489,6 +489,8 @@ _KILLED_SAVES = {
     "dpo": lambda d: ["finetune", "dpo", "--model", d["model"], "--data", d["prefs"],
                       "--batch-size", "4", "--max-length", "96", "--lr", "1e-3",
                       "--no-test-responses", "--quiet", *_SAVES],
+    "reward": lambda d: ["finetune", "reward", "--model", d["model"], "--data", d["prefs"],
+                         "--batch-size", "4", "--seed", "5", "--quiet", *_SAVES],
     "ppo": lambda d: ["finetune", "ppo", "--policy", d["model"], "--reward-fn",
                       f"{d['reward']}:score", "--prompts", d["prompts"], *_RL],
     "grpo": lambda d: ["finetune", "ppo", "--policy", d["model"], "--reward-fn",
@@ -504,14 +506,16 @@ def test_sigkill_mid_checkpoint_keeps_the_last_one_and_resume_finishes_as_if_nev
     """SIGKILL (nothing can clean up) the moment step 2's checkpoint folder starts being
     written: LATEST, latest/ and step 1 stay whole and load; ``--resume`` continues from step
     1, sweeps the killed save's temp folder, and logs exactly what an uninterrupted run logs;
-    the finished OUT opens with ``open_model`` (a classifier: with ``load_classifier``, which
-    ``classify`` uses; a stopped run's checkpoints were language models to it: no labels)."""
+    the finished OUT opens with ``open_model`` (a classifier or reward model: with the loader
+    ``classify`` / ``evaluate reward`` use; a stopped run's checkpoints lacked the labels or
+    reward metadata, so neither loader nor ``open_model`` read them)."""
     import json
 
     from scratchllm.finetune.classifier_model import load_classifier
+    from scratchllm.finetune.reward_model import load_reward_model
     from scratchllm.weights.auto import open_model
 
-    opens = (lambda path: load_classifier(path)) if command == "classify" else open_model
+    opens = {"classify": load_classifier, "reward": load_reward_model}.get(command, open_model)
     reward = tmp_path / "reward.py"
     reward.write_text(_REWARD_FN)
     args = _KILLED_SAVES[command]({"model": chatty_model, "spam": spam_file, "reward": reward,

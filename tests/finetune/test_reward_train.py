@@ -162,3 +162,18 @@ def test_resume_equals_an_uninterrupted_run(tiny_gpt_dir, toy_pairs, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), sub
     assert resumed.metrics == straight.metrics
     assert resumed.normalization == straight.normalization
+
+
+def test_a_run_stopped_early_leaves_a_reward_model_that_scores(tiny_gpt_dir, toy_pairs, tmp_path):
+    """Stopped before the end (stop_at; Ctrl-C or a kill mid-save alike) there is no OUT/model:
+    OUT/latest/, the last checkpoint, must open as a reward model and score like the
+    checkpoint's weights (it was saved without its reward metadata, so nothing loaded it)."""
+    out = tmp_path / "stopped"
+    stopped = finetune_reward(tiny_gpt_dir, toy_pairs, out, epochs=1, batch_size=8, lr=2e-3,
+                              save_every=2, stop_at=3, device="cpu", progress=False)
+    assert stopped.interrupted and not (out / "model").exists()
+    scorer = open_reward_model(out)
+    saved = safetensors.torch.load_file(str(out / "latest" / "model.safetensors"))
+    assert json.loads((out / "latest" / "config.json").read_text())["metadata"]["step"] == 3
+    assert scorer.model.out_head.weight.shape[0] == 1
+    assert torch.equal(scorer.model.out_head.weight.detach(), saved["out_head.weight"])

@@ -196,12 +196,15 @@ def finetune_reward(model_dir: str | os.PathLike, data_file: str | os.PathLike,
     model.to(device_)
     n_trainable, n_total = trainable_parameters(model)
     out = claim_out(out, overwrite=overwrite, checkpoint=checkpoint)
-    setup = RunSetup(model, tokenizer, device_, precision, out, MetricsLog(out / METRICS_FILE),
-                     loaded.eos_ids, checkpoint, source_name(model_dir), resume_requested=resume)
     info = reward_metadata(prompt_style=prompt_style, end_id=end_id, end_ids=loaded.eos_ids,
                            emb_dim=model.out_head.in_features, max_length=limit,
                            train_mode=train_mode, margin=margin, center_coef=center_coef,
                            pooling=pooling)
+    # checkpoints carry it too: a run stopped early leaves a latest/ that scores (evaluate
+    # reward, ppo --reward-model), not a model with a stray head nothing loads
+    setup = RunSetup(model, tokenizer, device_, precision, out, MetricsLog(out / METRICS_FILE),
+                     loaded.eos_ids, checkpoint, source_name(model_dir), resume_requested=resume,
+                     model_metadata=info)
 
     def save(directory: Path, model_: nn.Module, metadata: dict) -> Path:
         return save_reward_model(directory, model_, tokenizer, {**metadata, **info},
