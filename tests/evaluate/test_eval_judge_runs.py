@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 
 import pytest
@@ -175,7 +176,6 @@ def test_sigterm_reaches_the_callers_handler_after_the_requests_unwind(judge_ser
     real ``kill`` was seen to let all 40 items be judged, then exit 143 with no scores). The
     run stops at once; the items finished stay in the log and --resume asks only the rest."""
     import os
-    import signal
 
     judge_server.delay = 0.05
     seen: list[bool] = []
@@ -208,3 +208,49 @@ def test_sigterm_reaches_the_callers_handler_after_the_requests_unwind(judge_ser
     result = judge_responses(entries(20), client, workers=2, items_path=items, resume=True)
     assert len(judge_server.requests) - asked == 20 - len(kept)
     assert result.scores == [50] * 20
+
+
+def test_sigterm_with_no_handler_still_ends_the_process_after_the_unwind(tmp_path):
+    """A plain script (Python's default SIGTERM action): the deferred signal is delivered with
+    that default once the requests unwind, so the process still ends by SIGTERM, promptly,
+    with whole lines in the item log."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "judge_script.py"
+    items = tmp_path / "scores.jsonl"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, signal, threading, time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from scratchllm.evaluate.judge import JudgeClient, judge_responses
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                time.sleep(0.05)
+                body = json.dumps({{"message": {{"content": "Score: 60"}}}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        entries = [{{"instruction": f"T{{i}}", "input": "", "output": "x", "model_response": "y"}}
+                   for i in range(40)]
+        def on_item(index, score):
+            if index == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+        judge_responses(entries, JudgeClient(f"http://127.0.0.1:{{server.server_port}}",
+                                             retries=0),
+                        workers=2, items_path={str(items)!r}, on_item=on_item)
+        print("not stopped")
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == -signal.SIGTERM, done.stdout + done.stderr
+    lines = items.read_text().splitlines()
+    assert 3 <= len(lines) < 10 and all(json.loads(line)["score"] == 60 for line in lines)
