@@ -387,11 +387,12 @@ def test_chat_ctrl_c_mid_answer_keeps_the_chat_and_end_of_input_ends_it(cli_runn
     assert done.stdout == f"{cut}\n{full}\n" and len(full) > len(cut)
 
 
-def test_chat_sigterm_at_a_terminal_prompt_leaves_the_terminal_as_it_was(cli_runner,
-                                                                         chatty_model):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_chat_signalled_at_a_terminal_prompt_leaves_the_terminal_as_it_was(cli_runner,
+                                                                          chatty_model, signum):
     """``chat`` on a real terminal (a pty: readline is on) and SIGTERM at the ``> `` prompt:
     exit 143, the terminal's modes as before (echo and line editing back), and the reason on
-    its own line, not after ``> ``."""
+    its own line, not after ``> ``. Ctrl-C there ends the chat quietly: exit 0, a newline."""
     import pty
     import select
     import sys
@@ -419,8 +420,8 @@ def test_chat_sigterm_at_a_terminal_prompt_leaves_the_terminal_as_it_was(cli_run
         while not shown.endswith(b"> ") and proc.poll() is None:
             assert time.monotonic() < deadline, shown
             read(0.05)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 128 + signal.SIGTERM, shown
+        proc.send_signal(signum)
+        assert proc.wait(30) == (0 if signum == signal.SIGINT else 128 + signum), shown
         read(0.2)
         assert termios.tcgetattr(slave) == before
     finally:
@@ -429,7 +430,8 @@ def test_chat_sigterm_at_a_terminal_prompt_leaves_the_terminal_as_it_was(cli_run
         os.close(master)
         os.close(slave)
     text = shown.decode("utf-8", "replace")
-    assert text.endswith("> \r\nscratchllm chat: stopped by SIGTERM\r\n"), text[-300:]
+    reason = "" if signum == signal.SIGINT else "scratchllm chat: stopped by SIGTERM\r\n"
+    assert text.endswith("> \r\n" + reason), text[-300:]
     assert "Traceback" not in text
 
 
