@@ -101,12 +101,12 @@ def _classify(model, data, out, epochs, **extra):
 
 def _dpo(model, data, out, epochs, **extra):
     return finetune_dpo(model, data, out, epochs=epochs, lr=5e-3, beta=0.5, eval_every=2,
-                        eval_batches=1, save_every=1, **LOOP, **extra)
+                        eval_batches=1, save_every=4, **LOOP, **extra)
 
 
 def _reward(model, data, out, epochs, **extra):
     return finetune_reward(model, data, out, epochs=epochs, lr=2e-3, eval_every=4,
-                           save_every=1, **{**LOOP, "batch_size": 16, "micro_batch_size": 8},
+                           save_every=2, **{**LOOP, "batch_size": 16, "micro_batch_size": 8},
                            **extra)
 
 
