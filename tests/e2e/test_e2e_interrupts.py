@@ -537,3 +537,42 @@ def test_sigkill_mid_checkpoint_keeps_the_last_one_and_resume_finishes_as_if_nev
     assert _temps(checkpoints) == [] and _temps(run) == []
     assert _records(run) == _records(straight)
     assert opens(run)
+
+
+def test_serve_answers_503_to_a_request_cut_at_the_drain_deadline(cli_runner, chatty_model):
+    """A non-streamed request still decoding (and one still queued behind it) when the
+    SIGTERM drain deadline passes gets HTTP 503 saying the server shut down, not uvicorn's
+    bare "500 Internal Server Error", which reads as a bug in the server."""
+    import threading
+
+    import httpx
+
+    from e2e_support import start_serve
+
+    server, base = start_serve(cli_runner, ["--model", chatty_model, "--device", "cpu",
+                                            "--max-batch", "1", "--drain-timeout", "0.3"])
+    answers: dict[str, httpx.Response] = {}
+
+    def ask(name: str) -> None:
+        answers[name] = httpx.post(f"{base}/v1/completions", trust_env=False, timeout=60,
+                                   json={"prompt": "Once", "max_tokens": 1000})
+
+    clients = [threading.Thread(target=ask, args=(name,)) for name in ("running", "queued")]
+    try:
+        for client in clients:
+            client.start()
+            time.sleep(0.1)
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{base}/health", trust_env=False).json()["queued"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        cli_runner.signal(server, signal.SIGTERM)
+        for client in clients:
+            client.join(30)
+    finally:
+        done = cli_runner.finish(server, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    for name, answer in answers.items():
+        assert answer.status_code == 503, (name, answer.text)
+        error = answer.json()["error"]
+        assert error["code"] == "server_shutting_down" and "--drain-timeout" in error["message"]

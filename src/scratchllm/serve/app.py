@@ -26,7 +26,7 @@ from scratchllm.chat import PromptFormat, choose_format
 from scratchllm.errors import ConfigError
 from scratchllm.serve import sse
 from scratchllm.serve.engine import Engine, EngineClosedError, QueueFullError
-from scratchllm.serve.errors import APIError, error_body
+from scratchllm.serve.errors import AnswerCutRequests, APIError, error_body
 from scratchllm.serve.page import PUBLIC_PATHS, add_page_routes
 from scratchllm.serve.prompts import budget, chat_prompt, check_ids, encode_text
 from scratchllm.serve.ratings import RatingsFile
@@ -162,6 +162,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     add_page_routes(app, engine, config.ratings,
                     lambda request: read_json(request, config.max_body_bytes))
     app.add_middleware(_AuthMiddleware, api_key=config.api_key)
+    app.add_middleware(AnswerCutRequests)  # outermost: it sees every request end
     return app
 
 

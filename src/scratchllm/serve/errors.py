@@ -6,6 +6,9 @@ with ``.body["param"]`` naming the field), so a caller learns which field to fix
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 from typing import Any
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -36,3 +39,39 @@ def error_body(message: str, type: str, param: str | None = None,
 def bad_param(param: str, message: str) -> APIError:
     """400 for one request field; the message starts with the field's name."""
     return APIError(400, f"{param}: {message}", param=param, code="invalid_value")
+
+
+class AnswerCutRequests:
+    """ASGI middleware: a request still unanswered when uvicorn cancels it (the SIGTERM drain
+    deadline passed, or a second Ctrl-C) gets HTTP 503 saying so, not uvicorn's bare 500
+    "Internal Server Error", which reads as a bug; clients retry a 503 once the server is
+    back. A streamed answer already under way can only be cut: its body ends early."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watched(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except asyncio.CancelledError:
+            if not started:
+                body = json.dumps(error_body(
+                    "the server shut down before this request was answered (it was still "
+                    "running or queued when its --drain-timeout passed); send it again once "
+                    "the server is back", "server_error", None, "server_shutting_down")).encode()
+                with contextlib.suppress(OSError):  # the client may be gone too
+                    await send({"type": "http.response.start", "status": 503, "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close")]})
+                    await send({"type": "http.response.body", "body": body})
+            raise
