@@ -136,8 +136,10 @@ def run_reward(args: argparse.Namespace) -> int:
 
 def run_judge(args: argparse.Namespace) -> int:
     import os
+    import signal
     from pathlib import Path
 
+    from scratchllm.cli.main import Terminated
     from scratchllm.data.instruction import load_json_entries
     from scratchllm.evaluate.judge import (
         JudgeClient, JudgeUnavailableError, check_judge_outputs, judge_responses, read_item_file,
@@ -175,6 +177,17 @@ def run_judge(args: argparse.Namespace) -> int:
             raise JudgeUnavailableError(f"{err}; the {kept} items judged so far are kept in "
                                         f"{items}: add --resume to go on from there") from err
         raise
+    except (KeyboardInterrupt, Terminated) as stop:
+        # like a stopped training run: one line saying why, what is kept and how to go on
+        # (a rerun without --resume starts the file over, judging everything again)
+        kept = progress.start_step + done[0]
+        if not kept:
+            raise
+        why, code = (("interrupted", 128 + signal.SIGINT) if isinstance(stop, KeyboardInterrupt)
+                     else ("stopped by SIGTERM", 128 + signal.SIGTERM))
+        progress.message(f"{why} after {kept} of {len(entries)} items; kept in {items}; "
+                         "continue with --resume")
+        return code
     finally:
         progress.close()
     save_judgement(out, result)
