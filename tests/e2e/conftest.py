@@ -275,3 +275,20 @@ def exported_run(cli, pretrain_run, e2e_root) -> Path:
     proc = cli(["export", pretrain_run, "--to", "hf", out])
     assert str(out) in proc.stdout
     return out
+
+
+@pytest.fixture(scope="session")
+def chatty_model(e2e_root) -> Path:
+    """A random model with GPT-2's 50,257 tokens: it all but never picks the end token, so
+    an answer runs its full --max-new-tokens and is still streaming when the signal comes."""
+    from scratchllm.model.config import GPTConfig
+    from scratchllm.model.gpt import GPTModel
+    from scratchllm.tokenizers.gpt2 import GPT2Tokenizer
+    from scratchllm.weights.model_dir import save_model_dir
+
+    with torch.random.fork_rng():  # the session's other tests keep their random stream
+        torch.manual_seed(0)
+        model = GPTModel(GPTConfig.preset("tiny", context_length=1024))
+    out = e2e_root / "chatty"
+    save_model_dir(out, model, GPT2Tokenizer())
+    return out

@@ -100,3 +100,32 @@ def start_serve(cli_runner, argv: list) -> tuple[tuple, str]:
     base = f"http://127.0.0.1:{port}"
     wait_for_health(base, 120, lambda: cli_runner.finish(server, timeout=1).stderr)
     return server, base
+
+
+def ended(started: tuple) -> bool:
+    """Whether a command ``cli_runner.start`` began has exited."""
+    import os
+
+    proc = started[1]
+    if isinstance(proc, subprocess.Popen):  # SCRATCHLLM_E2E_SPAWN=1
+        return proc.poll() is not None
+    try:
+        os.kill(proc, 0)  # a child of the e2e zygote, reaped as soon as it exits
+    except ProcessLookupError:
+        return True
+    return Path(started[2]["rc"]).exists()
+
+
+def wait_for_moment(condition, started, cli_runner, seconds: float = 60) -> None:
+    """Poll ``condition`` every 2 ms (the moment to signal a running command); fail at once
+    if the command ended first (it was too fast to be caught mid-way)."""
+    import time
+
+    import pytest
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if ended(started) or time.monotonic() > deadline:
+            pytest.fail("the moment to signal never came:\n"
+                        + cli_runner.finish(started, timeout=10).stderr)
+        time.sleep(0.002)
