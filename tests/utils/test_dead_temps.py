@@ -162,3 +162,17 @@ def test_a_writer_sigkilled_at_any_moment_leaves_a_whole_folder(tmp_path):
         assert (target / "weights.bin").read_bytes() == bytes([version]) * 200_000
         remove_dead_temps(target)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
+
+
+def test_a_mount_point_is_refused_before_any_work(monkeypatch, tmp_path):
+    """A folder replaced whole cannot be a mount point (the swap would fail after all the work):
+    one line saying to write inside it."""
+    from scratchllm.errors import ConfigError
+
+    target = tmp_path / "volume"
+    target.mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(target))
+    with pytest.raises(ConfigError, match="is a mount point.*give a folder inside it"):
+        with atomic_directory(target):
+            raise AssertionError("no work may start")
+    assert list(tmp_path.iterdir()) == [target]

@@ -251,7 +251,12 @@ def replace_directory(new: Path, final: Path) -> None:
 
 def new_temp_dir(final: Path) -> Path:
     """An empty temp folder beside ``final`` that ``replace_directory`` can put in its place
-    (dead writers' leftovers of ``final`` are cleaned first)."""
+    (dead writers' leftovers of ``final`` are cleaned first). Refused for a mount point (a
+    Docker volume, say): a folder replaced whole cannot be one, so say it before any work."""
+    if os.path.ismount(final):
+        raise ConfigError(f"{final} is a mount point, and scratchllm replaces this output folder "
+                          "whole; give a folder inside it (e.g. "
+                          f"{final / 'out'}) instead")
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(final)
     tmp = Path(tempfile.mkdtemp(prefix=temp_name(final), dir=final.parent))
