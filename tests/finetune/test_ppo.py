@@ -120,6 +120,10 @@ def test_resume_refuses_other_settings(toy, tmp_path):
     finetune_rl(base, prompts, tmp_path / "run", stop_at=1, **kwargs)
     with pytest.raises(ConfigError, match="kl_coef"):
         finetune_rl(base, prompts, tmp_path / "run", resume=True, kl_coef=0.5, **kwargs)
+    kwargs["max_steps"] = 1  # step 1 is done: fewer would end at once without a word
+    finetune_rl(base, prompts, tmp_path / "run", resume=True, stop_at=2, **{**kwargs, "max_steps": 3})
+    with pytest.raises(ConfigError, match="at step 2, past the 1 steps asked for; pass --max-steps 3"):
+        finetune_rl(base, prompts, tmp_path / "run", resume=True, **kwargs)
 
 
 def test_bad_settings_fail_before_any_work(toy, tmp_path):

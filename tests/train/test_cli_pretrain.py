@@ -75,6 +75,30 @@ def test_resume_uses_the_saved_config(tmp_path, capsys):
     assert "resumed from" in err and "done: step 3/3" in err
 
 
+def test_resume_with_another_length_says_what_it_does_to_the_schedule(tmp_path, capsys):
+    """A new --max-steps extends a run; under the cosine decay (lr 1e-3 to 1e-4 after 2 warmup
+    steps) the rate at the checkpoint's step changes, and the run says from what to what
+    (hand-computed: step 4 of 4 -> 4 of 8). A length the run has passed is refused."""
+    import math
+
+    assert _pretrain(tmp_path, "--max-steps", "4", "--set", "save_every=3") == 0
+    capsys.readouterr()
+    assert cli_main.main(["pretrain", "--resume", "--out", str(tmp_path / "run"),
+                          "--max-steps", "8"]) == 0
+    err = capsys.readouterr().err
+
+    def rate(step: int, total: int) -> float:
+        return 1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * (step - 2) / (total - 2)))
+
+    assert (f"length 4 -> 8 steps: the cosine decay is re-planned over 8 steps, so the "
+            f"learning rate at step 4 moves from {rate(4, 4):.3g} to {rate(4, 8):.3g}") in err
+    assert "done: step 8/8" in err
+    assert cli_main.main(["pretrain", "--resume", "--out", str(tmp_path / "run"),
+                          "--max-steps", "5"]) == 2
+    assert "it is at step 8, past the 5 steps asked for; pass --max-steps 9 or more" in \
+        capsys.readouterr().err
+
+
 def test_second_run_into_the_same_dir_is_refused(tmp_path, capsys):
     assert _pretrain(tmp_path, "--max-steps", "1") == 0
     capsys.readouterr()

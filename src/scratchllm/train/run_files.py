@@ -20,7 +20,9 @@ from scratchllm.train import distributed
 from scratchllm.train.metrics import METRICS_FILE, read_metrics
 from scratchllm.train.plots import PLOT_FILE, plot_losses
 from scratchllm.train.run_dir import save_best
-from scratchllm.train.state import CHECKPOINTS_DIR, latest_checkpoint, save_checkpoint
+from scratchllm.train.optim import lr_at
+from scratchllm.train.state import (CHECKPOINTS_DIR, latest_checkpoint, read_trainer_record,
+                                     save_checkpoint)
 from scratchllm.utils.atomic import atomic_write_text
 from scratchllm.utils.outputs import PRETRAIN_RUN, check_output_dir, prepare_output_dir
 
@@ -87,6 +89,32 @@ class RunFiles:
         self.dist.barrier()
         self.checkpoint = checkpoint
         self.say(f"resumed from {checkpoint} at step {self.state.step}")
+        note = self.length_change(read_trainer_record(checkpoint).get("train_config") or {})
+        if note:
+            self.say(note)
+
+    def length_change(self, saved: dict) -> str | None:
+        """A line when the resumed run's length differs from the checkpoint's (a new
+        --max-steps is allowed: extending a run is ordinary), so a re-planned cosine decay
+        is said, not a silent jump in the rate; a length the run has already passed is
+        refused."""
+        epochs = saved.get("epochs")
+        before = saved.get("max_steps") or (epochs * self.steps_per_epoch if epochs else None)
+        step, now = self.state.step, self.total_steps
+        if before is None or before == now:
+            return None
+        if step > now:
+            raise ConfigError(f"cannot resume {self.run_dir}: it is at step {step}, past the "
+                              f"{now} steps asked for; pass --max-steps {step + 1} or more")
+        cfg = self.config
+        if cfg.effective_min_lr == cfg.lr or step < cfg.warmup_steps:
+            return f"length {before} -> {now} steps: continuing to step {now}"
+        old_lr, new_lr = (lr_at(step, max_lr=cfg.lr, min_lr=cfg.effective_min_lr,
+                                warmup_steps=cfg.warmup_steps, total_steps=total)
+                          for total in (before, now))
+        return (f"length {before} -> {now} steps: the cosine decay is re-planned over {now} "
+                f"steps, so the learning rate at step {step} moves from {old_lr:.3g} to "
+                f"{new_lr:.3g}")
 
     def save(self) -> None:
         """Checkpoint now; best/ moves here if this step's evaluation was the best so far.

@@ -142,6 +142,11 @@ class RLTrainer:
         if diffs:
             raise ConfigError(f"cannot resume {checkpoint}: the settings differ "
                               f"({'; '.join(diffs)}); pass the ones of the original run")
+        done = int((read_trainer_record(checkpoint).get("state") or {}).get("step", 0))
+        if done > self.settings.max_steps:  # it would end at once, saying nothing
+            raise ConfigError(f"cannot resume {checkpoint}: it is at step {done}, past the "
+                              f"{self.settings.max_steps} steps asked for; pass --max-steps "
+                              f"{done + 1} or more")
         learner = self.learner
         state = load_checkpoint(checkpoint, model=self.policy, optimizer=learner.optimizer,
                                 scheduler=learner.scheduler, scaler=learner.scaler)
