@@ -68,3 +68,15 @@ def test_ppo_ctrl_c_says_it_once(tmp_path, capsys, quiet):
                  "--precision", "fp32", "--no-test-responses"] + (["--quiet"] if quiet else []))
     assert code == 130
     _the_one_stop_line(capsys.readouterr(), out)
+
+
+def test_classify_quiet_prints_no_progress(dropout_model_dir, toy_labels_file, tmp_path, capsys):
+    """``finetune classify --quiet``, as the other finetune commands take it: no progress
+    lines on stderr, the results still on stdout."""
+    args = ["finetune", "classify", "--model", str(dropout_model_dir), "--data",
+            str(toy_labels_file), "--epochs", "1", "--batch-size", "8", "--device", "cpu"]
+    assert main(args + ["--out", str(tmp_path / "loud")]) == 0
+    assert "step" in capsys.readouterr().err  # what --quiet is to hide
+    assert main(args + ["--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "step" not in captured.err and captured.out.startswith("accuracy: ")

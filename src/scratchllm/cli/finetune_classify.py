@@ -48,6 +48,7 @@ def register(methods: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", help="auto (default), fp32, bf16, fp16")
     p.add_argument("--keep-best", action="store_true",
                    help="save the epoch with the best validation accuracy, not the last")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_loop_args(p)
     p.set_defaults(func=run)
 
@@ -63,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         truncate=args.truncate, eval_every=args.eval_every, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, labels=labels, text_column=args.text_column,
         label_column=args.label_column, device=args.device, precision=args.precision,
-        overwrite=args.overwrite, keep_best=args.keep_best, **loop_options(args))
+        overwrite=args.overwrite, keep_best=args.keep_best, progress=not args.quiet,
+        **loop_options(args))
     stopped = report_stop(result)
     if stopped is not None:
         return stopped
