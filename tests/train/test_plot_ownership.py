@@ -62,11 +62,11 @@ def test_atomic_writer_refuses_a_folder_before_any_work(tmp_path):
 
 
 def test_a_png_in_a_scratchllm_folder_is_ours_only_where_its_kind_writes_pngs(tmp_path):
-    from scratchllm.utils.outputs import HF_EXPORT, PRETRAIN_RUN, claim_output_dir
+    from scratchllm.utils.outputs import HF_EXPORT, PRETRAIN_RUN, prepare_output_dir
 
     run, export = tmp_path / "run", tmp_path / "export"
-    claim_output_dir(run, PRETRAIN_RUN)
-    claim_output_dir(export, HF_EXPORT)
+    prepare_output_dir(run, PRETRAIN_RUN)
+    prepare_output_dir(export, HF_EXPORT)
     for folder in (run, export):
         (folder / "chart.png").write_bytes(_matplotlib_png())  # no scratchllm Software text
     assert is_our_png(run / "chart.png")  # a run's *.png: an older version's plot

@@ -121,26 +121,12 @@ def test_a_failed_commit_leaves_no_temp_file_and_the_old_file(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
 
 
-def test_claiming_another_kinds_output_replaces_it_instead_of_mixing(tmp_path):
-    from scratchllm.utils.outputs import PREPARED, claim_output_dir
-
-    run, _ = prepare_output_dir(tmp_path / "run", PRETRAIN_RUN)
-    (run / "metrics.jsonl").write_text("{}\n")
-    with pytest.raises(ConfigError, match="--overwrite"):
-        claim_output_dir(run, PREPARED)
-    claim_output_dir(run, PREPARED, overwrite=True)
-    assert owner_kind(run)[0] == "prepared" and sorted(p.name for p in run.iterdir()) == [MARKER]
-    (run / "train.bin").write_bytes(b"old")
-    claim_output_dir(run, PREPARED, overwrite=True)  # same kind: files are replaced one by one
-    assert (run / "train.bin").read_bytes() == b"old"
-
-
 def test_refusal_offers_resume_only_to_outputs_that_can_resume(tmp_path):
-    from scratchllm.utils.outputs import PREPARED, claim_output_dir
+    from scratchllm.utils.outputs import PREPARED
 
     for kind in (PREPARED, HF_EXPORT):
         folder = tmp_path / kind.name
-        claim_output_dir(folder, kind)
+        prepare_output_dir(folder, kind)
         (folder / kind.entries[0]).write_text("x")
         with pytest.raises(ConfigError) as err:
             check_output_dir(folder, kind)

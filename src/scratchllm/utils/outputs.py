@@ -170,20 +170,6 @@ def prepare_output_dir(path: str | os.PathLike, kind: OutputKind, *, overwrite: 
     return directory, decision
 
 
-def claim_output_dir(path: str | os.PathLike, kind: OutputKind, *, overwrite: bool = False,
-                     what: str = "--out") -> Path:
-    """Check and mark ``path`` but clear nothing: for writers that replace each of their files
-    atomically, so a failed rerun leaves the previous output whole."""
-    directory = Path(path).expanduser()
-    decision = check_output_dir(directory, kind, overwrite=overwrite, what=what)
-    if decision == "replace" and owner_kind(directory)[0] != kind.name:
-        clear_output_dir(directory)  # another kind's output: replaced whole, never mixed
-    directory.mkdir(parents=True, exist_ok=True)
-    if read_marker(directory) is None:
-        write_marker(directory, kind)
-    return directory
-
-
 def check_output_file(path: str | os.PathLike, is_ours: Callable[[Path], bool], *,
                       what: str = "--out") -> Path:
     """Refuse, before any work, a file target scratchllm may not replace: a folder, a path
