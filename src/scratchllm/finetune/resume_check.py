@@ -19,17 +19,26 @@ if TYPE_CHECKING:
     from scratchllm.finetune.loop import LoopSettings
 
 
+def check_recipe(checkpoint: Path, recipe: dict[str, Any], *,
+                 may_change: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Raise ConfigError naming every setting of ``recipe`` (but ``may_change``) that differs
+    from the one ``checkpoint`` was written with; return its trainer record."""
+    record = read_trainer_record(checkpoint)
+    saved = record.get("train_config") or {}
+    diffs = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in recipe.items()
+             if saved.get(k) != v and k not in may_change]
+    if diffs:
+        raise ConfigError(f"cannot resume {checkpoint}: the settings differ "
+                          f"({'; '.join(diffs)}); pass the ones of the original run")
+    return record
+
+
 def check_resume(checkpoint: Path, recipe: dict[str, Any], settings: "LoopSettings",
                  steps_per_epoch: int, total_steps: int) -> str | None:
     """Raise ConfigError (one line, what to pass) when ``checkpoint`` cannot continue as
     ``recipe``/``settings``; return a line to show when the epoch count changed, else None."""
-    record = read_trainer_record(checkpoint)
+    record = check_recipe(checkpoint, recipe, may_change=("epochs",))
     saved = record.get("train_config") or {}
-    diffs = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in recipe.items()
-             if saved.get(k) != v and k != "epochs"]
-    if diffs:
-        raise ConfigError(f"cannot resume {checkpoint}: the settings differ "
-                          f"({'; '.join(diffs)}); pass the ones of the original run")
     before, epochs = saved.get("epochs"), settings.epochs
     if before == epochs:
         return None

@@ -78,6 +78,7 @@ class RunFiles:
 
     def resume_from(self, checkpoint: Path) -> None:
         """Every rank reads the same checkpoint; FSDP then shards the full tensors into place."""
+        note = self.length_change(read_trainer_record(checkpoint))  # may refuse: before loading
         self.state = distributed.load_checkpoint_into(
             checkpoint, self.model, self.optimizer, self.dist, self.model_class,
             scheduler=self.scheduler, scaler=self.scaler)
@@ -89,18 +90,18 @@ class RunFiles:
         self.dist.barrier()
         self.checkpoint = checkpoint
         self.say(f"resumed from {checkpoint} at step {self.state.step}")
-        note = self.length_change(read_trainer_record(checkpoint).get("train_config") or {})
         if note:
             self.say(note)
 
-    def length_change(self, saved: dict) -> str | None:
+    def length_change(self, record: dict) -> str | None:
         """A line when the resumed run's length differs from the checkpoint's (a new
         --max-steps is allowed: extending a run is ordinary), so a re-planned cosine decay
         is said, not a silent jump in the rate; a length the run has already passed is
-        refused."""
+        refused. ``record``: the checkpoint's ``read_trainer_record``."""
+        saved = record.get("train_config") or {}
         epochs = saved.get("epochs")
         before = saved.get("max_steps") or (epochs * self.steps_per_epoch if epochs else None)
-        step, now = self.state.step, self.total_steps
+        step, now = int((record.get("state") or {}).get("step", 0)), self.total_steps
         if before is None or before == now:
             return None
         if step > now:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import json
 import os
 import shutil
@@ -196,22 +197,31 @@ _RENAME_EXCHANGE = 2  # linux/fs.h; renameat2() swaps two paths in one step
 _AT_FDCWD = -100
 
 
+@functools.cache
+def _renameat2() -> Any:
+    """libc's ``renameat2``, looked up once; None off Linux or in a libc without the wrapper
+    (glibc < 2.28, some musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    return renameat2
+
+
 def exchange_paths(a: Path, b: Path) -> bool:
     """Swap what ``a`` and ``b`` name in one atomic step (Linux ``renameat2`` with
     ``RENAME_EXCHANGE``); False where the system or filesystem cannot, and nothing moved.
 
     Why: replacing a folder with two renames leaves a moment with no folder at all, and a
     writer killed in it leaves none until the next write; a swap has no such moment."""
-    if not sys.platform.startswith("linux"):
+    renameat2 = _renameat2()
+    if renameat2 is None:
         return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):  # a libc without the wrapper (glibc < 2.28, some musl)
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                          ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
     if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()

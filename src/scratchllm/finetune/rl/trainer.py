@@ -31,12 +31,12 @@ from scratchllm.finetune.rl.rollout import encode_prompt, sample_rollout, step_g
 from scratchllm.finetune.rl.settings import RLSettings
 from scratchllm.finetune.rl.value_file import VALUE_HEAD_FILE, load_value_head, save_value_head
 from scratchllm.finetune.best import merged_copy
+from scratchllm.finetune.resume_check import check_recipe
 from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup, fresh_start_notice, model_saver
 from scratchllm.model.lora import lora_layers
 from scratchllm.train.metrics import Progress, read_metrics
 from scratchllm.train.run_control import report_stopped, run_steps
-from scratchllm.train.state import (TrainingState, load_checkpoint, read_trainer_record,
-                                    save_checkpoint)
+from scratchllm.train.state import TrainingState, load_checkpoint, save_checkpoint
 from scratchllm.train.steps import autocast_for, grad_scaler_for
 from scratchllm.weights.auto import generation_header
 
@@ -136,13 +136,8 @@ class RLTrainer:
         return path
 
     def resume(self, checkpoint: Path) -> None:
-        saved = read_trainer_record(checkpoint).get("train_config") or {}
-        diffs = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in self.recipe.items()
-                 if saved.get(k) != v]
-        if diffs:
-            raise ConfigError(f"cannot resume {checkpoint}: the settings differ "
-                              f"({'; '.join(diffs)}); pass the ones of the original run")
-        done = int((read_trainer_record(checkpoint).get("state") or {}).get("step", 0))
+        record = check_recipe(checkpoint, self.recipe)
+        done = int((record.get("state") or {}).get("step", 0))
         if done > self.settings.max_steps:  # it would end at once, saying nothing
             raise ConfigError(f"cannot resume {checkpoint}: it is at step {done}, past the "
                               f"{self.settings.max_steps} steps asked for; pass --max-steps "
