@@ -178,3 +178,24 @@ def test_lora_layers_kept_unmerged_are_not_packed():
     assert pack_linears(model, torch.bfloat16) == 9 - 2
     assert all(type(block.att.qkv.base) is nn.Linear for block in model.trf_blocks)
     assert describe_linears(model) == "2 bfloat16, 7 bfloat16, prepacked for oneDNN"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_packed_model_deep_copies_into_an_independent_one(dtype):
+    """``copy.deepcopy`` of a packed model (the compiled-decode tests and any caller keeping a
+    spare copy do it) gives the same tokens from its own packed weights, tie and all; the
+    copy is not the original's registered layer for ``torch.compile``, so it has no handle."""
+    from scratchllm.model.linear_op import register
+
+    model = tiny_gpt().to(dtype)
+    pack_linears(model, dtype)
+    register(model.out_head)
+    twin = copy.deepcopy(model)
+    assert twin.out_head._packed is not model.out_head._packed
+    assert twin.out_head.weight is twin.tok_emb.weight is not model.tok_emb.weight
+    assert twin.out_head.handle is None and model.out_head.handle is not None
+    with torch.inference_mode():
+        assert torch.equal(twin(PROMPT), model(PROMPT))
+    assert torch.equal(generate(twin, PROMPT, 12), generate(model, PROMPT, 12))
+    del model  # the copy owns everything it runs on
+    assert generate(twin, PROMPT, 4).shape == (1, PROMPT.shape[1] + 4)

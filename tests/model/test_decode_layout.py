@@ -1,7 +1,7 @@
-"""``model.decode_layout``: the float32 CPU layouts for decoding one row (transposed weights) and
-many rows (oneDNN-packed weights) change no value, are chosen at load time by
-``open_model(inference_only=True, decode_rows=N)``, and never touch a model that
-``generate_batch`` is handed."""
+"""``model.decode_layout``: the float32 CPU layouts for decoding one row (transposed weights;
+oneDNN-packed on AMD CPUs) and many rows (oneDNN-packed weights) change no value, are chosen
+at load time by ``open_model(inference_only=True, decode_rows=N)``, and never touch a model
+that ``generate_batch`` is handed."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from scratchllm.errors import ConfigError
 from scratchllm.generate import generate, generate_batch
 from scratchllm.model import GPTConfig, GPTModel, LlamaConfig, LlamaModel
 from scratchllm.model.cpu_linear import PackedLinear, describe_linears, packed_unavailable
+from scratchllm.model import decode_layout
 from scratchllm.model.decode_layout import prepare_decoding, use_transposed_layout
 from scratchllm.weights.auto import open_model
 from scratchllm.weights.model_dir import load_model_dir, save_model_dir
@@ -21,6 +22,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 needs_ops = pytest.mark.skipif(packed_unavailable(torch.float32) is not None,
                                reason=f"{packed_unavailable(torch.float32)}")
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]]
+REAL_VENDOR = decode_layout.cpu_vendor
+
+
+@pytest.fixture(autouse=True)
+def intel_cpu(monkeypatch):
+    """The one-row layout depends on the CPU's vendor: tests pin it (Intel unless they say)."""
+    monkeypatch.setattr(decode_layout, "cpu_vendor", lambda: "GenuineIntel")
 
 
 def _gpt() -> GPTModel:
@@ -153,3 +161,38 @@ def test_unmerged_lora_layers_keep_their_dense_base():
     apply_lora(model, rank=2, alpha=4.0)
     assert prepare_decoding(model, 8) == 1  # only the untied head; LoRA bases stay dense
     assert all(p is not None for p in model.parameters())
+
+
+@needs_ops
+def test_one_row_is_packed_on_amd_and_gives_the_same_tokens(monkeypatch, tmp_path):
+    """MKL's GEMV takes a slower path on AMD CPUs, oneDNN's packed one does not: there one
+    row is packed too (same values, tokens and saved weights); other vendors keep the
+    transposed layout."""
+    monkeypatch.setattr(decode_layout, "cpu_vendor", lambda: "AuthenticAMD")
+    model, reference = _gpt(), _gpt()
+    assert prepare_decoding(model, 1) == 2 * 4 + 1 == _packed(model)
+    assert model.out_head.weight is model.tok_emb.weight
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids), reference(ids), rtol=1e-5, atol=1e-5)
+    assert torch.equal(generate(model, ids, 10), generate(reference, ids, 10))
+    _saved_equal(tmp_path, model, reference)
+    save_model_dir(tmp_path / "m", _gpt())
+    single = open_model(tmp_path / "m", inference_only=True).model
+    assert _packed(single) == 9 and describe_linears(single) == "9 float32, prepacked for oneDNN"
+    for vendor in ("GenuineIntel", None, "CentaurHauls"):
+        monkeypatch.setattr(decode_layout, "cpu_vendor", lambda v=vendor: v)
+        other = _gpt()
+        prepare_decoding(other, 1)
+        assert _packed(other) == 0 and other.out_head.weight.t().is_contiguous(), vendor
+
+
+def test_cpu_vendor_is_the_kernel_s_vendor_id():
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo here")
+    lines = [line for line in cpuinfo.read_text().splitlines() if line.startswith("vendor_id")]
+    expected = lines[0].split(":", 1)[1].strip() if lines else None
+    assert REAL_VENDOR() == expected

@@ -29,6 +29,7 @@ the embedding's lookups and adds a packed copy (one more head-sized matrix in me
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -124,10 +125,15 @@ class PackedLinear(nn.Module):
                 f"bias={self.bias is not None}, dtype={self.dtype}, rows={self.rows}, "
                 f"tied={self.weight is not None}")
 
-    def __setstate__(self, state) -> None:
-        """A copy (``copy.deepcopy``) is not the registered layer: it needs its own handle."""
-        super().__setstate__(state)
-        self.__dict__.pop("handle", None)
+    def __deepcopy__(self, memo: dict) -> "PackedLinear":
+        """A copy with its own packed weight (an opaque oneDNN tensor has no storage for
+        ``deepcopy`` to copy, but clones); it is not the registered layer, so no handle."""
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_packed", "handle")}
+        clone.__dict__.update(copy.deepcopy(state, memo))
+        clone._packed = self._packed.clone()
+        return clone
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         """The dense (out, in) weight, as ``nn.Linear`` would write it (unpacked on the fly)."""
