@@ -245,3 +245,71 @@ def test_sigkill_mid_checkpoint_keeps_the_last_one_and_resume_finishes_as_if_nev
     assert _temps(checkpoints) == [] and _temps(run) == []
     assert _records(run) == _records(straight)
     assert opens(run)
+
+
+# A child that runs the CLI and SIGKILLs itself at the N-th model file safetensors starts to
+# write into a folder named PREFIX*: a LoRA save is too quick to be caught by polling.
+_KILL_AT_SAVE = """
+import os, signal, sys
+from pathlib import Path
+import safetensors.torch
+prefix, nth, seen = sys.argv[1], int(sys.argv[2]), [0]
+save_file = safetensors.torch.save_file
+def killing_save_file(tensors, filename, *args, **kwargs):
+    if Path(filename).parent.name.startswith(prefix):
+        seen[0] += 1
+        if seen[0] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return save_file(tensors, filename, *args, **kwargs)
+safetensors.torch.save_file = killing_save_file
+from scratchllm.cli.main import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+_LORA_RUNS = {
+    "instruct": lambda d: ["finetune", "instruct", "--model", d["model"], "--data",
+                           d["prompts"], "--epochs", "1", "--batch-size", "4",
+                           "--max-length", "96", "--lr", "1e-3", "--no-test-responses",
+                           "--quiet", *_SAVES],
+    "ppo": _KILLED_SAVES["ppo"],
+}
+
+
+@pytest.mark.parametrize("command, prefix, nth",
+                         [("instruct", ".step-00000002.tmp-", 1),
+                          ("instruct", ".latest.tmp-", 2), ("ppo", ".latest.tmp-", 2)],
+                         ids=["instruct-checkpoint", "instruct-merged-latest",
+                              "ppo-merged-latest"])
+def test_sigkill_mid_lora_checkpoint_keeps_a_loadable_latest_and_resume_finishes(
+        cli, cli_runner, chatty_model, instruct_file, tmp_path, command, prefix, nth):
+    """A LoRA run (``--lora-rank``) SIGKILLed inside step 2's save, while it writes the
+    checkpoint's weights or the merged model for latest/: OUT opens (latest/ is step 1's
+    merged model; a kill after latest/ was linked to the LoRA-layout checkpoint left one no
+    loader reads, so ``generate --model OUT`` failed), and ``--resume`` sweeps the temp
+    folder and logs what an uninterrupted run logs."""
+    import json
+    import sys
+
+    from scratchllm.model.lora import lora_layers
+    from scratchllm.weights.auto import open_model
+
+    reward = tmp_path / "reward.py"
+    reward.write_text(_REWARD_FN)
+    args = [*_LORA_RUNS[command]({"model": chatty_model, "prompts": instruct_file,
+                                  "reward": reward}), "--lora-rank", "2"]
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    cli([*args, "--out", straight])
+    killed = subprocess.run([sys.executable, "-c", _KILL_AT_SAVE, prefix, str(nth),
+                             *map(str, args), "--out", str(run)], env=cli_runner.env,
+                            cwd=cli_runner.cwd, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (run / "checkpoints" / "step-00000001").is_dir()
+    assert _temps(run) + _temps(run / "checkpoints"), "nothing was being written at the kill"
+    assert json.loads((run / "latest" / "config.json").read_text())["metadata"]["step"] == 1
+    assert not lora_layers(open_model(run, device="cpu").model)
+    cli(["generate", "--model", run, "Hello", "--max-new-tokens", "2", "--device", "cpu"])
+    cli([*args, "--out", run, "--resume"])
+    assert _temps(run) == [] and _temps(run / "checkpoints") == []
+    assert _records(run) == _records(straight)
+    assert not lora_layers(open_model(run, device="cpu").model)

@@ -177,6 +177,7 @@ class FinetuneLoop:
     def save(self) -> None:
         """Checkpoint (model, optimizer, schedule, RNG, data position) and refresh best/."""
         self.best.write(self.model)
+        lora = bool(lora_layers(self.model))
         self.state.data_state = {"data": self.batches.state_dict(self.state.step),
                                  "examples_seen": self.examples_seen,
                                  "best": self.best.state_dict()}
@@ -186,8 +187,8 @@ class FinetuneLoop:
             train_config=self.recipe, val_loss=None, keep_last=self.settings.keep_last,
             scaler=self.scaler, update_best=False,  # best/ is ours (finetune.best)
             metadata=self.setup.model_metadata,
-            generation=generation_header(self.setup.eos_ids))
-        if lora_layers(self.model):
+            generation=generation_header(self.setup.eos_ids), link_latest=not lora)
+        if lora:
             # The checkpoint keeps LoRA's layout for --resume; latest/ gets the merged model,
             # which open_model (generate, chat, export) reads like any model directory.
             self.task.save_model(self.setup.out_dir / MODEL_SUBDIR, merged_copy(self.model),

@@ -137,7 +137,7 @@ def save_checkpoint(run_dir: PathLike, *, model: nn.Module, optimizer, scheduler
                     train_config: dict | None = None, val_loss: float | None = None,
                     keep_last: int | None = 3, scaler=None,
                     update_best: bool | None = None, metadata: dict | None = None,
-                    generation: dict | None = None) -> Path:
+                    generation: dict | None = None, link_latest: bool = True) -> Path:
     """Write ``RUN_DIR/checkpoints/step-{step:08d}/`` and refresh latest/, best/ and LATEST.
 
     ``keep_last`` newest checkpoints (by step) survive, plus the one just written; None keeps
@@ -148,6 +148,9 @@ def save_checkpoint(run_dir: PathLike, *, model: nn.Module, optimizer, scheduler
     ``metadata`` and ``generation`` go into the model directory's config.json as
     ``save_model_dir`` writes them (a fine-tuned model's prompt format, its end ids), so a
     run stopped early leaves a ``latest/`` that chats and exports as a finished one does.
+    ``link_latest=False`` leaves latest/ to the caller: a LoRA checkpoint's weights are in
+    LoRA's layout, which no model loader reads, so latest/ gets the merged model instead
+    (linking it first would leave an unloadable latest/ to a kill before that write).
     A full disk raises ``DiskFullError`` with the previous checkpoint left as it was.
     Returns the checkpoint directory.
     """
@@ -188,7 +191,8 @@ def save_checkpoint(run_dir: PathLike, *, model: nn.Module, optimizer, scheduler
             _write_trainer_state(tmp / TRAINER_DIR, optimizer, scheduler, scaler, record)
         stage = "point"
         write_pointer(run_dir, name)
-        link_model_dir(ckpt_dir, run_dir / LATEST_DIR)
+        if link_latest:
+            link_model_dir(ckpt_dir, run_dir / LATEST_DIR)
         stage = "best"
         if update_best:
             link_model_dir(ckpt_dir, run_dir / BEST_DIR)
@@ -198,7 +202,7 @@ def save_checkpoint(run_dir: PathLike, *, model: nn.Module, optimizer, scheduler
         if stage == "best":  # the checkpoint is complete and current; best/ is the old one
             raise disk_full_error(run_dir, f"{BEST_DIR}/ (step {state.step})", ckpt_dir) from None
         if stage == "point" and previous != ckpt_dir:
-            _roll_back(run_dir, ckpt_dir, previous)
+            _roll_back(run_dir, ckpt_dir, previous, link_latest)
         raise disk_full_error(run_dir, f"checkpoint {name}", previous) from None
     if keep_last is not None:
         old = [path for _, path in step_dirs(run_dir) if path != ckpt_dir]
@@ -207,17 +211,18 @@ def save_checkpoint(run_dir: PathLike, *, model: nn.Module, optimizer, scheduler
     return ckpt_dir
 
 
-def _roll_back(run_dir: Path, ckpt_dir: Path, previous: Path | None) -> None:
+def _roll_back(run_dir: Path, ckpt_dir: Path, previous: Path | None, latest: bool) -> None:
     """After a full disk stopped LATEST or latest/ from moving: drop the new checkpoint (which
-    frees its space), then point LATEST and latest/ back at ``previous``."""
+    frees its space), then point LATEST (and latest/, when it is linked) back at ``previous``."""
     try:
         remove_tree(ckpt_dir)
         if previous is not None:
             write_pointer(run_dir, previous.name)
-            link_model_dir(previous, run_dir / LATEST_DIR)  # hard links: next to no space needed
+            if latest:  # hard links: next to no space needed
+                link_model_dir(previous, run_dir / LATEST_DIR)
         else:
             (run_dir / LATEST_POINTER).unlink(missing_ok=True)
-            if (run_dir / LATEST_DIR).is_dir():
+            if latest and (run_dir / LATEST_DIR).is_dir():
                 remove_tree(run_dir / LATEST_DIR)
     except OSError:
         pass  # latest_checkpoint() skips what is gone; loading and --resume still work

@@ -110,14 +110,14 @@ class RLTrainer:
 
     def save(self) -> None:
         self.state.data_state = self.data_state()
-        learner = self.learner
+        learner, lora = self.learner, bool(lora_layers(self.policy))
         self.checkpoint = save_checkpoint(
             self.setup.out_dir, model=self.policy, optimizer=learner.optimizer,
             scheduler=learner.scheduler, state=self.state, tokenizer=self.setup.tokenizer,
             train_config=self.recipe, val_loss=None, keep_last=self.settings.keep_last,
             scaler=learner.scaler, update_best=False, metadata=self.setup.model_metadata,
-            generation=generation_header(self.setup.eos_ids))
-        if lora_layers(self.policy):
+            generation=generation_header(self.setup.eos_ids), link_latest=not lora)
+        if lora:
             # The checkpoint keeps LoRA's layout for --resume; latest/ gets the merged policy,
             # which generate, chat and export open like any model directory.
             model_saver(self.setup)(self.setup.out_dir / MODEL_SUBDIR, merged_copy(self.policy),
