@@ -55,7 +55,29 @@ class Terminated(BaseException):
     it. Training loops install their own handler (``train.run_control``) that saves first."""
 
 
+def _importing(frame) -> bool:
+    """Whether ``frame`` runs inside an import (Python's import machinery is on the stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+_DEFERRED = {"times": 0}
+
+
 def _terminate(signum, frame) -> None:
+    if _importing(frame) and _DEFERRED["times"] < 250:
+        # An exception raised inside an import can pass through a C extension's init, which
+        # mangles it: numpy turns it into an ImportError traceback, torch aborts (SIGABRT).
+        # The commands import torch & co. lazily, while the model loads: ask again shortly,
+        # when the import is done (for at most ~5 s: a caller running us inside an import).
+        _DEFERRED["times"] += 1
+        again = threading.Timer(0.02, os.kill, (os.getpid(), signum))
+        again.daemon = True
+        again.start()
+        return
     raise Terminated
 
 

@@ -61,9 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scratchllm.serve import ServerConfig, build_engine
+    from scratchllm.cli.main import Terminated
     from scratchllm.serve import run as serve
-    from scratchllm.utils.device import resolve_device
 
     for name in ("max_batch", "max_request_bytes"):
         if getattr(args, name) < 1:
@@ -80,6 +79,29 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.serve.ratings import RatingsFile
 
     ratings = RatingsFile(args.ratings)  # refuses a wrong file before the model loads
+    try:
+        engine, config = _load(args, ratings)
+    except (KeyboardInterrupt, Terminated) as stop:
+        # stopped before it listened: the same exit as a server stopped once up (uvicorn
+        # drains, then 0), so a supervisor sees one outcome for "stopped on request"
+        why = "interrupted" if isinstance(stop, KeyboardInterrupt) else "stopped by SIGTERM"
+        print(f"scratchllm serve: {why} while loading the model; nothing was served",
+              file=sys.stderr)
+        return 0
+    if (warning := open_host_warning(args.host, args.api_key)) is not None:
+        print(warning, file=sys.stderr, flush=True)
+    print(f"scratchllm serve: {config.model_id} on http://{args.host}:{args.port}/v1 "
+          f"(batch {args.max_batch}, queue {args.max_queue}); web page: "
+          f"http://{args.host}:{args.port}/, ratings: {ratings.path}", flush=True)
+    serve(engine, config, host=args.host, port=args.port, drain_timeout=args.drain_timeout)
+    return 0
+
+
+def _load(args: argparse.Namespace, ratings) -> tuple:
+    """(engine, ServerConfig): --model's engine (and --compare-model's, in the config)."""
+    from scratchllm.serve import ServerConfig, build_engine
+    from scratchllm.utils.device import resolve_device
+
     device = resolve_device(args.device)
     engine, model_id, metadata = build_engine(
         args.model, device=device, max_batch=args.max_batch, max_queue=args.max_queue,
@@ -98,13 +120,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--model and --compare-model are both named "
                               f"{config.model_id!r}; give one --model-name or "
                               "--compare-model-name")
-    if (warning := open_host_warning(args.host, args.api_key)) is not None:
-        print(warning, file=sys.stderr, flush=True)
-    print(f"scratchllm serve: {config.model_id} on http://{args.host}:{args.port}/v1 "
-          f"(batch {args.max_batch}, queue {args.max_queue}); web page: "
-          f"http://{args.host}:{args.port}/, ratings: {ratings.path}", flush=True)
-    serve(engine, config, host=args.host, port=args.port, drain_timeout=args.drain_timeout)
-    return 0
+    return engine, config
 
 
 def open_host_warning(host: str, api_key: str | None) -> str | None:

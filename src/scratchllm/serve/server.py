@@ -73,10 +73,12 @@ def run(engine: Engine, config: ServerConfig, *, host: str = "127.0.0.1", port: 
     server = uvicorn.Server(uvicorn_config(app, host=host, port=port,
                                            drain_timeout=drain_timeout, log_level=log_level))
     # uvicorn drains on SIGTERM/SIGINT and then re-raises the signal to the handler it found:
-    # a no-op one here, so a drained server returns normally (exit 0), not killed by it.
+    # this one, so a drained server returns normally (exit 0), not killed by it. It asks the
+    # server to exit, as uvicorn's own does: a signal before uvicorn has installed that one
+    # (while the event loop starts) stops the server instead of being lost (it served on).
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, lambda *_: None)
+        previous = {sig: signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
                     for sig in (signal.SIGTERM, signal.SIGINT)}
     quiet = _QuietCancelled()
     logging.getLogger("uvicorn.error").addFilter(quiet)
