@@ -57,6 +57,7 @@ from common import (cpu_flags, load_average, machine_summary, median, peak_matmu
 from scratchllm.model import GPTConfig, GPTModel
 from scratchllm.model.stats import training_flops_per_token
 from scratchllm.train import steps
+from scratchllm.model.cpu_matmul import matmul_library, onednn_linears
 from scratchllm.train.compiling import compile_for_training
 from scratchllm.train.optim import build_optimizer
 from scratchllm.utils.heap import retained_heap
@@ -89,8 +90,11 @@ def build_ours(config: GPTConfig, device: torch.device, compile_model: bool,
 
     def step(inputs: torch.Tensor, targets: torch.Tensor, precision: str) -> float:
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = steps.accumulate_gradients(forward_model, [(inputs, targets)], 1, device=device,
-                                             autocast=steps.autocast_for(precision, device))
+        # as the trainer steps: on AMD CPUs float32 linears through oneDNN (model.cpu_matmul)
+        with onednn_linears(enabled=not (mode or compile_model)):
+            loss, _ = steps.accumulate_gradients(forward_model, [(inputs, targets)], 1,
+                                                 device=device,
+                                                 autocast=steps.autocast_for(precision, device))
         optimizer.step()
         return loss
 
@@ -249,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     config = GPTConfig.preset(args.preset, context_length=args.context_length, drop_rate=0.1)
     print(f"machine: {machine_summary(device)}; CPU flags: {cpu_flags()}")
+    if device.type == "cpu":
+        print(f"scratchllm's float32 CPU matmuls: {matmul_library()} (model.cpu_matmul; "
+              "the peers run torch.mm, MKL)")
     print(f"workload: {args.preset} (context {config.context_length}, batch {args.batch_size}, "
           f"dropout 0.1, AdamW lr {LR} wd {WEIGHT_DECAY}); {args.warmup} warmup steps, "
           f"{args.rounds} rounds x {args.window} steps, compile={args.compile}, "

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from scratchllm.data.instruction import IGNORE_INDEX
 from scratchllm.finetune.shared_prompt import shared_prompt_hidden
+from scratchllm.model.cpu_matmul import recompute_contexts
 from scratchllm.model.loss import head_chunks, head_of, token_logprobs
 
 
@@ -110,7 +111,8 @@ def token_logprobs_entropy(hidden: torch.Tensor, head: nn.Module, targets: torch
     logps, entropies = [], []
     for start in range(0, flat_h.shape[0], rows):
         args = (head, flat_h[start:start + rows], flat_t[start:start + rows], temperature)
-        picked, entropy = (checkpoint(_chunk_logprobs_entropy, *args, use_reentrant=False)
+        picked, entropy = (checkpoint(_chunk_logprobs_entropy, *args, use_reentrant=False,
+                                      context_fn=recompute_contexts)
                            if keep_graph else _chunk_logprobs_entropy(*args))
         logps.append(picked)
         entropies.append(entropy)

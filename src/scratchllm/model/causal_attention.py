@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from scratchllm.model import cpu_matmul
 from scratchllm.model.dropout import cheap_mask_applies, dropout, keep_mask
 
 _causal_masks: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
@@ -141,8 +142,8 @@ class _ProjectedCausalAttention(torch.autograd.Function):
         batch, n_tokens, emb_dim = x.shape
         head_dim = emb_dim // n_heads
         rows = x.reshape(batch * n_tokens, emb_dim)
-        qkv_t = (torch.mm(weight, rows.t()) if bias is None
-                 else torch.addmm(bias[:, None], weight, rows.t()))  # (3E, B*T)
+        qkv_t = (cpu_matmul.mm(weight, rows.t()) if bias is None
+                 else cpu_matmul.addmm(bias[:, None], weight, rows.t()))  # (3E, B*T)
         heads = (qkv_t.view(3, n_heads, head_dim, batch, n_tokens).permute(0, 3, 1, 2, 4)
                  .contiguous().view(3, batch * n_heads, head_dim, n_tokens))
         del qkv_t
@@ -184,9 +185,9 @@ class _ProjectedCausalAttention(torch.autograd.Function):
         grad_qkv_t = grad_heads.view(3, batch, n_heads, head_dim, n_tokens).permute(
             0, 2, 3, 1, 4).reshape(3 * n_heads * head_dim, batch * n_tokens)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = (torch.mm(grad_qkv_t.t(), weight).view(batch, n_tokens, -1)
+        grad_x = (cpu_matmul.mm(grad_qkv_t.t(), weight).view(batch, n_tokens, -1)
                   if need_x else None)
-        grad_w = torch.mm(grad_qkv_t, rows) if need_w else None
+        grad_w = cpu_matmul.mm(grad_qkv_t, rows) if need_w else None
         grad_b = grad_qkv_t.sum(1) if need_b and ctx.has_bias else None
         return grad_x, grad_w, grad_b, None, None
 

@@ -46,6 +46,7 @@ from torch import nn
 
 from scratchllm.errors import ConfigError
 from scratchllm.model.cpu_linear import pack_linears
+from scratchllm.model.cpu_matmul import cpu_vendor
 from scratchllm.model.inputs import model_device
 
 BF16_ROWS = 1  # bf16 layers are packed for one row whatever ``rows`` is (8 rows cost ~1 row)
@@ -73,23 +74,6 @@ def use_transposed_layout(model: nn.Module) -> int:
             weight.data = weight.data.t().contiguous().t()
             changed += 1
     return changed
-
-
-def cpu_vendor() -> str | None:
-    """The x86 vendor string ("GenuineIntel", "AuthenticAMD"), or None where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("vendor_id"):
-                    return line.partition(":")[2].strip() or None
-    except OSError:
-        pass
-    import platform  # Windows names the vendor here ("AMD64 Family 25 ..., AuthenticAMD")
-
-    for vendor in ("GenuineIntel", "AuthenticAMD"):
-        if vendor in platform.processor():
-            return vendor
-    return None
 
 
 def float32_one_row_packed() -> bool:

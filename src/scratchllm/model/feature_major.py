@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from scratchllm.model import cpu_matmul
+
 _GELU = "tanh"  # GPT-2's approximation (model.layers.GELU)
 
 
@@ -48,9 +50,9 @@ class _FeatureMajorFeedForward(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                 b2: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        hidden_t = torch.addmm(b1[:, None], w1, rows.t())  # (4E, B*T)
+        hidden_t = cpu_matmul.addmm(b1[:, None], w1, rows.t())  # (4E, B*T)
         act_t = F.gelu(hidden_t, approximate=_GELU)
-        out = torch.addmm(b2, act_t.t(), w2.t())  # (B*T, E)
+        out = cpu_matmul.addmm(b2, act_t.t(), w2.t())  # (B*T, E)
         ctx.save_for_backward(rows, w1, w2, hidden_t, act_t)
         return out.view(*x.shape[:-1], w2.shape[0])
 
@@ -60,16 +62,16 @@ class _FeatureMajorFeedForward(torch.autograd.Function):
         rows, w1, w2, hidden_t, act_t = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
         grad = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_w2 = torch.mm(grad.t(), act_t.t()) if need_w2 else None
+        grad_w2 = cpu_matmul.mm(grad.t(), act_t.t()) if need_w2 else None
         grad_b2 = grad.sum(0) if need_b2 else None
         grad_x = grad_w1 = grad_b1 = None
         if need_x or need_w1 or need_b1:
-            grad_act_t = torch.mm(w2.t(), grad.t())  # (4E, B*T), tall
+            grad_act_t = cpu_matmul.mm(w2.t(), grad.t())  # (4E, B*T), tall
             grad_hidden_t = torch.ops.aten.gelu_backward(grad_act_t, hidden_t, approximate=_GELU)
             del grad_act_t
             if need_x:
-                grad_x = torch.mm(grad_hidden_t.t(), w1).view(*grad_out.shape[:-1], w1.shape[1])
-            grad_w1 = torch.mm(grad_hidden_t, rows) if need_w1 else None
+                grad_x = cpu_matmul.mm(grad_hidden_t.t(), w1).view(*grad_out.shape[:-1], w1.shape[1])
+            grad_w1 = cpu_matmul.mm(grad_hidden_t, rows) if need_w1 else None
             grad_b1 = grad_hidden_t.sum(1) if need_b1 else None
         return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
 

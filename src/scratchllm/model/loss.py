@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from scratchllm.model import cpu_matmul
+
 IGNORE_INDEX = -100                # PyTorch's cross-entropy default: positions not scored
 CHUNK_ELEMENTS = 1 << 23           # logits per chunk: 8M floats, 32 MB in fp32
 # The fused cross-entropy keeps no graph per chunk, only the chunk itself and its
@@ -110,7 +112,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 h, t = h_all[start:start + rows], targets[start:start + rows]
                 valid = valid_all[start:start + rows]
                 safe = torch.where(valid, t, 0)[:, None]
-                logits = F.linear(h, w, b).float()
+                logits = cpu_matmul.linear(h, w, b).float()
                 # softmax by hand, in place over the logits: max, subtract, exp, row sums.
                 # log_softmax + exp + a scaling pass ran ~2x slower here (PyTorch's CPU
                 # log-softmax kernel is far slower than its max, exp and sum), and the
@@ -130,14 +132,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad.scatter_add_(1, safe, -row_scale)
                 grad = grad.to(dtype)
                 if need_h and grad_h.dtype == dtype:
-                    torch.mm(grad, w, out=grad_h[start:start + rows])
+                    cpu_matmul.mm(grad, w, out=grad_h[start:start + rows])
                 elif need_h:
                     grad_h[start:start + rows] = grad @ w
                 if need_w and dtype == torch.float32:
                     if start == 0:
-                        torch.mm(grad.T, h, out=grad_w)
+                        cpu_matmul.mm(grad.T, h, out=grad_w)
                     else:
-                        grad_w.addmm_(grad.T, h)
+                        cpu_matmul.addmm_(grad_w, grad.T, h)
                 elif need_w:  # bf16/fp16 product, widened by the copy or the add itself
                     chunk_w = grad.T @ h
                     if start == 0:
@@ -243,7 +245,8 @@ def token_logprobs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor,
         h, t = flat_h[start:start + rows], flat_t[start:start + rows]
         if keep_graph:
             pieces.append(checkpoint(_chunk_logprobs, head, h, t, ignore_index, temperature,
-                                     use_reentrant=False))
+                                     use_reentrant=False,
+                                     context_fn=cpu_matmul.recompute_contexts))
         else:
             pieces.append(_chunk_logprobs(head, h, t, ignore_index, temperature))
     return torch.cat(pieces).view(targets.shape)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from scratchllm.errors import ConfigError, DataError, ScratchLLMError
+from scratchllm.model.cpu_matmul import onednn_linears
 from scratchllm.model.registry import model_from_config
 from scratchllm.tokenizers import get_tokenizer, tokenizer_from_dict
 from scratchllm.train import distributed, steps
@@ -194,7 +195,9 @@ class Trainer(RunFiles):
         self.progress = Progress(self.total_steps, every=cfg.log_every, stream=self.stream)
         start_time = time.perf_counter()
         try:
-            with retained_heap():  # each step reuses the last one's pages (utils.heap)
+            # each step reuses the last one's pages (utils.heap); on AMD CPUs the float32
+            # linear layers run through oneDNN (model.cpu_matmul), unless compiled
+            with retained_heap(), onednn_linears(enabled=not cfg.compile):
                 stop_signal = self.train_loop(stop_at, start_time)
         except ScratchLLMError:
             raise

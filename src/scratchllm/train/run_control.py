@@ -10,6 +10,7 @@ from typing import Any, Callable, TextIO
 import numpy as np
 import torch
 
+from scratchllm.model.cpu_matmul import onednn_linears
 from scratchllm.utils.heap import retained_heap
 from scratchllm.utils.progress import Progress
 
@@ -106,8 +107,9 @@ def run_steps(one_step: Callable[[], None], current_step: Callable[[], int], *, 
 
     Returns (stopped early, the signal that asked or None). The fine-tuning loop and the RL
     trainer share it, so both stop, save and resume the same way, and both step with the
-    heap retained (``utils.heap``), as pretraining does."""
-    with StopRequest() as stop, retained_heap():
+    heap retained (``utils.heap``) and, on AMD CPUs, float32 linear layers through oneDNN
+    (``model.cpu_matmul.onednn_linears``), as pretraining does."""
+    with StopRequest() as stop, retained_heap(), onednn_linears():
         while current_step() < end:
             one_step()
             step = current_step()
