@@ -102,6 +102,7 @@ def child(args: argparse.Namespace) -> dict:
     from scratchllm.finetune.logprobs import pair_logprobs
     from scratchllm.finetune.dpo_reference import cache_reference_logprobs, with_reference
     from scratchllm.model import GPTConfig, GPTModel
+    from scratchllm.model.cpu_matmul import onednn_linears
     from scratchllm.model.lora import apply_lora
     from scratchllm.tokenizers import GPT2Tokenizer
     from scratchllm.train.optim import build_optimizer
@@ -142,8 +143,9 @@ def child(args: argparse.Namespace) -> dict:
         return dpo.dpo_terms(policy, None, batch, beta=0.1)[0].mean()
 
     step_times, losses, tokens = [], [], []
-    # as the fine-tuning loop steps (train.run_control.run_steps), for both contenders
-    with retained_heap():
+    # as the fine-tuning loop steps (train.run_control.run_steps), for both contenders; ours
+    # with its float32 linears through oneDNN where that loop chooses it (AMD CPUs)
+    with retained_heap(), onednn_linears(enabled=contender != "book"):
         for step in range(n_steps):
             batch = collate([pairs[i] for i in range(step * args.batch, (step + 1) * args.batch)])
             if args.profile and step == 1:
