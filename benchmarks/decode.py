@@ -62,7 +62,7 @@ from scratchllm.generate.loop import decode_steps, left_pad  # noqa: E402
 from scratchllm.model import GPTConfig, GPTModel, LlamaConfig, LlamaModel  # noqa: E402
 from scratchllm.model.quantize import cpu_flags, quantize_model  # noqa: E402
 from scratchllm.model.cpu_linear import packed_unavailable  # noqa: E402
-from scratchllm.model.decode_layout import prepare_decoding  # noqa: E402
+from scratchllm.model.decode_layout import float32_one_row_packed, prepare_decoding  # noqa: E402
 from scratchllm.model.compiled_decode import compile_decoding  # noqa: E402
 
 PROMPT_LEN, NEW_TOKENS, THREADS, SEED = 10, 200, 2, 123
@@ -304,7 +304,8 @@ def print_batched(batch: dict, rounds: int, new_tokens: int) -> None:
     packed = (f"{batch['fp32_packed']} linear layers packed for 8 rows" if batch["fp32_packed"]
               else "oneDNN's prepacked fp32 linear is unavailable: "
               f"{packed_unavailable(torch.float32)}")
-    print(f"  fp32 8 prompts on the one-row (transposed) layout: {plain:.1f}, ratio "
+    layout = "packed for 1 row" if float32_one_row_packed() else "transposed"
+    print(f"  fp32 8 prompts on the one-row ({layout}) layout: {plain:.1f}, ratio "
           f"{ratio:.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)}); fp32 8 prompts "
           f"above: {packed}")
 
