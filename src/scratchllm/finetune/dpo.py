@@ -55,7 +55,7 @@ from scratchllm.finetune.runs import (
     maybe_apply_lora,
     model_saver,
     plot_run,
-    start_run,
+    start_prompted_run,
 )
 from scratchllm.train.steps import autocast_for
 from scratchllm.utils.atomic import atomic_write_json
@@ -215,21 +215,14 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
         raise ConfigError(f"beta must be positive, got {beta}; the book uses 0.1")
     if generate_test:
         check_answer_length(max_new_tokens)
-    settings = LoopSettings(epochs=epochs, batch_size=batch_size, lr=lr,
-                            weight_decay=weight_decay, seed=seed, eval_every=eval_every,
-                            micro_batch_size=micro_batch_size, warmup_steps=warmup_steps,
-                            min_lr=min_lr, grad_clip=grad_clip, save_every=save_every,
-                            keep_last=keep_last, progress=progress, stop_at=stop_at)
-    settings.check()
+    settings = LoopSettings.from_options(locals())
     entries = load_preference_data(data_file)
     train_entries, val_entries, test_entries = split_entries(entries, shuffle=shuffle_split,
                                                              seed=seed)
-    setup = start_run(model_dir, out_dir, device=device, precision=precision, seed=seed,
-                      overwrite=overwrite, resume=resume)
+    setup, max_length = start_prompted_run(
+        model_dir, out_dir, prompt_style=prompt_style, max_length=max_length, device=device,
+        precision=precision, seed=seed, overwrite=overwrite, resume=resume)
     policy, tokenizer = setup.model, setup.tokenizer
-    setup.model_metadata["prompt_style"] = prompt_style  # what chat and export read
-    context = policy.config.context_length
-    max_length = min(max_length or context, context)
     collate = with_reference(partial(preference_collate, pad_id=tokenizer.eot_id,
                                      max_length=max_length))
     train_set = PreferenceDataset(train_entries, tokenizer, prompt_style)

@@ -38,7 +38,7 @@ from scratchllm.finetune.runs import (
     maybe_apply_lora,
     model_saver,
     plot_run,
-    start_run,
+    start_prompted_run,
 )
 from scratchllm.generate import generate_batch
 from scratchllm.train.steps import estimate_loss
@@ -173,21 +173,14 @@ def finetune_instruct(model_dir: str | Path, data_file: str | Path, out_dir: str
     check_style(prompt_style)
     if generate_test:
         check_answer_length(max_new_tokens)
-    settings = LoopSettings(epochs=epochs, batch_size=batch_size, lr=lr,
-                            weight_decay=weight_decay, seed=seed, eval_every=eval_every,
-                            micro_batch_size=micro_batch_size, warmup_steps=warmup_steps,
-                            min_lr=min_lr, grad_clip=grad_clip, save_every=save_every,
-                            keep_last=keep_last, progress=progress, stop_at=stop_at)
-    settings.check()
+    settings = LoopSettings.from_options(locals())
     entries = load_instruction_data(data_file)
     train_entries, val_entries, test_entries = split_entries(entries, shuffle=shuffle_split,
                                                              seed=seed)
-    setup = start_run(model_dir, out_dir, device=device, precision=precision, seed=seed,
-                      overwrite=overwrite, resume=resume)
+    setup, max_length = start_prompted_run(
+        model_dir, out_dir, prompt_style=prompt_style, max_length=max_length, device=device,
+        precision=precision, seed=seed, overwrite=overwrite, resume=resume)
     model, tokenizer = setup.model, setup.tokenizer
-    setup.model_metadata["prompt_style"] = prompt_style  # what chat and export read
-    context = model.config.context_length
-    max_length = min(max_length or context, context)
     collate = partial(instruction_collate, pad_id=tokenizer.eot_id, max_length=max_length,
                       mask_prompt=mask_prompt)
     train_set = InstructionDataset(train_entries, tokenizer, prompt_style)

@@ -14,7 +14,9 @@ split into micro batches computes the gradient of exactly the one big batch.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -71,6 +73,16 @@ class LoopSettings:
     progress: bool = True
     log_every: int = 10                   # plain-text progress lines every N steps
     stop_at: int | None = None            # stop (and checkpoint) after this many steps
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> "LoopSettings":
+        """The checked settings among a finetune function's arguments (``locals()``), which
+        carry the same names: each method takes them all, and listing them again at every
+        call is where one gets dropped."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        settings = cls(**{name: options[name] for name in names if name in options})
+        settings.check()
+        return settings
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "eval_every", "keep_last", "log_every"):

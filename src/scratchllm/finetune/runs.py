@@ -137,6 +137,17 @@ def start_run(model_dir: str | Path, out_dir: str | Path, *, device: str | None 
                     loaded.eos_ids, checkpoint, source_name(model_dir), resume_requested=resume)
 
 
+def start_prompted_run(model_dir: str | Path, out_dir: str | Path, *, prompt_style: str,
+                       max_length: int | None, **start: Any) -> tuple[RunSetup, int]:
+    """``start_run`` for a method that trains on prompt-formatted text (instruct, DPO):
+    (setup, max_length). Every model the run saves records ``prompt_style`` (chat and export
+    read it), and ``max_length`` is capped at the model's context (None: the context)."""
+    setup = start_run(model_dir, out_dir, **start)
+    setup.model_metadata["prompt_style"] = prompt_style
+    context = setup.model.config.context_length
+    return setup, min(max_length or context, context)
+
+
 def maybe_apply_lora(model: nn.Module, lora: dict | None) -> None:
     """Wrap the linear layers in LoRA adapters (appendix E) when ``lora`` settings are given."""
     if not lora:
