@@ -91,8 +91,11 @@ def test_needs_steps_or_epochs():
 def test_bad_model_override_and_preset():
     with pytest.raises(ConfigError, match="n_layer"):
         TrainConfig(model={"n_layer": 3})
-    with pytest.raises(ConfigError, match="unknown preset"):
+    with pytest.raises(ConfigError, match="unknown preset") as err:
         TrainConfig(preset="gpt5")
+    # the Llama 3 / Qwen3 presets pretrain takes are offered too, not only GPT-2's
+    assert "gpt2-small" in str(err.value) and "tiny-llama" in str(err.value)
+    assert "qwen3-0.6b" in str(err.value)
     with pytest.raises(ConfigError, match="top level"):
         TrainConfig(model={"context_length": 64})
 

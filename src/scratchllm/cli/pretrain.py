@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", metavar="FILE", help="YAML/TOML/JSON config (see configs/)")
     p.add_argument("--data", help="text file, prepared .bin file or folder (default: the bundled story)")
-    p.add_argument("--preset", help="model preset: gpt2-small/medium/large/xl or tiny")
+    p.add_argument("--preset", help="model preset: gpt2-small/medium/large/xl, tiny, "
+                   "llama3.2-1b, qwen3-0.6b, tiny-llama, ... (`scratchllm info` lists them)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--epochs", type=int, help="passes over the training data")
     p.add_argument("--batch-size", type=int, help="sequences per optimizer step")

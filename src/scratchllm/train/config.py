@@ -198,6 +198,10 @@ class TrainConfig:
                 return LlamaConfig.preset(self.preset, **values)
             return GPTConfig.preset(self.preset, **values)
         except ConfigError as err:
+            if str(err).startswith("unknown preset"):  # GPTConfig lists only its own
+                names = [*GPTConfig.preset_names(), *LlamaConfig.preset_names()]
+                err = ConfigError(f"unknown preset {self.preset!r}; choose one of: "
+                                  f"{', '.join(names)}")
             raise ConfigError(f"train config 'preset'/'model': {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
