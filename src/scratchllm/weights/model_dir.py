@@ -193,6 +193,11 @@ def check_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path
                 if name not in aliases}
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
+    if any(name.endswith((".lora_A", ".lora_B")) for name in unexpected):
+        raise CheckpointError(f"{path} is a LoRA run's checkpoint: the base weights and the "
+                              "adapters stored apart for --resume, which no model loader "
+                              "reads; open the run's latest/ (the merged model), or continue "
+                              "the run with --resume")
     if missing:
         raise CheckpointError(f"{path} lacks tensor(s) {missing[:5]} (of {len(missing)} missing) "
                               "that the model config needs; the file is incomplete")
