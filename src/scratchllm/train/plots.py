@@ -109,11 +109,20 @@ def plot_run(run_dir: str | os.PathLike, out_path: str | os.PathLike | None = No
     exists must be a plot scratchllm drew (a user's file of that name is never replaced)."""
     from scratchllm.utils.outputs import check_output_file
 
-    run_dir = Path(run_dir)
     if out_path is not None:
         out_path = check_output_file(out_path, is_our_png)
+    run_dir, records = read_run_metrics(run_dir)
+    return plot_losses(records, out_path or run_dir / PLOT_FILE, title=run_dir.name)
+
+
+def read_run_metrics(run_dir: str | os.PathLike) -> tuple[Path, list[dict]]:
+    """(the run's folder, its metrics records). ``RUN_DIR/metrics.jsonl`` itself is taken for
+    its folder too: the README points at that file, so a user may well name it."""
+    run_dir = Path(run_dir)
+    if run_dir.name == METRICS_FILE and run_dir.is_file():
+        run_dir = run_dir.parent
     metrics = run_dir / METRICS_FILE
     if not metrics.is_file():
         raise MissingFileError(f"{str(metrics)!r} not found; give the folder a `scratchllm pretrain` "
                                "run wrote (its --out)")
-    return plot_losses(read_metrics(metrics), out_path or run_dir / PLOT_FILE, title=run_dir.name)
+    return run_dir, read_metrics(metrics)
