@@ -33,7 +33,12 @@ def test_scratchllm_dir_run_dir_and_hf_dir_give_the_same_model(tmp_path, model):
     export_hf_dir(model, tmp_path / "hf", tokenizer)
     for place in ("model", "run", "hf"):
         loaded, tok = scratchllm.load(tmp_path / place)
-        assert torch.equal(logits(loaded), logits(model)), place
+        theirs = loaded.state_dict()
+        assert all(torch.equal(theirs[k], v) for k, v in model.state_dict().items()), place
+        # the same weights; an HF directory's (in, out) Conv1D weights may load in another
+        # memory layout, and MKL's generic path (AMD CPUs) then rounds the sums differently
+        torch.testing.assert_close(logits(loaded), logits(model), rtol=1e-5, atol=1e-5,
+                                   msg=place)
         assert isinstance(tok, GPT2Tokenizer), place
 
 
