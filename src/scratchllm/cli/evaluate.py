@@ -13,12 +13,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="kind", metavar="KIND")
 
     ppl = kinds.add_parser("perplexity", help="perplexity on a text file or instruction data")
-    ppl.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    ppl.add_argument("--model", required=True, metavar="DIR",
+                     help="model: scratchllm model/run dir, Hugging Face dir or Hub name")
     source = ppl.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", metavar="FILE", help="plain text file")
     source.add_argument("--instructions", metavar="FILE",
                         help="instruction JSON: score the responses given the prompts")
-    ppl.add_argument("--prompt-style", choices=["alpaca", "phi3"], default="alpaca")
+    ppl.add_argument("--prompt-style", choices=["alpaca", "phi3"],
+                     help="--instructions' prompt template (default: the one --model was "
+                     "instruction-tuned with, else alpaca)")
     ppl.add_argument("--response-key", default="output", help="field holding the response")
     ppl.add_argument("--window", type=int, help="tokens per window (default: context length)")
     ppl.add_argument("--stride", type=int, help="window step (default: the window)")
@@ -82,12 +85,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_perplexity(args: argparse.Namespace) -> int:
     from scratchllm.data.text_files import read_text_file
+    from scratchllm.data.chat_templates import prompt_style_of
     from scratchllm.evaluate.perplexity import instruction_perplexity, text_perplexity
     from scratchllm.utils.device import resolve_device
     from scratchllm.weights.auto import open_model
 
-    model, tokenizer = open_model(args.model, device=resolve_device(args.device),
-                                  require_tokenizer=True)
+    loaded = open_model(args.model, device=resolve_device(args.device), require_tokenizer=True)
+    model, tokenizer = loaded.model, loaded.tokenizer
     if args.text:
         result = text_perplexity(model, read_text_file(args.text), tokenizer=tokenizer,
                                  window=args.window, stride=args.stride,
@@ -96,7 +100,8 @@ def run_perplexity(args: argparse.Namespace) -> int:
         from scratchllm.data.instruction import load_json_entries
 
         entries = load_json_entries(args.instructions, ("instruction", "input", args.response_key))
-        result = instruction_perplexity(model, tokenizer, entries, style=args.prompt_style,
+        style = args.prompt_style or prompt_style_of(loaded.metadata) or "alpaca"
+        result = instruction_perplexity(model, tokenizer, entries, style=style,
                                         response_key=args.response_key,
                                         batch_size=args.batch_size)
     print(json.dumps(result.to_dict()))

@@ -16,7 +16,7 @@ def register(methods: argparse._SubParsersAction) -> None:
         "is then answered greedily into OUT/test_responses.json (compare it with finetune "
         "instruct's by `scratchllm evaluate reward --responses A B`).",
     )
-    add_common_args(p, epochs=1, lr=5e-6, weight_decay=0.01)
+    add_common_args(p, epochs=1, lr=5e-6, weight_decay=0.01, inherit_style=True)
     p.add_argument("--beta", type=float, default=0.1,
                    help="how far the policy may drift from the reference (default 0.1)")
     p.add_argument("--sum-logprobs", action="store_true",

@@ -7,8 +7,9 @@ import signal
 
 
 def add_common_args(p: argparse.ArgumentParser, *, epochs: int, lr: float,
-                    weight_decay: float) -> None:
-    """Options shared by `finetune instruct` and `finetune dpo`."""
+                    weight_decay: float, inherit_style: bool = False) -> None:
+    """Options shared by `finetune instruct` and `finetune dpo` (``inherit_style``: the
+    prompt style defaults to the one the model was instruction-tuned with)."""
     p.add_argument("--model", required=True, metavar="DIR",
                    help="model to start from: scratchllm model/run dir, Hugging Face dir or Hub name")
     p.add_argument("--data", required=True, metavar="FILE", help="JSON list of entries")
@@ -24,8 +25,11 @@ def add_common_args(p: argparse.ArgumentParser, *, epochs: int, lr: float,
     p.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default {lr})")
     p.add_argument("--weight-decay", type=float, default=weight_decay,
                    help=f"AdamW weight decay (default {weight_decay})")
-    p.add_argument("--prompt-style", choices=["alpaca", "phi3"], default="alpaca",
-                   help="prompt template (default alpaca, book 7.2)")
+    p.add_argument("--prompt-style", choices=["alpaca", "phi3"],
+                   default=None if inherit_style else "alpaca",
+                   help="prompt template (default: the one --model was instruction-tuned "
+                   "with, else alpaca)" if inherit_style else
+                   "prompt template (default alpaca, book 7.2)")
     p.add_argument("--max-length", type=int, help="truncate examples (default: context length)")
     p.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank instead of all weights")
     p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale alpha (default 16)")

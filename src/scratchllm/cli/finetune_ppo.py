@@ -58,8 +58,9 @@ def register(methods: argparse._SubParsersAction) -> None:
     p.add_argument("--vf-coef", type=float, default=0.1, help="PPO value-loss weight (default 0.1)")
     p.add_argument("--clip", type=float, default=0.2, help="PPO/GRPO ratio clip (default 0.2)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip (default 1.0)")
-    p.add_argument("--prompt-style", choices=["alpaca", "phi3", "raw"], default="alpaca",
-                   help="prompt template (default alpaca; raw: the text as is)")
+    p.add_argument("--prompt-style", choices=["alpaca", "phi3", "raw"],
+                   help="prompt template (default: the one --policy was instruction-tuned "
+                   "with, else alpaca; raw: the text as is)")
     p.add_argument("--value-head", metavar="FILE",
                    help="PPO: start the value head from this value_head.safetensors (an earlier "
                    "run's) instead of zero")

@@ -56,6 +56,7 @@ from scratchllm.finetune.runs import (
     model_saver,
     plot_run,
     start_prompted_run,
+    tuned_prompt_style,
 )
 from scratchllm.train.steps import autocast_for
 from scratchllm.utils.atomic import atomic_write_json
@@ -188,7 +189,7 @@ class DPOResult:
 
 def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Path, *,
                  beta: float = 0.1, epochs: int = 1, batch_size: int = 8, lr: float = 5e-6,
-                 weight_decay: float = 0.01, prompt_style: str = "alpaca",
+                 weight_decay: float = 0.01, prompt_style: str | None = None,
                  max_length: int | None = None, average_logprobs: bool = True,
                  lora: dict | None = None, seed: int = 123, device: str | None = "auto",
                  precision: str = "auto", eval_every: int = 5, eval_batches: int = 5,
@@ -210,7 +211,8 @@ def finetune_dpo(model_dir: str | Path, data_file: str | Path, out_dir: str | Pa
     (``generate_test``), in ``finetune instruct``'s format, so ``evaluate reward`` can compare
     the two models' answers prompt by prompt.
     """
-    check_style(prompt_style)
+    # None: the format --model was instruction-tuned with (else the book's Alpaca)
+    prompt_style = check_style(prompt_style or tuned_prompt_style(model_dir) or "alpaca")
     if beta <= 0:
         raise ConfigError(f"beta must be positive, got {beta}; the book uses 0.1")
     if generate_test:

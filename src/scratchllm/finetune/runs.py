@@ -63,6 +63,25 @@ def source_name(path: str | Path) -> str:
     return str(candidate.resolve()) if candidate.exists() else str(path)
 
 
+def tuned_prompt_style(model_dir: str | Path) -> str | None:
+    """The instruction format a local scratchllm model (or run) was fine-tuned with, read from
+    its config.json alone, before anything is loaded: DPO and PPO go on in the format the
+    model learned (as chat and the reward model do) instead of silently switching it to
+    Alpaca. None for any other model (Hugging Face ones remember no such format)."""
+    from scratchllm.data.chat_templates import prompt_style_of
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.weights.auto import directory_kind
+    from scratchllm.weights.model_dir import read_header, resolve_model_dir
+
+    path = Path(model_dir).expanduser()
+    try:
+        if not path.is_dir() or directory_kind(path) == "hf":
+            return None
+        return prompt_style_of(read_header(resolve_model_dir(path)).get("metadata"))
+    except (ScratchLLMError, OSError):
+        return None  # opening the model says what is wrong with it
+
+
 def check_out(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False,
               resume: bool = False) -> tuple[Path, Path | None]:
     """(out folder, checkpoint to resume or None): the output rules, before any slow work.

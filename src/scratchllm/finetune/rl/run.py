@@ -26,7 +26,8 @@ from scratchllm.finetune.rl.reward import RewardSource, open_reward_source
 from scratchllm.finetune.rl.rollout import encode_prompt
 from scratchllm.finetune.rl.settings import RLSettings
 from scratchllm.finetune.rl.trainer import RLTrainer
-from scratchllm.finetune.runs import finish_run, maybe_apply_lora, source_name, start_run
+from scratchllm.finetune.runs import (finish_run, maybe_apply_lora, source_name, start_run,
+                                     tuned_prompt_style)
 from scratchllm.generate import generate_batch
 from scratchllm.utils.atomic import atomic_write_json
 from scratchllm.utils.device import resolve_device
@@ -79,7 +80,7 @@ def answer_test_prompts(model, tokenizer, prompts: list[Prompt], style: str, *,
 def finetune_rl(policy: str | os.PathLike, prompts_file: str | os.PathLike,
                 out_dir: str | os.PathLike, *, reward_model: str | os.PathLike | None = None,
                 reward_fn: str | None = None, reward: RewardSource | None = None,
-                prompt_style: str = "alpaca", lora: dict | None = None,
+                prompt_style: str | None = None, lora: dict | None = None,
                 device: str | None = "auto", precision: str = "auto",
                 shuffle_split: bool = False, test_responses: bool = True,
                 test_max_new_tokens: int | None = None, overwrite: bool = False,
@@ -96,7 +97,8 @@ def finetune_rl(policy: str | os.PathLike, prompts_file: str | os.PathLike,
     PPO's value head starts at zero (not from the reward model: ``rl.policy``), or from
     ``value_head``, the ``value_head.safetensors`` an earlier PPO run saved beside its policy.
     """
-    check_prompt_style(prompt_style)
+    # None: the format the policy was instruction-tuned with (else the book's Alpaca)
+    prompt_style = check_prompt_style(prompt_style or tuned_prompt_style(policy) or "alpaca")
     unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RLSettings)})
     if unknown:
         raise ConfigError(f"unknown RL setting(s) {unknown}; see RLSettings")
