@@ -29,7 +29,7 @@ import numpy as np
 from scratchllm.utils.outputs import PREPARED, check_output_dir, write_marker
 from scratchllm.utils.atomic import atomic_directory, write_json
 from scratchllm.data.chunking import Piece, read_piece, split_file
-from scratchllm.data.sliding_window import EOT_TEXT
+from scratchllm.data.sliding_window import separator_tokens
 from scratchllm.data.text_files import find_text_files
 from scratchllm.errors import ConfigError, DataError, TokenizerError
 
@@ -122,7 +122,7 @@ def tokenize_piece(piece: Piece, search_bytes: int, dtype: str, eot_id: int | No
     """Read, decode and encode one piece; returns its ids (plus end-of-text when flagged)."""
     tokenizer = tokenizer if tokenizer is not None else _WORKER_TOKENIZER
     text = read_piece(piece, search_bytes)
-    ids = tokenizer.encode(text, allowed_special={EOT_TEXT}) if text else []
+    ids = tokenizer.encode(text, allowed_special=separator_tokens(tokenizer)) if text else []
     if piece.eot_after and eot_id is not None:
         ids = list(ids) + [eot_id]
     array = np.asarray(ids, dtype=np.int64)

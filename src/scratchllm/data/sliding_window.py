@@ -14,9 +14,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from scratchllm.errors import ConfigError, DataError
+from scratchllm.errors import ConfigError, DataError, TokenizerError
 
 EOT_TEXT = "<|endoftext|>"
+
+
+def separator_tokens(tokenizer: Any) -> set[str]:
+    """The end-of-text token(s) training text may contain as a document separator: GPT-2's
+    ``<|endoftext|>`` and the tokenizer's own end of text (Llama 3's ``<|end_of_text|>``),
+    those of them it has; asking for one it lacks would make ``encode`` refuse the text."""
+    specials = dict(getattr(tokenizer, "special_tokens", None) or {})
+    try:
+        eot_id = getattr(tokenizer, "eot_id", None)
+    except TokenizerError:  # a Hugging Face tokenizer that names no end of text
+        eot_id = None
+    return {text for text, token_id in specials.items() if text == EOT_TEXT or token_id == eot_id}
 
 
 def _check_positive(name: str, value: int) -> int:
@@ -82,12 +94,13 @@ class SlidingWindowDataset(Dataset):
 
 
 def _encode(text: str, tokenizer: Any) -> list[int]:
-    """Encode with the project tokenizer; ``<|endoftext|>`` in the text is the separator token."""
+    """Encode with the project tokenizer; ``<|endoftext|>`` (or the tokenizer's own end of
+    text) in the text is the separator token."""
     if tokenizer is None or isinstance(tokenizer, str):
         from scratchllm.tokenizers import get_tokenizer
 
         tokenizer = get_tokenizer(tokenizer or "gpt2")
-    return tokenizer.encode(text, allowed_special={EOT_TEXT})
+    return tokenizer.encode(text, allowed_special=separator_tokens(tokenizer))
 
 
 def create_dataloader(

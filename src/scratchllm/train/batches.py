@@ -23,6 +23,7 @@ import torch
 
 from scratchllm.data import ShardBatcher, ShardDataset, SlidingWindowDataset, TokenShard
 from scratchllm.data import read_text_file, train_val_split
+from scratchllm.data.sliding_window import separator_tokens
 from scratchllm.errors import DataError, MissingFileError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -181,7 +182,7 @@ def text_batches(text: str, tokenizer: Any, *, context_length: int, stride: int,
     train_text, val_text = train_val_split(text, train_ratio)
     splits = []
     for name, part in (("training", train_text), ("validation", val_text)):
-        ids = tokenizer.encode(part, allowed_special={"<|endoftext|>"})
+        ids = tokenizer.encode(part, allowed_special=separator_tokens(tokenizer))
         if len(ids) < context_length + 1:
             raise DataError(f"the {name} split has {len(ids)} tokens, fewer than one window of "
                             f"context_length+1 = {context_length + 1}; use a smaller context "
