@@ -66,3 +66,10 @@ def test_prepare_with_a_hugging_face_tokenizer_dir(llama_tokenizer_dir, tmp_path
                 + tok.encode("One more short document.") + [end])
     assert np.fromfile(out / "train.bin", dtype="<u2").tolist() == expected
     assert json.loads((out / "train.json").read_text())["eot_id"] == end
+
+
+def test_prepare_help_names_every_tokenizer_it_takes(capsys):
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "BPETokenizer.save()" in help_text and "tokenizer.json" in help_text

@@ -20,7 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="output directory: new or empty (created if missing)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier `scratchllm prepare` output at --out")
-    p.add_argument("--tokenizer", default="gpt2", help="tokenizer name (default gpt2)")
+    p.add_argument("--tokenizer", default="gpt2",
+                   help="gpt2 (default), a BPE .json saved by BPETokenizer.save(), or a Hugging "
+                   "Face tokenizer.json or the model folder holding it; it is recorded in the "
+                   "sidecars, and pretrain --data OUT reads it from there")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the text for validation, 0 for none (default 0.1)")
     p.add_argument("--workers", type=int, default=None,
