@@ -176,3 +176,27 @@ def test_a_message_the_template_refuses_is_not_sent_and_the_chat_goes_on(
     ids = choose_format(loaded.tokenizer).encode(None, [], "Hello")
     new = generate(loaded.model, ids, 5, eos_id=loaded.eos_ids)[len(ids):]
     assert out == loaded.tokenizer.decode(new) + "\n"
+
+
+def test_cli_chat_default_answer_length_fits_a_small_context(endless_model, plain_tokenizer,
+                                                               tmp_path, monkeypatch, capsys):
+    """Without --max-new-tokens a 128-position model (what `scratchllm pretrain` makes by
+    default) chats with answers of half its context; the fixed default of 256 was refused
+    ("below the model's 128-token context") before the first message."""
+    from scratchllm.model import GPTModel
+    from scratchllm.weights.model_dir import save_model_dir
+
+    config = endless_model.config.__class__(**{**endless_model.config.to_dict(),
+                                               "context_length": 128})
+    small = GPTModel(config).eval()
+    state = endless_model.state_dict()
+    state["pos_emb.weight"] = state["pos_emb.weight"][:128]
+    small.load_state_dict(state)
+    directory = save_model_dir(tmp_path / "small", small, tokenizer=plain_tokenizer,
+                               metadata={"prompt_style": "alpaca"})
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\n"))
+    assert cli_main.main(["chat", "--model", str(directory)]) == 0
+    out, _ = capsys.readouterr()
+    ids = InstructionFormat(plain_tokenizer, "alpaca").encode(None, [], "Hello there")
+    new = generate(small, ids, 64)[len(ids):]  # the model never ends: exactly 128 // 2 tokens
+    assert len(new) == 64 and out == plain_tokenizer.decode(new) + "\n"

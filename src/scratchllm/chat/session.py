@@ -24,11 +24,20 @@ from scratchllm.generate import cut_at_stop_strings, stream
 from scratchllm.generate.sampling import check_sampling_args
 
 
+DEFAULT_ANSWER_TOKENS = 256
+
+
+def default_answer_tokens(context_length: int) -> int:
+    """`scratchllm chat`'s answer length when none is given: 256 tokens, but at most half the
+    context, so a small model (the default pretraining run has 128 positions) still chats."""
+    return max(1, min(DEFAULT_ANSWER_TOKENS, context_length // 2))
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How answers are generated (``temperature=0`` is greedy)."""
 
-    max_new_tokens: int = 256
+    max_new_tokens: int = DEFAULT_ANSWER_TOKENS
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None

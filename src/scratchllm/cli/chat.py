@@ -39,8 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="prompt format: the chat template, the book's Alpaca or Phi-3 "
                    "instruction prompts, or plain text (default: the prompt style the model was "
                    "fine-tuned with, else its chat template, else plain)")
-    p.add_argument("--max-new-tokens", type=int, default=256,
-                   help="longest answer in tokens (default 256)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="longest answer in tokens (default 256, at most half the model's "
+                   "context)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="0 = greedy (default); higher = more random")
     p.add_argument("--top-k", type=int, default=None,
@@ -132,11 +133,12 @@ def _command(session, line: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from scratchllm.chat import ChatSession, Sampling, choose_format
+    from scratchllm.chat.session import default_answer_tokens
     from scratchllm.generate import check_sampling_args
     from scratchllm.utils.device import resolve_device
     from scratchllm.weights.auto import open_model
 
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     # a typo'd flag is reported before a multi-GB model loads (and before any output)
     check_sampling_args(args.temperature, args.top_k, args.top_p, args.min_p)
@@ -144,7 +146,9 @@ def run(args: argparse.Namespace) -> int:
     loaded = open_model(args.model, device=device, require_tokenizer=True, adapter=args.adapter,
                         inference_only=True, compile=args.compile, **precision(args, device))
     prompt_format = choose_format(loaded.tokenizer, loaded.metadata, args.prompt_style)
-    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+    max_new_tokens = (args.max_new_tokens if args.max_new_tokens is not None
+                      else default_answer_tokens(loaded.model.config.context_length))
+    sampling = Sampling(max_new_tokens, args.temperature, args.top_k, args.top_p,
                         args.min_p, args.seed)
     session = ChatSession(loaded.model, loaded.tokenizer, prompt_format, eos_ids=loaded.eos_ids,
                           sampling=sampling, system=args.system)
