@@ -75,3 +75,15 @@ def test_pretraining_style_figure_is_not_the_classifier_one(tmp_path):
     classify = write_run(tmp_path / "clf", CLASSIFY)
     plot_classifier_run(classify)
     assert png_size(pretrain / "loss.png") != png_size(classify / "loss.png")
+
+
+def test_plot_of_a_reward_ensemble_names_a_member(tmp_path, capsys):
+    """`finetune reward --ensemble K` keeps each member's log in members/member-N/."""
+    run = tmp_path / "rm"
+    run.mkdir()
+    (run / "members").mkdir()
+    member = write_run(run / "members" / "member-1", REWARD)
+    assert cli_main.main(["plot", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "ensemble" in err and f"scratchllm plot {member}" in err
+    assert cli_main.main(["plot", str(member)]) == 0

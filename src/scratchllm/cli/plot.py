@@ -39,12 +39,17 @@ def examples_seen_plotter(records: list[dict]) -> Callable[[Path], list[Path]] |
 
 
 def run(args: argparse.Namespace) -> int:
-    from scratchllm.errors import DataError
+    from scratchllm.errors import DataError, MissingFileError
     from scratchllm.finetune.classify_plots import plot_train_val
     from scratchllm.train.plots import is_our_png, plot_run, read_run_metrics
     from scratchllm.utils.outputs import check_output_file
 
     out = check_output_file(args.out, is_our_png) if args.out is not None else None
+    members = sorted(Path(args.run_dir, "members").glob("*/metrics.jsonl"))
+    if members and not Path(args.run_dir, "metrics.jsonl").exists():
+        raise MissingFileError(f"{args.run_dir} is a reward-model ensemble: each member has its "
+                               f"own curves; plot one, e.g. `scratchllm plot "
+                               f"{members[0].parent}`")
     run_dir, records = read_run_metrics(args.run_dir)
     plotter = examples_seen_plotter(records)
     if plotter is None:
