@@ -75,6 +75,15 @@ def test_resume_uses_the_saved_config(tmp_path, capsys):
     assert "resumed from" in err and "done: step 3/3" in err
 
 
+def test_resuming_a_finished_run_says_it_has_nothing_to_train(tmp_path, capsys):
+    assert _pretrain(tmp_path, "--max-steps", "2") == 0
+    capsys.readouterr()
+    assert cli_main.main(["pretrain", "--resume", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "already finished its 2 steps: nothing left to train" in err
+    assert "done: step 2/2" in err
+
+
 def test_resume_with_another_length_says_what_it_does_to_the_schedule(tmp_path, capsys):
     """A new --max-steps extends a run; under the cosine decay (lr 1e-3 to 1e-4 after 2 warmup
     steps) the rate at the checkpoint's step changes, and the run says from what to what

@@ -92,6 +92,9 @@ class RunFiles:
         self.say(f"resumed from {checkpoint} at step {self.state.step}")
         if note:
             self.say(note)
+        elif self.state.step >= self.total_steps:  # else it just says "done" as if it trained
+            self.say(f"the run had already finished its {self.total_steps} steps: nothing left "
+                     f"to train (a larger --max-steps trains on)")
 
     def length_change(self, record: dict) -> str | None:
         """A line when the resumed run's length differs from the checkpoint's (a new
