@@ -142,3 +142,14 @@ def test_checkpointed_head_chunks_recompute_inside_the_context(library):
         grads.append((h.grad, head.weight.grad.clone()))
     for ours, plain in zip(*grads):
         torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_vendor_is_the_kernel_s_vendor_id():
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo here")
+    lines = [line for line in cpuinfo.read_text().splitlines() if line.startswith("vendor_id")]
+    expected = lines[0].split(":", 1)[1].strip() if lines else None
+    assert cpu_matmul.cpu_vendor() == expected

@@ -13,7 +13,7 @@ from scratchllm.errors import ConfigError
 from scratchllm.generate import generate, generate_batch
 from scratchllm.model import GPTConfig, GPTModel, LlamaConfig, LlamaModel
 from scratchllm.model.cpu_linear import PackedLinear, describe_linears, packed_unavailable
-from scratchllm.model import decode_layout
+from scratchllm.model import cpu_matmul
 from scratchllm.model.decode_layout import prepare_decoding, use_transposed_layout
 from scratchllm.weights.auto import open_model
 from scratchllm.weights.model_dir import load_model_dir, save_model_dir
@@ -22,13 +22,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 needs_ops = pytest.mark.skipif(packed_unavailable(torch.float32) is not None,
                                reason=f"{packed_unavailable(torch.float32)}")
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]]
-REAL_VENDOR = decode_layout.cpu_vendor
 
 
 @pytest.fixture(autouse=True)
-def intel_cpu(monkeypatch):
-    """The one-row layout depends on the CPU's vendor: tests pin it (Intel unless they say)."""
-    monkeypatch.setattr(decode_layout, "cpu_vendor", lambda: "GenuineIntel")
+def mkl_cpu(monkeypatch):
+    """The one-row layout follows the CPU's matmul library (by vendor): tests pin it, MKL's
+    (Intel's) unless they say."""
+    monkeypatch.setenv(cpu_matmul.ENV, "mkl")
 
 
 def _gpt() -> GPTModel:
@@ -165,10 +165,10 @@ def test_unmerged_lora_layers_keep_their_dense_base():
 
 @needs_ops
 def test_one_row_is_packed_on_amd_and_gives_the_same_tokens(monkeypatch, tmp_path):
-    """MKL's GEMV takes a slower path on AMD CPUs, oneDNN's packed one does not: there one
-    row is packed too (same values, tokens and saved weights); other vendors keep the
-    transposed layout."""
-    monkeypatch.setattr(decode_layout, "cpu_vendor", lambda: "AuthenticAMD")
+    """MKL's GEMV takes a slower path on AMD CPUs, oneDNN's packed one does not: where the
+    matmul library is oneDNN (AMD, or SCRATCHLLM_CPU_MATMUL=onednn) one row is packed too
+    (same values, tokens and saved weights); under MKL it stays transposed."""
+    monkeypatch.setenv(cpu_matmul.ENV, "onednn")
     model, reference = _gpt(), _gpt()
     assert prepare_decoding(model, 1) == 2 * 4 + 1 == _packed(model)
     assert model.out_head.weight is model.tok_emb.weight
@@ -180,19 +180,14 @@ def test_one_row_is_packed_on_amd_and_gives_the_same_tokens(monkeypatch, tmp_pat
     save_model_dir(tmp_path / "m", _gpt())
     single = open_model(tmp_path / "m", inference_only=True).model
     assert _packed(single) == 9 and describe_linears(single) == "9 float32, prepacked for oneDNN"
-    for vendor in ("GenuineIntel", None, "CentaurHauls"):
-        monkeypatch.setattr(decode_layout, "cpu_vendor", lambda v=vendor: v)
-        other = _gpt()
-        prepare_decoding(other, 1)
-        assert _packed(other) == 0 and other.out_head.weight.t().is_contiguous(), vendor
-
-
-def test_cpu_vendor_is_the_kernel_s_vendor_id():
-    from pathlib import Path
-
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        pytest.skip("no /proc/cpuinfo here")
-    lines = [line for line in cpuinfo.read_text().splitlines() if line.startswith("vendor_id")]
-    expected = lines[0].split(":", 1)[1].strip() if lines else None
-    assert REAL_VENDOR() == expected
+    for vendor, packed in (("AuthenticAMD", 9), ("GenuineIntel", 0), (None, 0)):
+        monkeypatch.setenv(cpu_matmul.ENV, "auto")
+        monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda v=vendor: v)
+        cpu_matmul._amd.cache_clear()
+        try:
+            other = _gpt()
+            prepare_decoding(other, 1)
+        finally:
+            cpu_matmul._amd.cache_clear()
+        assert _packed(other) == packed, vendor
+        assert other.out_head.weight.t().is_contiguous() == (packed == 0), vendor

@@ -1,4 +1,4 @@
-"""One door for the CPU float32 matrix products that training's own autograd functions run.
+"""One door for training's CPU float32 matrix products: MKL or oneDNN, chosen by CPU vendor.
 
 PyTorch sends a CPU float32 ``torch.mm`` to MKL. MKL is Intel's library, and on other
 vendors' CPUs it takes a generic path: on an AMD EPYC (Zen 5, 2 threads) it reached 200-218
@@ -11,8 +11,8 @@ on Intel CPUs, where MKL is tuned, and wherever the op is missing, through ``tor
 The sums are the same up to the order of float32 additions (~1e-7 relative).
 
 ``SCRATCHLLM_CPU_MATMUL`` overrides the choice: ``mkl`` (``torch.mm`` always), ``onednn``
-(wherever the op runs), ``auto`` (the default, by vendor). The vendor rule for one-row
-decoding (``model.decode_layout``) reads the same ``cpu_vendor``.
+(wherever the op runs), ``auto`` (the default, by vendor). One-row float32 decoding
+(``model.decode_layout``) follows the same choice.
 
 Two ways in. ``mm``, ``addmm``, ``addmm_`` and ``linear`` serve the training pass's own
 ``torch.autograd.Function``s (``model.causal_attention``, ``model.feature_major``,

@@ -19,7 +19,8 @@ and Python are the rest.
   On an AMD EPYC (Zen 5, 2 threads) its GEMV streamed GPT-2 124M's weights at 24 GB/s
   transposed and 19 GB/s from (out, in) rows, where oneDNN's packed layout streamed 36 GB/s:
   a whole decode step ran 1.4x faster packed (62-64 against 44-45 tokens/s), with the same
-  greedy tokens. So there one row is packed too (``float32_one_row_packed``).
+  greedy tokens. So there one row is packed too (``float32_one_row_packed``): wherever
+  ``model.cpu_matmul.matmul_library`` picks oneDNN, which ``SCRATCHLLM_CPU_MATMUL`` overrides.
 * Several rows (``serve``'s continuous batching, ``generate_batch``): from a dense weight the
   CPU matmul re-lays the weight out on every call, so 8 rows cost 2.5x one row. Reordered
   once into oneDNN's blocked layout (``PackedLinear``), 8 rows cost 1.6x one transposed row (1 thread, weights
@@ -46,7 +47,7 @@ from torch import nn
 
 from scratchllm.errors import ConfigError
 from scratchllm.model.cpu_linear import pack_linears
-from scratchllm.model.cpu_matmul import cpu_vendor
+from scratchllm.model.cpu_matmul import matmul_library
 from scratchllm.model.inputs import model_device
 
 BF16_ROWS = 1  # bf16 layers are packed for one row whatever ``rows`` is (8 rows cost ~1 row)
@@ -78,10 +79,11 @@ def use_transposed_layout(model: nn.Module) -> int:
 
 def float32_one_row_packed() -> bool:
     """True where one float32 row decodes faster from oneDNN's packed layout than from MKL's
-    transposed GEMV: AMD CPUs (see the module docstring), when the packed ops run here."""
+    transposed GEMV: where ``matmul_library()`` picks oneDNN (AMD CPUs, see the module
+    docstring) and the packed ops run here."""
     from scratchllm.model.cpu_linear import packed_unavailable
 
-    return cpu_vendor() == "AuthenticAMD" and packed_unavailable(torch.float32) is None
+    return matmul_library() == "onednn" and packed_unavailable(torch.float32) is None
 
 
 def check_decode_rows(rows: int) -> int:
@@ -117,5 +119,5 @@ def prepare_decoding(model: nn.Module, rows: int = 1, *, compile: bool = False) 
     return changed
 
 
-__all__ = ["BF16_ROWS", "check_decode_rows", "cpu_vendor", "float32_one_row_packed",
+__all__ = ["BF16_ROWS", "check_decode_rows", "float32_one_row_packed",
            "prepare_decoding", "use_transposed_layout"]
