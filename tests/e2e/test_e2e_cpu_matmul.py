@@ -41,3 +41,18 @@ def test_both_libraries_generate_the_same_text(tmp_path, gpt2_hf_dir):
         assert proc.returncode == 0, proc.stderr
         texts[value] = proc.stdout
     assert texts["mkl"] == texts["onednn"] and texts["mkl"].startswith(PROMPT)
+
+
+def test_both_libraries_measure_the_same_perplexity(tmp_path, gpt2_hf_dir):
+    """``evaluate perplexity`` runs plain ``nn.Linear`` forwards inside ``onednn_linears``."""
+    import json
+
+    text = tmp_path / "text.txt"
+    text.write_text("Every effort moves you forward, one small step at a time. " * 20)
+    losses = {}
+    for value in ("mkl", "onednn"):
+        proc = _run(["evaluate", "perplexity", "--model", gpt2_hf_dir, "--text", text, "--json"],
+                    value, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        losses[value] = json.loads(proc.stdout.strip().splitlines()[-1])["loss"]
+    assert losses["onednn"] == pytest.approx(losses["mkl"], rel=1e-5)

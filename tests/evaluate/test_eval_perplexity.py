@@ -99,3 +99,29 @@ def test_too_short_text_is_a_clear_error(model):
 
     with pytest.raises(DataError, match="at least 2"):
         text_perplexity(model, [5])
+
+
+def test_cli_perplexity_runs_its_linears_through_the_chosen_library(tmp_path, monkeypatch,
+                                                                     capsys):
+    """``evaluate perplexity`` forwards plain ``nn.Linear`` layers inside ``onednn_linears``
+    (oneDNN on AMD CPUs, ``model.cpu_matmul``); both libraries give the same loss."""
+    from scratchllm.model import cpu_matmul
+
+    if not cpu_matmul._onednn_runs():
+        pytest.skip("this PyTorch build has no oneDNN linear")
+    calls = []
+    real = cpu_matmul._linear
+    monkeypatch.setattr(cpu_matmul, "_linear", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    save_model_dir(tmp_path / "m", GPTModel(GPTConfig.preset("tiny", context_length=32)),
+                   GPT2Tokenizer())
+    (tmp_path / "t.txt").write_text("Every effort moves you forward, a step at a time. " * 8)
+    losses = {}
+    for library in ("mkl", "onednn"):
+        monkeypatch.setenv(cpu_matmul.ENV, library)
+        calls.clear()
+        assert main(["evaluate", "perplexity", "--model", str(tmp_path / "m"), "--text",
+                     str(tmp_path / "t.txt"), "--json"]) == 0
+        losses[library] = json.loads(capsys.readouterr().out.splitlines()[0])["loss"]
+        assert bool(calls) == (library == "onednn"), library
+    assert losses["onednn"] == pytest.approx(losses["mkl"], rel=1e-5)

@@ -24,12 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from scratchllm.finetune.classifier_model import classify_texts, load_classifier
+    from scratchllm.model.cpu_matmul import onednn_linears
     from scratchllm.utils.device import resolve_device
 
     if any(not t.strip() for t in args.texts):
         raise ConfigError("empty TEXT given; pass the text(s) to classify in quotes")
     model, tokenizer, info = load_classifier(args.model, device=resolve_device(args.device))
-    for label, prob in classify_texts(model, tokenizer, list(args.texts), info["labels"],
-                                      truncate=args.truncate):
+    with onednn_linears():  # plain nn.Linear forwards: oneDNN on AMD CPUs (model.cpu_matmul)
+        results = classify_texts(model, tokenizer, list(args.texts), info["labels"],
+                                 truncate=args.truncate)
+    for label, prob in results:
         print(f"{label}\t{prob:.4f}")
     return 0

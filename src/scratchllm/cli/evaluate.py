@@ -87,23 +87,26 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from scratchllm.data.text_files import read_text_file
     from scratchllm.data.chat_templates import prompt_style_of
     from scratchllm.evaluate.perplexity import instruction_perplexity, text_perplexity
+    from scratchllm.model.cpu_matmul import onednn_linears
     from scratchllm.utils.device import resolve_device
     from scratchllm.weights.auto import open_model
 
     loaded = open_model(args.model, device=resolve_device(args.device), require_tokenizer=True)
     model, tokenizer = loaded.model, loaded.tokenizer
     if args.text:
-        result = text_perplexity(model, read_text_file(args.text), tokenizer=tokenizer,
-                                 window=args.window, stride=args.stride,
-                                 batch_size=args.batch_size)
+        text = read_text_file(args.text)
+        with onednn_linears():
+            result = text_perplexity(model, text, tokenizer=tokenizer, window=args.window,
+                                     stride=args.stride, batch_size=args.batch_size)
     else:
         from scratchllm.data.instruction import load_json_entries
 
         entries = load_json_entries(args.instructions, ("instruction", "input", args.response_key))
         style = args.prompt_style or prompt_style_of(loaded.metadata) or "alpaca"
-        result = instruction_perplexity(model, tokenizer, entries, style=style,
-                                        response_key=args.response_key,
-                                        batch_size=args.batch_size)
+        with onednn_linears():
+            result = instruction_perplexity(model, tokenizer, entries, style=style,
+                                            response_key=args.response_key,
+                                            batch_size=args.batch_size)
     print(json.dumps(result.to_dict()))
     if not args.json:
         per_char = (f", {result.loss_per_char:.4f} nats per character"
@@ -116,14 +119,16 @@ def run_perplexity(args: argparse.Namespace) -> int:
 def run_classification(args: argparse.Namespace) -> int:
     from scratchllm.evaluate.classification import format_report, is_report_file
     from scratchllm.finetune.classify import evaluate_classifier
+    from scratchllm.model.cpu_matmul import onednn_linears
     from scratchllm.utils.atomic import atomic_write_json
     from scratchllm.utils.outputs import check_output_file
 
     if args.out:  # before the model loads: a user's file of that name is never replaced
         check_output_file(args.out, is_report_file)
-    report = evaluate_classifier(args.model, args.data, batch_size=args.batch_size,
-                                 max_length=args.max_length, truncate=args.truncate,
-                                 device=args.device)
+    with onednn_linears():  # plain nn.Linear forwards: oneDNN on AMD CPUs (model.cpu_matmul)
+        report = evaluate_classifier(args.model, args.data, batch_size=args.batch_size,
+                                     max_length=args.max_length, truncate=args.truncate,
+                                     device=args.device)
     print(format_report(report))
     if args.out:
         atomic_write_json(args.out, report)
@@ -132,9 +137,12 @@ def run_classification(args: argparse.Namespace) -> int:
 
 def run_reward(args: argparse.Namespace) -> int:
     from scratchllm.evaluate.reward import evaluate_reward, format_reward_report
+    from scratchllm.model.cpu_matmul import onednn_linears
 
-    report = evaluate_reward(args.reward_model, args.responses, response_key=args.response_key,
-                             batch_size=args.batch_size, device=args.device)
+    with onednn_linears():  # plain nn.Linear forwards: oneDNN on AMD CPUs (model.cpu_matmul)
+        report = evaluate_reward(args.reward_model, args.responses,
+                                 response_key=args.response_key, batch_size=args.batch_size,
+                                 device=args.device)
     print(json.dumps(report) if args.json else format_reward_report(report))
     return 0
 
