@@ -19,8 +19,11 @@ Two ways in. ``mm``, ``addmm``, ``addmm_`` and ``linear`` serve the training pas
 ``model.loss``), which run without autograd, so they need no backward of their own. Every
 other linear layer (GPT's attention output, every Llama/Qwen3 projection, LoRA's frozen base,
 a classifier's head) is an ``nn.Linear`` calling ``F.linear``: inside ``onednn_linears()``,
-which the training loops enter around their steps, those calls go through ``OneDNNLinear``,
-whose backward uses oneDNN too. Compiled models are left to inductor.
+which the training loops enter around their steps (and ``evaluate``/``classify`` around
+their forward passes), those calls go through ``OneDNNLinear``, whose backward uses oneDNN
+too. Compiled models are left to inductor. Decoding does not enter it: its layers are laid
+out once at load (``model.decode_layout``), and the mode's per-op Python hook would cost a
+decode step more than it saves.
 """
 
 from __future__ import annotations
