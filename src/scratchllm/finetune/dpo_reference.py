@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from scratchllm.finetune.logprobs import pair_logprobs
+from scratchllm.model.cpu_matmul import onednn_linears
 from scratchllm.model.lora import LoRALinear, lora_layers
 
 REFERENCE_KEY = "reference"  # an example's (chosen, rejected) reference log-probs, fp32
@@ -110,16 +111,17 @@ def cache_reference_logprobs(model: nn.Module, dataset: Any, collate: Callable, 
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, count, batch_size):
-            indices = order[start:start + batch_size]
-            batch = collate([items[i] for i in indices])
-            if device is not None:
-                batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast():
-                chosen, rejected = pair_logprobs(model, batch, average=average)
-            pairs = torch.stack([chosen, rejected], dim=1).float().cpu()
-            for index, row in zip(indices, pairs):
-                items[index][REFERENCE_KEY] = row.clone()
+        with onednn_linears():  # the forward passes as training's (model.cpu_matmul)
+            for start in range(0, count, batch_size):
+                indices = order[start:start + batch_size]
+                batch = collate([items[i] for i in indices])
+                if device is not None:
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                with autocast():
+                    chosen, rejected = pair_logprobs(model, batch, average=average)
+                pairs = torch.stack([chosen, rejected], dim=1).float().cpu()
+                for index, row in zip(indices, pairs):
+                    items[index][REFERENCE_KEY] = row.clone()
     finally:
         model.train(was_training)
 

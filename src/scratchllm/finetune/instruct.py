@@ -41,6 +41,7 @@ from scratchllm.finetune.runs import (
     start_prompted_run,
 )
 from scratchllm.generate import generate_batch
+from scratchllm.model.cpu_matmul import onednn_linears
 from scratchllm.train.steps import estimate_loss
 from scratchllm.utils.progress import Progress
 
@@ -86,8 +87,9 @@ def generate_responses(model: nn.Module, tokenizer: Any, entries: list[dict[str,
         chunk = entries[start:start + batch_size]
         prompts = [encode_example(e, tokenizer, style, response_key=None)["ids"][-keep:]
                    for e in chunk]
-        new_ids = generate_batch(model, prompts, max_new_tokens, temperature=0.0,
-                                 eos_id=list(eos_ids) if eos_ids else tokenizer.eot_id)
+        with onednn_linears():  # the training model's plain linears (model.cpu_matmul)
+            new_ids = generate_batch(model, prompts, max_new_tokens, temperature=0.0,
+                                     eos_id=list(eos_ids) if eos_ids else tokenizer.eot_id)
         for entry, ids in zip(chunk, new_ids):
             results.append({**entry, "model_response": tokenizer.decode(ids).strip()})
         if bar is not None:
