@@ -48,6 +48,7 @@ def test_helpers_match_float64_products(library):
     _close(target, exact + 1)
     x = torch.randn(2, 5, 48, generator=gen)
     _close(cpu_matmul.linear(x, b.t(), row_bias), x.double() @ b.double() + row_bias.double())
+    assert not cpu_matmul.linear(x, b.t())._is_view()  # as F.linear's (FSDP2 warns of views)
     half = a.bfloat16()  # other dtypes keep torch's own kernels
     assert torch.equal(cpu_matmul.mm(half, b.bfloat16()), torch.mm(half, b.bfloat16()))
 

@@ -95,7 +95,13 @@ def _onednn(*tensors: torch.Tensor) -> bool:
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    if x.dim() == 2:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    # oneDNN returns a view for other ranks; ``F.linear`` returns a tensor of its own (as
+    # matmul does, by ``_unsafe_view``), and FSDP2 warns about a model whose output is a view
+    out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias,
+                                             "none", [], "")
+    return torch.ops.aten._unsafe_view(out, (*x.shape[:-1], out.shape[-1]))
 
 
 def mm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
