@@ -214,3 +214,20 @@ def test_mode_follows_the_torchrun_environment(monkeypatch):
     assert distributed.resolve_mode("auto") == "ddp"
     with pytest.raises(ConfigError, match="would each train and write the same run"):
         distributed.resolve_mode("none")
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_leaving_waits_for_every_rank_only_after_a_finished_run(monkeypatch, finished):
+    """A finished run's ranks meet at a barrier before tearing the group down (a rank that
+    left first could abort another at exit); after an error none waits (the others may sit in
+    a collective that never completes, and torchrun stops them)."""
+    calls = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(torch.distributed, "destroy_process_group",
+                        lambda: calls.append("destroy"))
+    context = distributed.DistributedContext(mode="ddp", world_size=2, owns_group=True)
+    context.destroy(finished=finished)
+    assert calls == (["barrier", "destroy"] if finished else ["destroy"])
+    context.destroy(finished=finished)  # once only
+    assert calls.count("destroy") == 1

@@ -291,15 +291,19 @@ class Trainer(RunFiles):
         return sample_text(self.model, self.tokenizer, self.config.sample_prompt,
                            self.config.sample_tokens)
 
-    def close(self) -> None:
-        """Leave the process group (multi-process runs); a no-op for one process."""
-        self.dist.destroy()
+    def close(self, *, finished: bool = False) -> None:
+        """Leave the process group (multi-process runs; ``finished``: after every rank got
+        to the end, see ``Distributed.destroy``); a no-op for one process."""
+        self.dist.destroy(finished=finished)
 
 
 def train(config: TrainConfig, *, stream: TextIO | None = None, stop_at: int | None = None) -> TrainResult:
     """Run ``config`` to the end (see ``Trainer``); progress and evals go to ``stream`` (stderr)."""
     trainer = Trainer(config, stream=stream)
+    finished = False
     try:
-        return trainer.run(stop_at=stop_at)
+        result = trainer.run(stop_at=stop_at)
+        finished = True
+        return result
     finally:
-        trainer.close()
+        trainer.close(finished=finished)
