@@ -78,10 +78,11 @@ class DistributedContext:
         """Leave the process group cleanly (torchrun otherwise warns about leaked groups).
 
         ``finished`` (every rank got to the end of the run): wait for all ranks first, so no
-        rank tears its connections down while another's Gloo threads still talk to it; a
-        rank that left early aborted the other at exit ("terminate called without an active
-        exception", SIGABRT) in about 1 of 30 two-process CPU runs. After an error no rank
-        waits: the others may be stuck in a collective, and torchrun stops them."""
+        rank tears its connections down while another's Gloo threads may still talk to it.
+        Without it, about 1 in 30 two-process CPU runs ended with a rank aborting at exit
+        ("terminate called without an active exception", SIGABRT) after the run was saved;
+        this is the likely cause, not a proven one. After an error no rank waits: the others
+        may be stuck in a collective, and torchrun stops them."""
         if self.owns_group and torch.distributed.is_initialized():
             if finished:
                 torch.distributed.barrier()
