@@ -71,6 +71,8 @@ def test_files_are_scored_and_compared_prompt_by_prompt(rm_dir, tmp_path):
     assert report["normalization"]["std"] == 3.0
     text = format_reward_report(report)
     assert f"{a} beats {b}: {pair['a_win_rate'] * 100:.1f}% of 3 shared prompts" in text
+    counts = {0: "0 wins, 1 tie, 2 losses", 1: "1 win, 1 tie, 1 loss", 2: "2 wins, 1 tie, 0 losses"}
+    assert f"({counts[wins]})" in text  # the counts read as English
 
 
 def test_bad_inputs_are_refused(rm_dir, tmp_path):

@@ -141,7 +141,7 @@ def test_a_file_changed_behind_the_server_is_a_409_and_stays(page_server):
     server, ratings = page_server
     ratings.path.write_text('{"replaced": "by hand"}')
     response = httpx.post(server.url + "/v1/ratings", json=rating("a"), headers=AUTH)
-    assert response.status_code == 409 and "not a list" in response.json()["error"]["message"]
+    assert response.status_code == 409 and "not a list of preference records;" in response.json()["error"]["message"]
     assert ratings.path.read_text() == '{"replaced": "by hand"}'
 
 

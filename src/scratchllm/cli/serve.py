@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-request-bytes", type=int, default=4 << 20, metavar="N",
                    help="largest request body accepted, else HTTP 413 (default 4 MiB)")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="on SIGTERM, how long running requests may take to finish (default 30)")
+                   help="on SIGTERM or Ctrl-C, how long running requests may take to finish "
+                        "(default 30)")
     p.add_argument("--ratings", default=None, metavar="FILE",
                    help="where the web page's compare tab saves ratings: a JSON list in the "
                    "book's preference format (instruction, input, chosen, rejected) that "

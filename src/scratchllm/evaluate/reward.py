@@ -77,6 +77,10 @@ def evaluate_reward(reward_model: str | os.PathLike, response_files: Sequence[st
             "win_rates": pairs}
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 def format_reward_report(report: dict[str, Any]) -> str:
     """The report as a small table and one line per pair of files."""
     width = max(len(f["file"]) for f in report["files"])
@@ -86,7 +90,8 @@ def format_reward_report(report: dict[str, Any]) -> str:
     for pair in report["win_rates"]:
         rate = pair["a_win_rate"]
         lines.append(f"{pair['a']} beats {pair['b']}: " + (
-            f"{rate * 100:.1f}% of {pair['prompts']} shared prompts ({pair['a_wins']} wins, "
-            f"{pair['ties']} ties, {pair['b_wins']} losses)" if rate is not None
+            f"{rate * 100:.1f}% of {pair['prompts']} shared prompts ("
+            f"{_count(pair['a_wins'], 'win')}, {_count(pair['ties'], 'tie')}, "
+            f"{_count(pair['b_wins'], 'loss', 'losses')})" if rate is not None
             else "no prompts in common"))
     return "\n".join(lines)

@@ -61,7 +61,7 @@ def _read_list(path: Path, keys: tuple[str, ...], what: str) -> list[dict[str, A
                            f"({describe_json_error(err)}); {fix}") from None
     if not isinstance(value, list):
         raise RatingsError(f"{path} exists and holds a JSON {type(value).__name__}, not a list "
-                           f"of {what}; {fix}")
+                           f"of {what}s; {fix}")
     for index, entry in enumerate(value):
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in keys):
             raise RatingsError(f"{path}: entry {index} is not a {what} (an object with string "
