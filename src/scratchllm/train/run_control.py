@@ -121,6 +121,16 @@ def run_steps(one_step: Callable[[], None], current_step: Callable[[], int], *, 
     return False, None
 
 
+def check_not_past_end(where: Any, step: int, total: int) -> None:
+    """Refuse resuming ``where`` at ``step`` with fewer ``total`` steps asked for: it would
+    end at once, saying nothing (pretraining and PPO/GRPO alike)."""
+    if step > total:
+        from scratchllm.errors import ConfigError
+
+        raise ConfigError(f"cannot resume {where}: it is at step {step}, past the {total} "
+                          f"steps asked for; pass --max-steps {step + 1} or more")
+
+
 def stopped_message(stop_signal: int | None, step: int, checkpoint: Any) -> str:
     """The line a stopped run prints: why it stopped, where it saved, how to go on."""
     why = {signal.SIGINT: "interrupted", signal.SIGTERM: "stopped by SIGTERM"}.get(

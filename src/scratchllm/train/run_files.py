@@ -19,6 +19,7 @@ from scratchllm.errors import CheckpointError, ConfigError
 from scratchllm.train import distributed
 from scratchllm.train.metrics import METRICS_FILE, read_metrics
 from scratchllm.train.plots import PLOT_FILE, plot_losses
+from scratchllm.train.run_control import check_not_past_end
 from scratchllm.train.run_dir import save_best
 from scratchllm.train.optim import lr_at
 from scratchllm.train.state import (CHECKPOINTS_DIR, latest_checkpoint, read_trainer_record,
@@ -107,9 +108,7 @@ class RunFiles:
         step, now = int((record.get("state") or {}).get("step", 0)), self.total_steps
         if before is None or before == now:
             return None
-        if step > now:
-            raise ConfigError(f"cannot resume {self.run_dir}: it is at step {step}, past the "
-                              f"{now} steps asked for; pass --max-steps {step + 1} or more")
+        check_not_past_end(self.run_dir, step, now)
         cfg = self.config
         if cfg.effective_min_lr == cfg.lr or step < cfg.warmup_steps:
             return f"length {before} -> {now} steps: continuing to step {now}"

@@ -35,7 +35,7 @@ from scratchllm.finetune.resume_check import check_recipe
 from scratchllm.finetune.runs import MODEL_SUBDIR, RunSetup, fresh_start_notice, model_saver
 from scratchllm.model.lora import lora_layers
 from scratchllm.train.metrics import Progress, read_metrics
-from scratchllm.train.run_control import report_stopped, run_steps
+from scratchllm.train.run_control import check_not_past_end, report_stopped, run_steps
 from scratchllm.train.state import TrainingState, load_checkpoint, save_checkpoint
 from scratchllm.train.steps import autocast_for, grad_scaler_for
 from scratchllm.weights.auto import generation_header
@@ -137,11 +137,8 @@ class RLTrainer:
 
     def resume(self, checkpoint: Path) -> None:
         record = check_recipe(checkpoint, self.recipe)
-        done = int((record.get("state") or {}).get("step", 0))
-        if done > self.settings.max_steps:  # it would end at once, saying nothing
-            raise ConfigError(f"cannot resume {checkpoint}: it is at step {done}, past the "
-                              f"{self.settings.max_steps} steps asked for; pass --max-steps "
-                              f"{done + 1} or more")
+        check_not_past_end(checkpoint, int((record.get("state") or {}).get("step", 0)),
+                           self.settings.max_steps)
         learner = self.learner
         state = load_checkpoint(checkpoint, model=self.policy, optimizer=learner.optimizer,
                                 scheduler=learner.scheduler, scaler=learner.scaler)
